@@ -1,0 +1,160 @@
+// Command e2e measures the edge end to end against baselines run in the same
+// process and the same minute, so the figures are ratios, not absolutes:
+//
+//   - accept mode (durable append, then 202) against a plain Go server
+//     that answers 202 (the HTTP ceiling of this machine);
+//   - relay mode (durable append, delivery, the backend's answer relayed)
+//     against a naive httputil.ReverseProxy hashing X-Process-ID over the
+//     same three backends (keeps nothing on disk).
+//
+// Load: vegeta as a library, closed loop with -connections workers, 300-byte
+// POSTs with random process ids. Everything runs on loopback.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	vegeta "github.com/tsenart/vegeta/v12/lib"
+
+	"github.com/flowedge/flowedge/internal/config"
+	"github.com/flowedge/flowedge/internal/partition"
+	"github.com/flowedge/flowedge/internal/server"
+)
+
+func main() {
+	duration := flag.Duration("duration", 10*time.Second, "length of each run")
+	conns := flag.Int("connections", 64, "concurrent connections (closed-loop workers)")
+	out := flag.String("out", "", "also write the markdown table to this file")
+	flag.Parse()
+
+	backends := make([]string, 3)
+	for i := range backends {
+		backends[i] = serve(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/health/readiness" {
+				return
+			}
+			io.Copy(io.Discard, r.Body)
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusCreated)
+			io.WriteString(w, `{"ok":true}`)
+		}))
+	}
+	plain := serve(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.WriteHeader(http.StatusAccepted)
+		io.WriteString(w, `{"status":"queued"}`)
+	}))
+	naive := serve(naiveProxy(backends))
+
+	var rows []row
+	run := func(name, target string) row {
+		r := attack(name, target, *duration, *conns)
+		log.Printf("%-28s %9.0f req/s  p50 %7.2fms  p99 %7.2fms  ok %.2f%%", name, r.rps, r.p50, r.p99, r.success*100)
+		rows = append(rows, r)
+		return r
+	}
+	base202 := run("plain Go server (202)", plain)
+	accept := run("edge, respond=accept", startEdge(backends, "accept"))
+	baseProxy := run("httputil.ReverseProxy", naive)
+	relay := run("edge, respond=relay", startEdge(backends, "relay"))
+
+	var b strings.Builder
+	fmt.Fprintf(&b, "| run | req/s | p50 ms | p99 ms | success |\n|---|---:|---:|---:|---:|\n")
+	for _, r := range rows {
+		fmt.Fprintf(&b, "| %s | %.0f | %.2f | %.2f | %.2f%% |\n", r.name, r.rps, r.p50, r.p99, r.success*100)
+	}
+	fmt.Fprintf(&b, "\naccept / plain 202 = **%.2f×** (target ≥ 0.5×); relay / ReverseProxy = **%.2f×** (target ≥ 1.5×)\n",
+		accept.rps/base202.rps, relay.rps/baseProxy.rps)
+	fmt.Print(b.String())
+	if *out != "" {
+		if err := os.WriteFile(*out, []byte(b.String()), 0o644); err != nil {
+			log.Fatal(err)
+		}
+	}
+}
+
+type row struct {
+	name          string
+	rps, p50, p99 float64
+	success       float64
+}
+
+func serve(h http.Handler) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	go http.Serve(ln, h)
+	return "http://" + ln.Addr().String()
+}
+
+// naiveProxy is the classic hand-made recipe: hash the key, ReverseProxy to
+// the backend, Go's default transport.
+func naiveProxy(backends []string) http.Handler {
+	proxies := make([]*httputil.ReverseProxy, len(backends))
+	for i, b := range backends {
+		u, _ := url.Parse(b)
+		proxies[i] = httputil.NewSingleHostReverseProxy(u)
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		proxies[partition.OfString(r.Header.Get("X-Process-ID"), len(proxies))].ServeHTTP(w, r)
+	})
+}
+
+func startEdge(backends []string, respond string) string {
+	dir, err := os.MkdirTemp("", "edge-bench-")
+	if err != nil {
+		log.Fatal(err)
+	}
+	cfg := config.Default()
+	cfg.Server.Address = "127.0.0.1:0"
+	cfg.Admin.Address = "127.0.0.1:0"
+	cfg.Server.Respond = respond
+	cfg.Partition.Count = len(backends)
+	cfg.Backends.URLs = backends
+	cfg.Buffer.Path = dir
+	if err := cfg.Validate(); err != nil {
+		log.Fatal(err)
+	}
+	e, err := server.Start(context.Background(), cfg, nil, "bench")
+	if err != nil {
+		log.Fatal(err)
+	}
+	// Wait for the readiness probes so the first requests are not paused.
+	time.Sleep(300 * time.Millisecond)
+	return "http://" + e.PublicAddr
+}
+
+func attack(name, target string, d time.Duration, conns int) row {
+	body := []byte(strings.Repeat("x", 300))
+	targeter := func(t *vegeta.Target) error {
+		var k [8]byte
+		rand.Read(k[:])
+		t.Method, t.URL, t.Body = "POST", target+"/api/v1/events", body
+		t.Header = http.Header{"X-Process-Id": {hex.EncodeToString(k[:])}, "Content-Type": {"application/json"}}
+		return nil
+	}
+	a := vegeta.NewAttacker(vegeta.Workers(uint64(conns)), vegeta.MaxWorkers(uint64(conns)),
+		vegeta.Connections(conns), vegeta.MaxConnections(conns), vegeta.KeepAlive(true), vegeta.Timeout(10*time.Second))
+	var m vegeta.Metrics
+	for res := range a.Attack(targeter, vegeta.Rate{Freq: 0}, d, name) {
+		m.Add(res)
+	}
+	m.Close()
+	return row{name: name, rps: m.Throughput, p50: ms(m.Latencies.P50), p99: ms(m.Latencies.P99), success: m.Success}
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

@@ -1,0 +1,78 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/flowedge/flowedge/internal/config"
+	"github.com/flowedge/flowedge/internal/server"
+)
+
+// cmdRun is `edge run -config F`: serve until SIGTERM/SIGINT, then drain and
+// exit 0 within [server] shutdown_timeout.
+func cmdRun(args []string) int {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	path := fs.String("config", "edge.toml", "edge configuration file (TOML)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "edge: %s: %v\n", *path, err)
+		return exitConfig
+	}
+	log := newLogger(os.Stderr, cfg.Log)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	e, err := server.Start(ctx, cfg, log, version)
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
+	code := 0
+	select {
+	case <-ctx.Done():
+		log.Info("signal received: draining", "timeout", cfg.Server.ShutdownTimeout.Duration)
+	case err := <-e.Err():
+		log.Error("listener failed", "err", err)
+		code = 1
+	}
+	stop()
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.Server.ShutdownTimeout.Duration)
+	defer cancel()
+	if err := e.Shutdown(sctx); err != nil {
+		log.Error("shutdown", "err", err)
+		code = 1
+	}
+	return code
+}
+
+// exitConfig is EX_CONFIG from sysexits.h, as `vector validate` uses.
+const exitConfig = 78
+
+func newLogger(w io.Writer, c config.Log) *slog.Logger {
+	var level slog.Level
+	switch strings.ToLower(c.Level) {
+	case "debug":
+		level = slog.LevelDebug
+	case "warn":
+		level = slog.LevelWarn
+	case "error":
+		level = slog.LevelError
+	default:
+		level = slog.LevelInfo
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if strings.ToLower(c.Format) == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
