@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"flag"
-	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -23,9 +22,8 @@ func cmdRun(args []string) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	cfg, err := config.Load(*path)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "edge: %s: %v\n", *path, err)
+	cfg, ok := loadConfig(os.Stderr, *path)
+	if !ok {
 		return exitConfig
 	}
 	log := newLogger(os.Stderr, cfg.Log)
@@ -59,18 +57,7 @@ func cmdRun(args []string) int {
 const exitConfig = 78
 
 func newLogger(w io.Writer, c config.Log) *slog.Logger {
-	var level slog.Level
-	switch strings.ToLower(c.Level) {
-	case "debug":
-		level = slog.LevelDebug
-	case "warn":
-		level = slog.LevelWarn
-	case "error":
-		level = slog.LevelError
-	default:
-		level = slog.LevelInfo
-	}
-	opts := &slog.HandlerOptions{Level: level}
+	opts := &slog.HandlerOptions{Level: c.SlogLevel()}
 	if strings.ToLower(c.Format) == "text" {
 		return slog.New(slog.NewTextHandler(w, opts))
 	}
