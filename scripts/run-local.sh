@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=./bin
 DATA=./data
-export FLOW_BOOTSTRAP_KEY="${FLOW_BOOTSTRAP_KEY:-local-dev-key}"
+export FLOW_BOOTSTRAP_KEY="${FLOW_BOOTSTRAP_KEY:-local-dev-key-0000000000}"
 mkdir -p "$DATA"
 
 pids=()

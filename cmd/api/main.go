@@ -1,0 +1,180 @@
+// Command api is the api-flow backend: the Flow API (processes, events,
+// workflows, jobs, apps, API keys) and its health checks, one process per
+// partition behind the edge. All state lives in an embedded Badger store
+// under -data-dir.
+//
+// Usage:
+//
+//	api [-listen :8080] [-partition N] [-partitions M] [-data-dir DIR] [-env development|production] [-config api.toml]
+//
+// Every flag is also read from FLOW_<NAME> (FLOW_DATA_DIR for -data-dir);
+// flags win over the environment, which wins over the -config file. With
+// no -partition, the ordinal comes from HOSTNAME api-flow-N.
+// FLOW_BOOTSTRAP_KEY creates an admin API key with that secret at start.
+//
+// Exit status: 0 after a clean shutdown (SIGTERM, SIGINT), 2 for bad
+// command-line syntax, 78 (EX_CONFIG) for bad configuration values, 1 when
+// the store or the listener cannot be opened.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+	"time"
+
+	"github.com/flowedge/flowedge/internal/api"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// version is set at build time: -ldflags "-X main.version=1.2.3".
+var version = ""
+
+// Exit statuses.
+const (
+	exitOK     = 0
+	exitFail   = 1
+	exitUsage  = 2
+	exitConfig = 78 // EX_CONFIG, as `edge validate` and `vector validate`
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Getenv, os.Stderr))
+}
+
+// run is the whole process: configuration, wiring, serving until ctx ends
+// (a signal), then a graceful shutdown. Logs go to logw as JSON lines.
+func run(ctx context.Context, args []string, getenv func(string) string, logw io.Writer) int {
+	cfg, err := loadConfig(args, getenv, logw)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		return exitOK
+	case errors.Is(err, errUsage):
+		fmt.Fprintln(logw, "api:", err)
+		return exitUsage
+	case err != nil:
+		fmt.Fprintln(logw, "api: bad configuration:")
+		for _, line := range splitJoined(err) {
+			fmt.Fprintln(logw, "  "+line)
+		}
+		return exitConfig
+	}
+	level, _ := parseLevel(cfg.LogLevel)
+	log := slog.New(slog.NewJSONHandler(logw, &slog.HandlerOptions{Level: level}))
+
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		log.Error("cannot create the data directory", "data_dir", cfg.DataDir, "err", err)
+		return exitFail
+	}
+	store, err := api.OpenBadger(cfg.DataDir, api.BadgerOptions{Logger: log})
+	if err != nil {
+		log.Error("cannot open the store", "data_dir", cfg.DataDir, "err", err)
+		return exitFail
+	}
+	defer store.Close()
+
+	srv, err := api.New(api.Options{
+		Store:          store,
+		Partition:      cfg.Partition,
+		Partitions:     cfg.Partitions,
+		Production:     cfg.Env == "production",
+		Version:        buildVersion(),
+		Logger:         log,
+		Registry:       prometheus.NewRegistry(),
+		Workers:        cfg.Workers,
+		IdempotencyTTL: time.Duration(cfg.IdempotencyTTL),
+		BootstrapKey:   cfg.bootstrapKey,
+		DataDir:        cfg.DataDir,
+	})
+	if err != nil {
+		log.Error("cannot start the API", "err", err)
+		return exitFail
+	}
+	shutdownTimeout := time.Duration(cfg.ShutdownTimeout)
+	closeSrv := func() {
+		sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+		defer cancel()
+		if err := srv.Close(sctx); err != nil {
+			log.Error("job workers did not stop in time", "err", err)
+		}
+	}
+
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		log.Error("cannot listen", "listen", cfg.Listen, "err", err)
+		closeSrv()
+		return exitFail
+	}
+	hs := &http.Server{
+		Handler:           srv.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- hs.Serve(ln) }()
+	log.Info("listening", "addr", ln.Addr().String(), "partition", cfg.Partition, "partitions", cfg.Partitions,
+		"partition_from", cfg.partitionSource, "data_dir", cfg.DataDir, "env", cfg.Env, "version", buildVersion())
+
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down", "timeout", shutdownTimeout.String())
+	case err := <-serveErr:
+		log.Error("server failed", "err", err)
+		closeSrv()
+		return exitFail
+	}
+	// Readiness turns 503 first, then the listener closes and in-flight
+	// requests finish, then jobs stop (a running job resumes at the next
+	// start), then the store closes (deferred).
+	srv.Drain()
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	defer cancel()
+	if err := hs.Shutdown(sctx); err != nil {
+		log.Warn("requests still open at the shutdown timeout", "err", err)
+	}
+	closeSrv()
+	if err := store.Close(); err != nil {
+		log.Error("closing the store", "err", err)
+		return exitFail
+	}
+	log.Info("stopped")
+	return exitOK
+}
+
+// buildVersion is the -X version, else the module version, else "dev".
+func buildVersion() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
+}
+
+// splitJoined lists the errors of an errors.Join.
+func splitJoined(err error) []string {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var out []string
+		for _, e := range j.Unwrap() {
+			out = append(out, splitJoined(e)...)
+		}
+		return out
+	}
+	return []string{err.Error()}
+}

@@ -1,0 +1,154 @@
+package api_test
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// TestPacedLatency is the speed target of issue 3: event append p95 < 20 ms
+// and health p95 < 10 ms at 500 req/s. It paces requests open-loop (each
+// latency is measured from the request's scheduled send time, so a slow
+// server cannot hide its queueing) against the real server (Badger with
+// fsync per commit) on loopback, after a plain net/http server answering
+// 201 as the baseline of the same run. Opt in with FLOW_API_BENCH=1;
+// FLOW_API_BENCH_RATE and FLOW_API_BENCH_SECONDS change the load.
+//
+//	FLOW_API_BENCH=1 go test ./internal/api -run TestPacedLatency -v
+func TestPacedLatency(t *testing.T) {
+	if os.Getenv("FLOW_API_BENCH") == "" {
+		t.Skip("set FLOW_API_BENCH=1 to run the paced latency benchmark")
+	}
+	rate, secs := envInt("FLOW_API_BENCH_RATE", 500), envInt("FLOW_API_BENCH_SECONDS", 5)
+	body := []byte(`{"type":"order.created","order_id":"ord-0001","amount":1999,"currency":"EUR","customer":{"id":"cus-42","email":"someone@example.com"},"items":[{"sku":"sku-1","qty":1},{"sku":"sku-2","qty":2}],"note":"` + strings.Repeat("x", 60) + `"}`)
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 512, MaxIdleConns: 512}, Timeout: 10 * time.Second}
+
+	plain := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusCreated)
+		_, _ = w.Write([]byte(`{"ok":true}` + "\n"))
+	}))
+	defer plain.Close()
+	e := newEnv(t)
+
+	post := func(url string, i int, key string) error {
+		req, _ := http.NewRequest("POST", url, bytes.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("X-Request-ID", fmt.Sprintf("bench-%d-%d", time.Now().UnixNano(), i))
+		req.Header.Set("X-Process-ID", fmt.Sprintf("proc-%d", i%100))
+		if key != "" {
+			req.Header.Set("Authorization", "Bearer "+key)
+		}
+		return expect(client.Do(req))(http.StatusCreated)
+	}
+	runs := []struct {
+		name string
+		do   func(i int) error
+	}{
+		{"baseline: plain net/http POST → 201", func(i int) error { return post(plain.URL+"/x", i, "") }},
+		{"event append (POST /api/v1/processes/{pid}/events)", func(i int) error {
+			return post(fmt.Sprintf("%s/api/v1/processes/proc-%d/events", e.ts.URL, i%100), i, adminKey)
+		}},
+		{"health (GET /health/health)", func(int) error {
+			req, _ := http.NewRequest("GET", e.ts.URL+"/health/health", nil)
+			return expect(client.Do(req))(http.StatusOK)
+		}},
+	}
+	for _, r := range runs {
+		paced(t, 50, 1, r.do) // warm up connections
+		lat, errs := paced(t, rate, secs, r.do)
+		slices.Sort(lat)
+		t.Logf("%-52s %d req/s × %ds: p50 %6.2f ms  p95 %6.2f ms  p99 %6.2f ms  max %6.2f ms  errors %d",
+			r.name, rate, secs, ms(pct(lat, 50)), ms(pct(lat, 95)), ms(pct(lat, 99)), ms(lat[len(lat)-1]), errs)
+	}
+}
+
+// paced sends rate requests per second for secs seconds, each in its own
+// goroutine at its scheduled time, and returns the latencies measured from
+// those times.
+func paced(t *testing.T, rate, secs int, do func(i int) error) ([]time.Duration, int64) {
+	t.Helper()
+	n := rate * secs
+	interval := time.Second / time.Duration(rate)
+	lat := make([]time.Duration, n)
+	var errs atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := range n {
+		at := start.Add(time.Duration(i) * interval)
+		time.Sleep(time.Until(at)) // pacing is the point here
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := do(i); err != nil {
+				if errs.Add(1) == 1 {
+					t.Log(err)
+				}
+			}
+			lat[i] = time.Since(at)
+		}()
+	}
+	wg.Wait()
+	return lat, errs.Load()
+}
+
+func expect(res *http.Response, err error) func(int) error {
+	return func(want int) error {
+		if err != nil {
+			return err
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body)
+		if res.StatusCode != want {
+			return fmt.Errorf("status %d: %s", res.StatusCode, b)
+		}
+		return nil
+	}
+}
+
+func pct(sorted []time.Duration, p int) time.Duration {
+	return sorted[min(len(sorted)-1, len(sorted)*p/100)]
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func envInt(name string, def int) int {
+	if n, err := strconv.Atoi(os.Getenv(name)); err == nil && n > 0 {
+		return n
+	}
+	return def
+}
+
+// BenchmarkAppendEvent measures event appends through the whole HTTP stack
+// with 64 concurrent clients over 100 processes (throughput, not latency).
+func BenchmarkAppendEvent(b *testing.B) {
+	e := newEnv(b)
+	body := []byte(`{"type":"tick","n":1}`)
+	var seq atomic.Int64
+	b.SetParallelism(32)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			i := seq.Add(1)
+			pid := fmt.Sprintf("proc-%d", i%100)
+			req, _ := http.NewRequest("POST", e.ts.URL+"/api/v1/processes/"+pid+"/events", bytes.NewReader(body))
+			req.Header.Set("Authorization", "Bearer "+adminKey)
+			req.Header.Set("X-Request-ID", fmt.Sprintf("b-%d", i))
+			if err := expect(e.client.Do(req))(http.StatusCreated); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}

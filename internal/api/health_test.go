@@ -1,0 +1,149 @@
+package api_test
+
+import (
+	"context"
+	"errors"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/flowedge/flowedge/internal/api"
+)
+
+func keysOf(m map[string]any) []string {
+	var k []string
+	for key := range m {
+		k = append(k, key)
+	}
+	sort.Strings(k)
+	return k
+}
+
+func sameKeys(t *testing.T, what string, m map[string]any, want ...string) {
+	t.Helper()
+	sort.Strings(want)
+	got := keysOf(m)
+	if len(got) != len(want) {
+		t.Fatalf("%s has members %v, want %v", what, got, want)
+	}
+	for i := range got {
+		if got[i] != want[i] {
+			t.Fatalf("%s has members %v, want %v", what, got, want)
+		}
+	}
+}
+
+// TestHealthJSON checks /health/health and /api/v1/health field by field
+// against DESIGN.md:
+// {"status","timestamp":<unix ms>,"version","checks":{"database":{"status","latency"},"storage":{"status"},"queue":{"status"}}}.
+func TestHealthJSON(t *testing.T) {
+	e := newEnv(t)
+	for _, path := range []string{"/health/health", "/api/v1/health"} {
+		before := time.Now().UnixMilli()
+		r := must(t, e.do(req{method: "GET", path: path}), 200)
+		after := time.Now().UnixMilli()
+		if ct := r.header.Get("Content-Type"); ct != "application/json" {
+			t.Fatalf("%s: Content-Type %q", path, ct)
+		}
+		var h map[string]any
+		r.json(t, &h)
+		sameKeys(t, path, h, "status", "timestamp", "version", "checks")
+		if h["status"] != "healthy" {
+			t.Fatalf("%s: status %v", path, h["status"])
+		}
+		ts, ok := h["timestamp"].(float64)
+		if !ok || int64(ts) < before || int64(ts) > after || ts != float64(int64(ts)) {
+			t.Fatalf("%s: timestamp %v is not unix ms in [%d, %d]", path, h["timestamp"], before, after)
+		}
+		if h["version"] != "test-1.0" {
+			t.Fatalf("%s: version %v", path, h["version"])
+		}
+		checks := h["checks"].(map[string]any)
+		sameKeys(t, path+" checks", checks, "database", "storage", "queue")
+		db := checks["database"].(map[string]any)
+		sameKeys(t, path+" database", db, "status", "latency")
+		if lat, ok := db["latency"].(float64); db["status"] != "ok" || !ok || lat < 0 || lat != float64(int64(lat)) {
+			t.Fatalf("%s: database %v", path, db)
+		}
+		for _, name := range []string{"storage", "queue"} {
+			c := checks[name].(map[string]any)
+			sameKeys(t, path+" "+name, c, "status")
+			if c["status"] != "ok" {
+				t.Fatalf("%s: %s %v", path, name, c)
+			}
+		}
+	}
+}
+
+// TestReadinessStoreClosed: readiness is 200 while the store answers and
+// 503 once it is closed; /health/health is then unhealthy with 503.
+func TestReadinessStoreClosed(t *testing.T) {
+	e := newEnv(t)
+	must(t, e.do(req{method: "GET", path: "/health/readiness"}), 200)
+	if err := e.store.Close(); err != nil {
+		t.Fatal(err)
+	}
+	checkProblem(t, e.do(req{method: "GET", path: "/health/readiness"}), 503)
+	var h api.HealthReport
+	must(t, e.do(req{method: "GET", path: "/health/health"}), 503).json(t, &h)
+	if h.Status != "unhealthy" || h.Checks.Database.Status != "error" || h.Checks.Database.Error == "" {
+		t.Fatalf("health with a closed store: %+v", h)
+	}
+	must(t, e.do(req{method: "GET", path: "/health/liveness"}), 200)
+}
+
+// TestHealthHangingStorage: a storage check that hangs (and ignores its
+// context) makes /health/health answer degraded within 100 ms, every time.
+func TestHealthHangingStorage(t *testing.T) {
+	release := make(chan struct{})
+	e := newEnv(t, func(o *api.Options) {
+		o.Health.Storage = func(context.Context) error { <-release; return nil }
+	})
+	t.Cleanup(func() { close(release) }) // ends the hung check goroutine
+	for i := range 3 {
+		start := time.Now()
+		r := e.do(req{method: "GET", path: "/health/health"})
+		took := time.Since(start)
+		if took >= 100*time.Millisecond {
+			t.Fatalf("call %d: /health/health took %v with a hanging storage check", i, took)
+		}
+		var h api.HealthReport
+		must(t, r, 200).json(t, &h)
+		if h.Status != "degraded" || h.Checks.Storage.Status != "error" || h.Checks.Database.Status != "ok" || h.Checks.Queue.Status != "ok" {
+			t.Fatalf("call %d: %+v", i, h)
+		}
+	}
+	must(t, e.do(req{method: "GET", path: "/health/readiness"}), 200) // storage is not readiness
+}
+
+// TestHealthFailures: a failing queue check degrades (200); a failing
+// database check makes the service unhealthy (503) and not ready.
+func TestHealthFailures(t *testing.T) {
+	e := newEnv(t, func(o *api.Options) {
+		o.Health.Queue = func(context.Context) error { return errors.New("queue stuck") }
+	})
+	var h api.HealthReport
+	must(t, e.do(req{method: "GET", path: "/health/health"}), 200).json(t, &h)
+	if h.Status != "degraded" || h.Checks.Queue.Status != "error" || h.Checks.Queue.Error != "queue stuck" {
+		t.Fatalf("%+v", h)
+	}
+
+	e2 := newEnv(t, func(o *api.Options) {
+		o.Health.Database = func(context.Context) error { return errors.New("db down") }
+	})
+	must(t, e2.do(req{method: "GET", path: "/health/health"}), 503).json(t, &h)
+	if h.Status != "unhealthy" || h.Checks.Database.Status != "error" {
+		t.Fatalf("%+v", h)
+	}
+	checkProblem(t, e2.do(req{method: "GET", path: "/health/readiness"}), 503)
+}
+
+// TestDrain: after Drain readiness is 503 while liveness stays 200.
+func TestDrain(t *testing.T) {
+	e := newEnv(t)
+	must(t, e.do(req{method: "GET", path: "/health/liveness"}), 200)
+	must(t, e.do(req{method: "GET", path: "/health/readiness"}), 200)
+	e.srv.Drain()
+	checkProblem(t, e.do(req{method: "GET", path: "/health/readiness"}), 503)
+	must(t, e.do(req{method: "GET", path: "/health/liveness"}), 200)
+}

@@ -1,0 +1,251 @@
+package api
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// Key roles. An admin key may also manage keys.
+const (
+	RoleAdmin  = "admin"
+	RoleMember = "member"
+)
+
+// MinBootstrapKeyLen is the shortest secret FLOW_BOOTSTRAP_KEY may be: keys
+// are stored as an unsalted SHA-256, which is only safe for high-entropy
+// secrets.
+const MinBootstrapKeyLen = 16
+
+// APIKey is an API key as the API shows it: never its secret or hash.
+type APIKey struct {
+	ID        string    `json:"id"`
+	Name      string    `json:"name"`
+	Role      string    `json:"role"`
+	Prefix    string    `json:"prefix"` // the secret's first characters, to recognise it
+	CreatedAt time.Time `json:"created_at"`
+	CreatedBy string    `json:"created_by,omitempty"` // id of the key that created it
+}
+
+// keyRecord is an APIKey as stored.
+type keyRecord struct {
+	APIKey
+	Hash string `json:"hash"` // hex SHA-256 of the secret
+}
+
+// createdKey is the answer to a key creation: the only time the secret is
+// shown.
+type createdKey struct {
+	APIKey
+	Key string `json:"key"`
+}
+
+func hashSecret(secret string) string {
+	h := sha256.Sum256([]byte(secret))
+	return hex.EncodeToString(h[:])
+}
+
+// newSecret returns a fresh secret: "flow_" and 256 random bits.
+func newSecret() string {
+	b := make([]byte, 32)
+	_, _ = rand.Read(b) // never fails (crypto/rand panics instead)
+	return "flow_" + base64.RawURLEncoding.EncodeToString(b)
+}
+
+func secretPrefix(secret string) string {
+	if len(secret) > 10 {
+		return secret[:10]
+	}
+	return secret[:len(secret)/2]
+}
+
+// putKey stores a new key for secret.
+func putKey(tx Tx, k APIKey, secret string) error {
+	hash := hashSecret(secret)
+	if err := tx.Set(rkey(pfxKeyHash, hash), []byte(k.ID), 0); err != nil {
+		return err
+	}
+	return putJSON(tx, rkey(pfxKey, k.ID), keyRecord{APIKey: k, Hash: hash})
+}
+
+// ensureBootstrapKey creates an admin key named "bootstrap" for secret
+// unless a key with that secret exists.
+func (s *Server) ensureBootstrapKey(ctx context.Context, secret string) error {
+	if len(secret) < MinBootstrapKeyLen {
+		return fmt.Errorf("api: the bootstrap key must be at least %d characters", MinBootstrapKeyLen)
+	}
+	var created string
+	err := s.store.Update(ctx, func(tx Tx) error {
+		created = ""
+		found, err := exists(tx, rkey(pfxKeyHash, hashSecret(secret)))
+		if err != nil || found {
+			return err
+		}
+		k := APIKey{ID: newID(), Name: "bootstrap", Role: RoleAdmin, Prefix: secretPrefix(secret), CreatedAt: time.Now().UTC()}
+		created = k.ID
+		return putKey(tx, k, secret)
+	})
+	if err == nil && created != "" {
+		s.log.Info("created the bootstrap API key", "key_id", created)
+	}
+	return err
+}
+
+// authenticate returns the key the request presents in
+// "Authorization: Bearer <key>" or "X-API-Key: <key>", or a 401.
+func (s *Server) authenticate(ctx context.Context, r *http.Request) (*APIKey, error) {
+	var secret string
+	if a := r.Header.Get("Authorization"); a != "" {
+		scheme, tok, found := strings.Cut(a, " ")
+		if !found || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(tok) == "" {
+			return nil, unauthorized(`the Authorization header must be "Bearer <API key>"`)
+		}
+		secret = strings.TrimSpace(tok)
+	} else {
+		secret = r.Header.Get("X-API-Key")
+	}
+	if secret == "" {
+		return nil, unauthorized("an API key is required: Authorization: Bearer <key> or X-API-Key: <key>")
+	}
+	var rec keyRecord
+	err := s.store.View(ctx, func(tx Tx) error {
+		id, err := tx.Get(rkey(pfxKeyHash, hashSecret(secret)))
+		if err != nil {
+			return err
+		}
+		return getJSON(tx, rkey(pfxKey, string(id)), &rec)
+	})
+	if errors.Is(err, ErrNotFound) {
+		return nil, unauthorized("the API key is not valid (unknown or deleted)")
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &rec.APIKey, nil
+}
+
+type keyInput struct {
+	Name string `json:"name"`
+	Role string `json:"role"`
+}
+
+// createKey: POST /api/v1/keys {name, role} → 201 with the secret, once.
+func (s *Server) createKey(c *call, tx Tx) (result, error) {
+	var in keyInput
+	if err := decodeJSON(c.body, &in); err != nil {
+		return result{}, err
+	}
+	name, err := cleanName("name", in.Name)
+	if err != nil {
+		return result{}, err
+	}
+	switch in.Role {
+	case "":
+		in.Role = RoleMember
+	case RoleMember, RoleAdmin:
+	default:
+		return result{}, badRequest("role: want %q or %q, got %q", RoleMember, RoleAdmin, in.Role)
+	}
+	secret := newSecret()
+	k := APIKey{ID: newID(), Name: name, Role: in.Role, Prefix: secretPrefix(secret), CreatedAt: time.Now().UTC(), CreatedBy: c.key.ID}
+	if err := putKey(tx, k, secret); err != nil {
+		return result{}, err
+	}
+	res, _ := created(createdKey{APIKey: k, Key: secret}, "/api/v1/keys/"+k.ID)
+	// The secret is shown once and never stored, not even as the answer
+	// for repeats of this request: they get a 409 naming the key.
+	res.forRepeats = conflict("this request already created API key %s; its secret is shown only once: delete that key and create another", k.ID)
+	res.forRepeats.Extra = map[string]any{"key_id": k.ID}
+	return res, nil
+}
+
+// listKeys: GET /api/v1/keys, oldest first.
+func (s *Server) listKeys(c *call) (result, error) {
+	out, err := listRecords(c.r, s.store, pfxKey, func(rec keyRecord) APIKey { return rec.APIKey })
+	if err != nil {
+		return result{}, err
+	}
+	return ok(out)
+}
+
+// getKey: GET /api/v1/keys/{id}.
+func (s *Server) getKey(c *call) (result, error) {
+	id, err := idParam(c.r, "id")
+	if err != nil {
+		return result{}, err
+	}
+	var rec keyRecord
+	err = s.store.View(c.r.Context(), func(tx Tx) error { return getJSON(tx, rkey(pfxKey, id), &rec) })
+	if errors.Is(err, ErrNotFound) {
+		return result{}, notFound("no API key %s", id)
+	}
+	if err != nil {
+		return result{}, err
+	}
+	return ok(rec.APIKey)
+}
+
+// deleteKey: DELETE /api/v1/keys/{id}; the key stops working at once (the
+// next request looks it up and does not find it).
+func (s *Server) deleteKey(c *call, tx Tx) (result, error) {
+	id, err := idParam(c.r, "id")
+	if err != nil {
+		return result{}, err
+	}
+	var rec keyRecord
+	if err := getJSON(tx, rkey(pfxKey, id), &rec); errors.Is(err, ErrNotFound) {
+		return result{}, notFound("no API key %s", id)
+	} else if err != nil {
+		return result{}, err
+	}
+	if err := tx.Delete(rkey(pfxKeyHash, rec.Hash)); err != nil {
+		return result{}, err
+	}
+	if err := tx.Delete(rkey(pfxKey, id)); err != nil {
+		return result{}, err
+	}
+	return noContent()
+}
+
+// listRecords lists the JSON records under prefix whose keys are UUIDv7
+// ids, in id (creation) order, one page at a time; view maps a stored
+// record to what the API shows.
+func listRecords[S, T any](r *http.Request, store Store, prefix string, view func(S) T) (list[T], error) {
+	cursor, limit, err := page(r)
+	if err != nil {
+		return list[T]{}, err
+	}
+	var from []byte
+	if cursor != "" {
+		if err := validUUID("cursor", cursor); err != nil {
+			return list[T]{}, err
+		}
+		from = append(rkey(prefix, cursor), 0) // just after the cursor
+	}
+	out := list[T]{Items: []T{}}
+	last := ""
+	err = store.View(r.Context(), func(tx Tx) error {
+		return tx.Scan([]byte(prefix), from, func(k, v []byte) (bool, error) {
+			if len(out.Items) == limit {
+				out.NextCursor = last
+				return false, nil
+			}
+			var rec S
+			if err := json.Unmarshal(v, &rec); err != nil {
+				return false, fmt.Errorf("store: decode %q: %w", k, err)
+			}
+			out.Items = append(out.Items, view(rec))
+			last = string(k[len(prefix):])
+			return true, nil
+		})
+	})
+	return out, err
+}

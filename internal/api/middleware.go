@@ -1,0 +1,222 @@
+package api
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Request limits (DESIGN.md, cross-cutting).
+const (
+	MaxBodyBytes = 1 << 20 // larger bodies get 413
+	MaxURLBytes  = 2048    // longer request URIs get 414
+	MaxQuery     = 1024    // longer query strings get 414
+)
+
+// reqInfo is what the middleware and the handlers learn about one request
+// and the request log reports.
+type reqInfo struct {
+	id       string // X-Request-ID (the client's, else a fresh UUIDv7)
+	route    string // the matched pattern, "" when none matched
+	keyID    string // the authenticated API key
+	replayed bool   // the answer was a stored idempotent one
+}
+
+type infoKey struct{}
+
+// infoOf returns the request's info; requests that did not pass through the
+// outer middleware get an empty one.
+func infoOf(r *http.Request) *reqInfo {
+	if in, ok := r.Context().Value(infoKey{}).(*reqInfo); ok {
+		return in
+	}
+	return &reqInfo{}
+}
+
+// requestID returns the client's X-Request-ID when it is a sane token
+// (1–200 visible ASCII characters), else a fresh UUIDv7.
+func requestID(r *http.Request) string {
+	if v := r.Header.Get("X-Request-ID"); validToken(v, 200) {
+		return v
+	}
+	return newID()
+}
+
+// validToken reports whether v is 1..max visible ASCII characters.
+func validToken(v string, max int) bool {
+	if v == "" || len(v) > max {
+		return false
+	}
+	for i := 0; i < len(v); i++ {
+		if v[i] <= ' ' || v[i] > '~' {
+			return false
+		}
+	}
+	return true
+}
+
+// recorder remembers the status and size of what a handler wrote.
+type recorder struct {
+	http.ResponseWriter
+	status int
+	bytes  int64
+}
+
+func (w *recorder) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *recorder) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	n, err := w.ResponseWriter.Write(b)
+	w.bytes += int64(n)
+	return n, err
+}
+
+func (w *recorder) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// outer wraps the router with what every request gets, in this order:
+// request id, security headers, panic recovery, request log and metrics,
+// URL and body limits, and problem+json for unmatched routes.
+func (s *Server) outer(mux *http.ServeMux) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		info := &reqInfo{id: requestID(r)}
+		r = r.WithContext(context.WithValue(r.Context(), infoKey{}, info))
+		rec := &recorder{ResponseWriter: w}
+		h := rec.Header()
+		h.Set("X-Request-ID", info.id)
+		s.securityHeaders(h)
+		defer func() {
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				s.log.Error("panic serving request", "request_id", info.id, "panic", fmt.Sprint(v))
+				if rec.status == 0 {
+					s.writeProblem(rec, r, fmt.Errorf("panic: %v", v))
+				}
+			}
+			s.observe(r, info, rec, time.Since(start))
+		}()
+
+		switch {
+		case len(r.RequestURI) > MaxURLBytes:
+			s.writeProblem(rec, r, problem(http.StatusRequestURITooLong, typeValidation, "the request URI is longer than %d bytes", MaxURLBytes))
+			return
+		case len(r.URL.RawQuery) > MaxQuery:
+			s.writeProblem(rec, r, problem(http.StatusRequestURITooLong, typeValidation, "the query string is longer than %d bytes", MaxQuery))
+			return
+		case r.ContentLength > MaxBodyBytes:
+			s.writeProblem(rec, r, &http.MaxBytesError{Limit: MaxBodyBytes})
+			return
+		}
+		if r.Body != nil {
+			r.Body = http.MaxBytesReader(rec, r.Body, MaxBodyBytes)
+		}
+
+		if route, pattern := mux.Handler(r); pattern == "" {
+			// No route: the mux would answer 404, 405 or a redirect in
+			// plain text; answer 404 and 405 as problem+json.
+			probe := &headerProbe{header: http.Header{}}
+			route.ServeHTTP(probe, r)
+			switch probe.status {
+			case http.StatusNotFound:
+				s.writeProblem(rec, r, notFound("no route for %s %s", r.Method, r.URL.Path))
+				return
+			case http.StatusMethodNotAllowed:
+				p := problem(http.StatusMethodNotAllowed, typeBlank, "%s is not allowed on %s", r.Method, r.URL.Path)
+				p.Header = http.Header{"Allow": probe.header.Values("Allow")}
+				s.writeProblem(rec, r, p)
+				return
+			}
+		}
+		mux.ServeHTTP(rec, r)
+	})
+}
+
+// securityHeaders sets the headers every answer carries.
+func (s *Server) securityHeaders(h http.Header) {
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("X-Frame-Options", "DENY")
+	h.Set("X-XSS-Protection", "1; mode=block")
+	h.Set("Referrer-Policy", "strict-origin-when-cross-origin")
+	h.Set("Cache-Control", "no-store")
+	if s.opts.Production {
+		h.Set("Strict-Transport-Security", "max-age=31536000")
+	}
+}
+
+// headerProbe records what the mux's fallback handlers would answer.
+type headerProbe struct {
+	header http.Header
+	status int
+}
+
+func (p *headerProbe) Header() http.Header { return p.header }
+func (p *headerProbe) Write(b []byte) (int, error) {
+	if p.status == 0 {
+		p.status = http.StatusOK
+	}
+	return len(b), nil
+}
+func (p *headerProbe) WriteHeader(code int) {
+	if p.status == 0 {
+		p.status = code
+	}
+}
+
+// observe writes the request log line and the request metrics.
+func (s *Server) observe(r *http.Request, info *reqInfo, rec *recorder, d time.Duration) {
+	status := rec.status
+	if status == 0 {
+		status = http.StatusOK
+	}
+	route := info.route
+	if route == "" {
+		route = "unmatched"
+	}
+	s.metrics.requests.WithLabelValues(route, r.Method, strconv.Itoa(status)).Inc()
+	s.metrics.duration.WithLabelValues(route, r.Method).Observe(d.Seconds())
+
+	level := slog.LevelInfo
+	if strings.HasPrefix(route, "/health/") || route == "/metrics" {
+		level = slog.LevelDebug // probes every few seconds: not worth a line each
+	}
+	if status >= 500 {
+		level = slog.LevelWarn
+	}
+	if !s.log.Enabled(r.Context(), level) {
+		return
+	}
+	attrs := []slog.Attr{
+		slog.String("request_id", info.id),
+		slog.String("method", r.Method),
+		slog.String("path", r.URL.Path),
+		slog.String("route", route),
+		slog.Int("status", status),
+		slog.Float64("duration_ms", float64(d.Microseconds())/1000),
+		slog.Int64("bytes", rec.bytes),
+		slog.String("key_id", info.keyID),
+		slog.String("remote", r.RemoteAddr),
+	}
+	if pid := r.Header.Get("X-Process-ID"); pid != "" {
+		attrs = append(attrs, slog.String("process_id", pid))
+	}
+	if a := r.Header.Get("X-Edge-Attempt"); a != "" {
+		attrs = append(attrs, slog.String("edge_attempt", a))
+	}
+	if info.replayed {
+		attrs = append(attrs, slog.Bool("replayed", true))
+	}
+	s.log.LogAttrs(context.WithoutCancel(r.Context()), level, "request", attrs...)
+}

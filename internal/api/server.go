@@ -1,0 +1,296 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/flowedge/flowedge/internal/partition"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Options configures a Server. The zero value of each field means the
+// default named on it; Store is required.
+type Options struct {
+	// Store holds all state. Required; the Server never closes it.
+	Store Store
+	// Partition is this backend's ordinal in [0, Partitions).
+	Partition int
+	// Partitions is how many partitions share the processes; 0 means 1.
+	Partitions int
+	// Production turns on production rules: HSTS, and outbound (http step)
+	// URLs must be HTTPS and must not reach loopback, private or link-local
+	// addresses, checked again at dial time.
+	Production bool
+	// Version is reported by /health/health; "" means "dev".
+	Version string
+	// Logger receives the request log and errors; nil discards them.
+	Logger *slog.Logger
+	// Registry gets the flow_ metrics (and Go and process collectors) and is
+	// what /metrics serves; nil means a fresh registry.
+	Registry *prometheus.Registry
+	// Workers is how many jobs run at once (of different processes); 0 means 4.
+	Workers int
+	// IdempotencyTTL is how long an answer is kept for repeats of its
+	// X-Request-ID / Idempotency-Key; 0 means 24h.
+	IdempotencyTTL time.Duration
+	// MaxJobRuns is how many times a job may be started (the first run plus
+	// resumes after restarts) before it is marked failed; 0 means 5.
+	MaxJobRuns int
+	// BootstrapKey, when set, is the secret of an admin API key created at
+	// start if no key has that secret yet.
+	BootstrapKey string
+	// DataDir is the directory the storage health check watches; "" skips
+	// the built-in storage check (it reports ok).
+	DataDir string
+	// Health overrides the health checks and their timeouts.
+	Health HealthOptions
+	// HTTPClient makes the calls of http steps; nil means a client with a
+	// 30s timeout whose dialer enforces the outbound URL rules.
+	HTTPClient *http.Client
+}
+
+// Server is the Flow API. It is safe for concurrent use.
+type Server struct {
+	opts     Options
+	store    Store
+	log      *slog.Logger
+	metrics  *metrics
+	locks    *locks
+	runner   *runner
+	health   *health
+	handler  http.Handler
+	draining atomic.Bool
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// New builds the Server: it creates the bootstrap key if asked to, loads
+// the jobs that were queued or running when the store was last used, and
+// starts the job workers. Close stops them.
+func New(opts Options) (*Server, error) {
+	if opts.Store == nil {
+		return nil, errors.New("api: Options.Store is required")
+	}
+	if opts.Partitions == 0 {
+		opts.Partitions = 1
+	}
+	if opts.Partitions < 1 || opts.Partition < 0 || opts.Partition >= opts.Partitions {
+		return nil, fmt.Errorf("api: partition %d is not in [0, %d)", opts.Partition, opts.Partitions)
+	}
+	if opts.Version == "" {
+		opts.Version = "dev"
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Registry == nil {
+		opts.Registry = prometheus.NewRegistry()
+	}
+	if opts.Workers <= 0 {
+		opts.Workers = 4
+	}
+	if opts.IdempotencyTTL <= 0 {
+		opts.IdempotencyTTL = 24 * time.Hour
+	}
+	if opts.MaxJobRuns <= 0 {
+		opts.MaxJobRuns = 5
+	}
+	if opts.HTTPClient == nil {
+		opts.HTTPClient = outboundClient(opts.Production, 30*time.Second)
+	}
+	s := &Server{opts: opts, store: opts.Store, log: opts.Logger, locks: newLocks()}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if opts.BootstrapKey != "" {
+		if err := s.ensureBootstrapKey(ctx, opts.BootstrapKey); err != nil {
+			return nil, err
+		}
+	}
+	s.runner = newRunner(s)
+	s.metrics = newMetrics(opts.Registry, s)
+	s.health = newHealth(s)
+	if err := s.runner.recover(ctx); err != nil {
+		return nil, err
+	}
+	s.handler = s.routes()
+	s.runner.start()
+	return s, nil
+}
+
+// Handler returns the HTTP handler of the whole API.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Drain makes readiness answer 503 from now on, so the edge stops sending
+// before the listener closes.
+func (s *Server) Drain() { s.draining.Store(true) }
+
+// Close drains the server and stops the job workers, waiting for them until
+// ctx ends. Running jobs stop at once and stay "running" in the store: they
+// resume at the next start. Close does not close the Store. It is safe to
+// call twice.
+func (s *Server) Close(ctx context.Context) error {
+	s.closeOnce.Do(func() {
+		s.Drain()
+		s.closeErr = s.runner.stop(ctx)
+	})
+	return s.closeErr
+}
+
+// access is who may call a route.
+type access int
+
+const (
+	public access = iota // no key
+	member               // any valid key
+	admin                // an admin key
+)
+
+func (s *Server) routes() http.Handler {
+	mux := http.NewServeMux()
+	handle := func(pattern string, acc access, h handler) {
+		mux.Handle(pattern, s.adapt(pattern, acc, h))
+	}
+	handle("GET /health/liveness", public, s.liveness)
+	handle("GET /health/readiness", public, s.readiness)
+	handle("GET /health/health", public, s.healthReport)
+	handle("GET /api/v1/health", public, s.healthReport)
+	metricsHandler := promhttp.HandlerFor(s.opts.Registry, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelError)})
+	mux.Handle("GET /metrics", s.adaptHTTP("GET /metrics", metricsHandler))
+
+	handle("GET /api/v1/processes", member, s.listProcesses)
+	handle("GET /api/v1/processes/{pid}", member, s.getProcess)
+	handle("POST /api/v1/processes/{pid}/events", member, s.write(pidLock, s.appendEvent))
+	handle("GET /api/v1/processes/{pid}/events", member, s.listEvents)
+	handle("GET /api/v1/processes/{pid}/events/{seq}", member, s.getEvent)
+
+	handle("POST /api/v1/apps", member, s.write(nil, s.createApp))
+	handle("GET /api/v1/apps", member, s.listApps)
+	handle("GET /api/v1/apps/{id}", member, s.getApp)
+	handle("DELETE /api/v1/apps/{id}", member, s.write(nil, s.deleteApp))
+
+	handle("POST /api/v1/workflows", member, s.write(nil, s.createWorkflow))
+	handle("GET /api/v1/workflows", member, s.listWorkflows)
+	handle("GET /api/v1/workflows/{id}", member, s.getWorkflow)
+	handle("DELETE /api/v1/workflows/{id}", member, s.write(nil, s.deleteWorkflow))
+
+	handle("POST /jobs", member, s.write(headerPIDLock, s.createJob))
+	handle("GET /jobs", member, s.listJobs)
+	handle("GET /jobs/{id}", member, s.getJob)
+	handle("POST /jobs/{id}/cancel", member, s.cancelJob)
+
+	handle("POST /api/v1/keys", admin, s.write(nil, s.createKey))
+	handle("GET /api/v1/keys", admin, s.listKeys)
+	handle("GET /api/v1/keys/{id}", admin, s.getKey)
+	handle("DELETE /api/v1/keys/{id}", admin, s.write(nil, s.deleteKey))
+	return s.outer(mux)
+}
+
+// routeOf is the path part of a mux pattern: the route label of metrics.
+func routeOf(pattern string) string {
+	if i := strings.IndexByte(pattern, ' '); i >= 0 {
+		return pattern[i+1:]
+	}
+	return pattern
+}
+
+// adapt turns a handler into an http.Handler: partition ownership, then
+// authentication, then the handler, then respond.
+func (s *Server) adapt(pattern string, acc access, h handler) http.Handler {
+	route := routeOf(pattern)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c := &call{r: r, info: infoOf(r)}
+		c.info.route = route
+		res, err := s.admit(c, acc)
+		if err == nil {
+			res, err = h(c)
+		}
+		s.respond(w, r, res, err)
+	})
+}
+
+// adaptHTTP labels a plain http.Handler's route for the log and metrics.
+func (s *Server) adaptHTTP(pattern string, h http.Handler) http.Handler {
+	route := routeOf(pattern)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		infoOf(r).route = route
+		h.ServeHTTP(w, r)
+	})
+}
+
+// admit checks, before a handler runs, that this partition owns the
+// request's process and that the caller may use the route.
+func (s *Server) admit(c *call, acc access) (result, error) {
+	if acc == public {
+		return result{}, nil
+	}
+	if err := s.checkOwner(c.r); err != nil {
+		return result{}, err
+	}
+	key, err := s.authenticate(c.r.Context(), c.r)
+	if err != nil {
+		return result{}, err
+	}
+	c.key = key
+	c.info.keyID = key.ID
+	if acc == admin && key.Role != RoleAdmin {
+		return result{}, forbidden("this route needs an admin key")
+	}
+	return result{}, nil
+}
+
+// checkOwner refuses (421) a request whose process — X-Process-ID, the
+// {pid} path segment or ?process_id= — belongs to another partition.
+func (s *Server) checkOwner(r *http.Request) error {
+	header := r.Header.Get("X-Process-ID")
+	path := r.PathValue("pid")
+	query := r.URL.Query().Get("process_id")
+	for _, src := range []struct{ name, pid string }{{"X-Process-ID", header}, {"process id", path}, {"process_id", query}} {
+		if src.pid == "" {
+			continue
+		}
+		if err := validPID(src.name, src.pid); err != nil {
+			return err
+		}
+		if owner := partition.OfString(src.pid, s.opts.Partitions); owner != s.opts.Partition {
+			return misdirected(src.pid, owner, s.opts.Partition, s.opts.Partitions)
+		}
+	}
+	if header != "" && path != "" && header != path {
+		return badRequest("X-Process-ID %q does not match the process %q in the path", header, path)
+	}
+	return nil
+}
+
+// MaxPIDBytes bounds a process id.
+const MaxPIDBytes = 256
+
+// validPID checks a process id: 1–256 bytes of UTF-8 without control
+// characters.
+func validPID(name, pid string) error {
+	if pid == "" || len(pid) > MaxPIDBytes || !utf8.ValidString(pid) {
+		return badRequest("%s: a process id is 1 to %d bytes of UTF-8", name, MaxPIDBytes)
+	}
+	for _, r := range pid {
+		if r < 0x20 || r == 0x7f {
+			return badRequest("%s: a process id cannot contain control characters", name)
+		}
+	}
+	return nil
+}
+
+// pidLock is the lock of a {pid} route: the process in the path.
+func pidLock(r *http.Request) string { return r.PathValue("pid") }
+
+// headerPIDLock is the lock of a route keyed by X-Process-ID.
+func headerPIDLock(r *http.Request) string { return r.Header.Get("X-Process-ID") }

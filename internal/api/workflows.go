@@ -1,0 +1,214 @@
+package api
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// Step kinds.
+const (
+	StepDelay = "delay" // wait MS milliseconds
+	StepEvent = "event" // append an event to the job's process
+	StepHTTP  = "http"  // call URL (outbound URL rules, 30s timeout)
+)
+
+// Workflow limits.
+const (
+	maxSteps      = 100
+	maxDelayMS    = int64(24 * time.Hour / time.Millisecond)
+	maxStepHeader = 20
+)
+
+// Step is one step of a workflow. Which fields apply depends on Type.
+type Step struct {
+	Type string `json:"type"`
+	// delay
+	MS int64 `json:"ms,omitempty"`
+	// event: EventType names the event (default "workflow.step"); Data is
+	// its body (default: job id, workflow id, step index and job input).
+	EventType string          `json:"event_type,omitempty"`
+	Data      json.RawMessage `json:"data,omitempty"`
+	// http: Method defaults to POST; Body defaults (for methods with a body)
+	// to the job id, workflow id, process id, step index and job input.
+	Method  string            `json:"method,omitempty"`
+	URL     string            `json:"url,omitempty"`
+	Body    json.RawMessage   `json:"body,omitempty"`
+	Headers map[string]string `json:"headers,omitempty"`
+}
+
+// Workflow is a named, ordered list of steps, optionally owned by an app.
+type Workflow struct {
+	ID        string    `json:"id"`
+	Name      string    `json:"name"`
+	AppID     string    `json:"app_id,omitempty"`
+	Steps     []Step    `json:"steps"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+type workflowInput struct {
+	Name  string `json:"name"`
+	AppID string `json:"app_id"`
+	Steps []Step `json:"steps"`
+}
+
+// validStep checks step i and fills its defaults.
+func (s *Server) validStep(i int, st *Step) error {
+	f := func(field string) string { return fmt.Sprintf("steps[%d].%s", i, field) }
+	switch st.Type {
+	case StepDelay:
+		if st.MS < 0 || st.MS > maxDelayMS {
+			return badRequest("%s: want 0 to %d milliseconds, got %d", f("ms"), maxDelayMS, st.MS)
+		}
+		if st.EventType != "" || st.Data != nil || st.Method != "" || st.URL != "" || st.Body != nil || st.Headers != nil {
+			return badRequest("steps[%d]: a delay step takes only ms", i)
+		}
+	case StepEvent:
+		if st.MS != 0 || st.Method != "" || st.URL != "" || st.Body != nil || st.Headers != nil {
+			return badRequest("steps[%d]: an event step takes only event_type and data", i)
+		}
+		if len(st.EventType) > 200 {
+			return badRequest("%s: at most 200 bytes", f("event_type"))
+		}
+		if st.EventType == "" {
+			st.EventType = "workflow.step"
+		}
+	case StepHTTP:
+		if st.MS != 0 || st.EventType != "" || st.Data != nil {
+			return badRequest("steps[%d]: an http step takes only method, url, body and headers", i)
+		}
+		st.Method = strings.ToUpper(st.Method)
+		switch st.Method {
+		case "":
+			st.Method = http.MethodPost
+		case http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete:
+		default:
+			return badRequest("%s: want GET, POST, PUT, PATCH or DELETE, got %q", f("method"), st.Method)
+		}
+		if err := checkOutboundURL(st.URL, s.opts.Production); err != nil {
+			return badRequest("%s: %v", f("url"), err)
+		}
+		if len(st.Headers) > maxStepHeader {
+			return badRequest("%s: at most %d headers", f("headers"), maxStepHeader)
+		}
+		for k, v := range st.Headers {
+			if !validHeaderName(k) || strings.ContainsAny(v, "\r\n\x00") {
+				return badRequest("%s: invalid header %q", f("headers"), k)
+			}
+			switch http.CanonicalHeaderKey(k) {
+			case "Host", "Content-Length", "Connection", "Transfer-Encoding", "Te", "Upgrade", "Idempotency-Key":
+				return badRequest("%s: %s cannot be set", f("headers"), k)
+			}
+		}
+	default:
+		return badRequest("%s: want %q, %q or %q, got %q", f("type"), StepDelay, StepEvent, StepHTTP, st.Type)
+	}
+	return nil
+}
+
+// createWorkflow: POST /api/v1/workflows {name, app_id, steps} → 201.
+func (s *Server) createWorkflow(c *call, tx Tx) (result, error) {
+	var in workflowInput
+	if err := decodeJSON(c.body, &in); err != nil {
+		return result{}, err
+	}
+	name, err := cleanName("name", in.Name)
+	if err != nil {
+		return result{}, err
+	}
+	if len(in.Steps) == 0 || len(in.Steps) > maxSteps {
+		return result{}, badRequest("steps: want 1 to %d steps, got %d", maxSteps, len(in.Steps))
+	}
+	for i := range in.Steps {
+		if err := s.validStep(i, &in.Steps[i]); err != nil {
+			return result{}, err
+		}
+	}
+	if in.AppID != "" {
+		if err := validUUID("app_id", in.AppID); err != nil {
+			return result{}, err
+		}
+		if found, err := exists(tx, rkey(pfxApp, in.AppID)); err != nil {
+			return result{}, err
+		} else if !found {
+			return result{}, unprocessable("app_id: no app %s", in.AppID)
+		}
+	}
+	w := Workflow{ID: newID(), Name: name, AppID: in.AppID, Steps: in.Steps, CreatedAt: time.Now().UTC()}
+	if err := putJSON(tx, rkey(pfxWorkflow, w.ID), w); err != nil {
+		return result{}, err
+	}
+	if w.AppID != "" {
+		if err := tx.Set(rkey(pfxAppWorkflow, w.AppID, w.ID), nil, 0); err != nil {
+			return result{}, err
+		}
+	}
+	return created(w, "/api/v1/workflows/"+w.ID)
+}
+
+// listWorkflows: GET /api/v1/workflows, oldest first.
+func (s *Server) listWorkflows(c *call) (result, error) {
+	out, err := listRecords(c.r, s.store, pfxWorkflow, func(w Workflow) Workflow { return w })
+	if err != nil {
+		return result{}, err
+	}
+	return ok(out)
+}
+
+// getWorkflow: GET /api/v1/workflows/{id}.
+func (s *Server) getWorkflow(c *call) (result, error) {
+	id, err := idParam(c.r, "id")
+	if err != nil {
+		return result{}, err
+	}
+	var w Workflow
+	err = s.store.View(c.r.Context(), func(tx Tx) error { return getJSON(tx, rkey(pfxWorkflow, id), &w) })
+	if errors.Is(err, ErrNotFound) {
+		return result{}, notFound("no workflow %s", id)
+	}
+	if err != nil {
+		return result{}, err
+	}
+	return ok(w)
+}
+
+// deleteWorkflow: DELETE /api/v1/workflows/{id} → 204. Jobs already
+// submitted keep running: each holds a copy of its workflow's steps.
+func (s *Server) deleteWorkflow(c *call, tx Tx) (result, error) {
+	id, err := idParam(c.r, "id")
+	if err != nil {
+		return result{}, err
+	}
+	var w Workflow
+	if err := getJSON(tx, rkey(pfxWorkflow, id), &w); errors.Is(err, ErrNotFound) {
+		return result{}, notFound("no workflow %s", id)
+	} else if err != nil {
+		return result{}, err
+	}
+	if w.AppID != "" {
+		if err := tx.Delete(rkey(pfxAppWorkflow, w.AppID, w.ID)); err != nil {
+			return result{}, err
+		}
+	}
+	if err := tx.Delete(rkey(pfxWorkflow, id)); err != nil {
+		return result{}, err
+	}
+	return noContent()
+}
+
+// validHeaderName reports whether k is an RFC 9110 token.
+func validHeaderName(k string) bool {
+	if k == "" {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		c := k[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0) {
+			return false
+		}
+	}
+	return true
+}
