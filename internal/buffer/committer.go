@@ -1,0 +1,904 @@
+package buffer
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	badger "github.com/dgraph-io/badger/v4"
+)
+
+// The committer is the queue's only writer. Callers encode their records and
+// outcomes in their own goroutine, send an op, and wait for its done channel.
+// The committer takes every op that is pending (up to tuning.maxBatchOps /
+// maxBatchBytes), writes them in one Badger transaction, calls DB.Sync once
+// if the batch holds appends (or other rare changes that must survive a
+// crash) and Fsync is on, then releases all waiters. Counters are written in
+// the same transaction, so what Badger recovers is always consistent.
+
+type opKind uint8
+
+const (
+	opAppend opKind = iota
+	opNack
+	opAck
+	opDead
+	opReplay
+	opDiscard
+	opQuarantine
+)
+
+// appendItem is one record of an Append, encoded by the caller.
+type appendItem struct {
+	p        int
+	id       string
+	idem     string
+	value    []byte
+	received time.Time
+}
+
+// op is one request to the committer. The committer fills the outputs and
+// closes done; until then the caller does not touch it.
+type op struct {
+	kind opKind
+
+	items []appendItem // append
+
+	p        int    // nack, ack, dead
+	seq      uint64 // nack, ack, dead
+	id       string // nack, ack, dead, replay, discard
+	park     bool   // dead
+	outcome  []byte // ack, dead: encoded outcome
+	attempts int    // nack
+	next     time.Time
+	lastErr  string
+
+	corrupt []corruptValue // quarantine
+
+	results  []AppendResult // append
+	seqs     []uint64       // append
+	replayed *Record        // replay
+	err      error
+	done     chan struct{}
+}
+
+// estimate is the op's size for batch bounding.
+func (o *op) estimate() int64 {
+	n := int64(128 + len(o.outcome))
+	for _, it := range o.items {
+		n += int64(len(it.value) + len(it.id) + len(it.idem) + 64)
+	}
+	for _, c := range o.corrupt {
+		n += int64(len(c.key) + len(c.value) + 32)
+	}
+	return n
+}
+
+// submit hands o to the committer and waits until it is done. A nil error
+// means o ran: its outcome is in o.err and the outputs. If ctx ends first
+// the op may still run.
+func (q *queue) submit(ctx context.Context, o *op) error {
+	if q.closed.Load() {
+		return ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	o.done = make(chan struct{})
+	select {
+	case q.ops <- o:
+	case <-q.closing:
+		return ErrClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case <-o.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-q.stopped:
+		select {
+		case <-o.done:
+			return nil
+		default:
+			return ErrClosed
+		}
+	}
+}
+
+// commitLoop is the committer goroutine. On Close it commits what is
+// already pending, then stops.
+func (q *queue) commitLoop() {
+	defer q.wg.Done()
+	defer close(q.stopped)
+	batch := make([]*op, 0, q.tune.maxBatchOps)
+	gather := func() {
+		size := int64(0)
+		for _, o := range batch {
+			size += o.estimate()
+		}
+		for len(batch) < q.tune.maxBatchOps && size < q.tune.maxBatchBytes {
+			select {
+			case o := <-q.ops:
+				batch = append(batch, o)
+				size += o.estimate()
+			default:
+				return
+			}
+		}
+	}
+	for {
+		select {
+		case o := <-q.ops:
+			batch = append(batch[:0], o)
+			gather()
+			q.commit(batch)
+		case <-q.closing:
+			for {
+				batch = batch[:0]
+				gather()
+				if len(batch) == 0 {
+					return
+				}
+				q.commit(batch)
+			}
+		}
+	}
+}
+
+// stage is the writes of one op, checked to fit before they enter the
+// transaction so that a failing op never leaves half its writes there.
+type stage struct {
+	sets  []*badger.Entry
+	dels  [][]byte
+	size  int64 // as Badger estimates it
+	count int64
+}
+
+func (s *stage) set(threshold int64, k, v []byte, ttl time.Duration) {
+	e := badger.NewEntry(k, v)
+	if ttl > 0 {
+		e = e.WithTTL(ttl)
+	}
+	s.sets = append(s.sets, e)
+	s.size += entrySize(threshold, k, v)
+	s.count++
+}
+
+func (s *stage) del(k []byte) {
+	s.dels = append(s.dels, k)
+	s.size += entrySize(0, k, nil)
+	s.count++
+}
+
+// entrySize mirrors Badger's estimate of an entry in a transaction.
+func entrySize(threshold int64, k, v []byte) int64 {
+	if int64(len(v)) < threshold || threshold == 0 {
+		return int64(len(k)+len(v)) + 2 + 10
+	}
+	return int64(len(k)) + 12 + 2 + 10
+}
+
+// segment is one Badger transaction of a batch, with scratch copies of the
+// state it changes. Most batches are one segment; a batch too big for one
+// transaction is split.
+type segment struct {
+	txn         *badger.Txn
+	size, count int64
+	parts       map[int]*partState
+	total       int64
+	quarantined int64
+	globalDirty bool
+	ops         []*op
+	notify      map[int]bool
+	freed       bool
+	drained     bool
+	durable     bool // holds changes that must be synced
+}
+
+func (q *queue) newSegment() *segment {
+	q.mu.Lock()
+	total, quarantined := q.totalBytes, q.quarantined
+	q.mu.Unlock()
+	return &segment{
+		txn:         q.db.NewTransaction(true),
+		parts:       map[int]*partState{},
+		total:       total,
+		quarantined: quarantined,
+		notify:      map[int]bool{},
+	}
+}
+
+// part returns the scratch copy of partition p's state.
+func (s *segment) part(q *queue, p int) *partState {
+	if st, ok := s.parts[p]; ok {
+		return st
+	}
+	q.mu.Lock()
+	st := q.parts[p]
+	q.mu.Unlock()
+	s.parts[p] = &st
+	return &st
+}
+
+// fits tells whether st can join the segment's transaction, keeping room
+// for the counters written at commit.
+// plan registers the partitions an op touches in s.parts (a few ops only
+// when applied, hence the slack).
+func (q *queue) fits(s *segment, st *stage) bool {
+	metas := int64(len(s.parts) + 4)
+	limSize := q.db.MaxBatchSize() * 9 / 10
+	limCount := q.db.MaxBatchCount() * 9 / 10
+	return s.size+st.size+64*metas < limSize && s.count+st.count+metas < limCount
+}
+
+func (s *segment) add(st *stage) error {
+	for _, e := range st.sets {
+		if err := s.txn.SetEntry(e); err != nil {
+			return err
+		}
+	}
+	for _, k := range st.dels {
+		if err := s.txn.Delete(k); err != nil {
+			return err
+		}
+	}
+	s.size += st.size
+	s.count += st.count
+	return nil
+}
+
+// commit runs one batch of ops and releases their callers.
+func (q *queue) commit(batch []*op) {
+	var (
+		done    []*segment // committed segments
+		failed  bool
+		lastErr error
+	)
+	seg := q.newSegment()
+	for _, o := range batch {
+		st, apply, err := q.plan(o, seg)
+		if err == nil && !q.fits(seg, st) && len(seg.ops) > 0 {
+			if cerr := q.commitSegment(seg); cerr != nil {
+				failed, lastErr = true, cerr
+			} else {
+				done = append(done, seg)
+			}
+			seg = q.newSegment()
+			st, apply, err = q.plan(o, seg)
+		}
+		if err == nil && !q.fits(seg, st) {
+			err = fmt.Errorf("buffer: operation too large for one write (%d bytes estimated, limit %d)", st.size, q.db.MaxBatchSize()*9/10)
+		}
+		if err != nil {
+			o.err = err
+			continue
+		}
+		if err := seg.add(st); err != nil {
+			// The transaction may hold part of this op: drop the segment.
+			err = fmt.Errorf("buffer: stage write: %w", err)
+			o.err = err
+			for _, so := range seg.ops {
+				so.err = err
+			}
+			seg.txn.Discard()
+			failed, lastErr = true, err
+			seg = q.newSegment()
+			continue
+		}
+		apply()
+		seg.ops = append(seg.ops, o)
+	}
+	if len(seg.ops) > 0 {
+		if err := q.commitSegment(seg); err != nil {
+			failed, lastErr = true, err
+		} else {
+			done = append(done, seg)
+		}
+	} else {
+		seg.txn.Discard()
+	}
+
+	durable := false
+	for _, s := range done {
+		durable = durable || s.durable
+	}
+	if durable && q.fsync {
+		if err := q.db.Sync(); err != nil {
+			err = fmt.Errorf("buffer: sync: %w", err)
+			failed, lastErr = true, err
+			// The writes are in Badger but maybe not on disk: no caller
+			// may take them as stored.
+			for _, s := range done {
+				for _, o := range s.ops {
+					o.err = err
+				}
+			}
+		}
+	}
+	if len(done) > 0 || failed {
+		q.mu.Lock()
+		if failed {
+			q.lastErr = lastErr
+		} else {
+			q.lastErr = nil
+		}
+		q.mu.Unlock()
+	}
+	if failed {
+		q.log.Error("buffer: write failed", "err", lastErr, "ops", len(batch))
+	}
+	for _, o := range batch {
+		close(o.done)
+	}
+	for _, s := range done {
+		for p := range s.notify {
+			signal(q.notify[p])
+		}
+		if s.freed {
+			signal(q.freed)
+		}
+		if s.drained {
+			signal(q.gcKick)
+		}
+	}
+}
+
+// commitSegment writes the segment's counters and commits it. On success
+// the scratch state becomes the queue's state.
+func (q *queue) commitSegment(s *segment) error {
+	defer s.txn.Discard()
+	for p, st := range s.parts {
+		if err := s.txn.Set(metaKey(p), encodePartMeta(st.partMeta)); err != nil {
+			return q.failSegment(s, fmt.Errorf("buffer: write counters: %w", err))
+		}
+	}
+	if s.globalDirty {
+		if err := s.txn.Set(globalKey, encodeGlobalMeta(globalMeta{Quarantined: s.quarantined})); err != nil {
+			return q.failSegment(s, fmt.Errorf("buffer: write counters: %w", err))
+		}
+	}
+	if err := s.txn.Commit(); err != nil {
+		return q.failSegment(s, fmt.Errorf("buffer: commit: %w", err))
+	}
+	q.mu.Lock()
+	for p, st := range s.parts {
+		st.gen = q.parts[p].gen + 1
+		q.parts[p] = *st
+	}
+	q.totalBytes = s.total
+	q.quarantined = s.quarantined
+	q.mu.Unlock()
+	return nil
+}
+
+// failSegment fails the segment's ops. Sequence numbers stay consumed: a
+// failed write may still surface after a restart, and a Seq is never given
+// twice.
+func (q *queue) failSegment(s *segment, err error) error {
+	for _, o := range s.ops {
+		o.err = err
+	}
+	q.mu.Lock()
+	for p, st := range s.parts {
+		if st.NextSeq > q.parts[p].NextSeq {
+			q.parts[p].NextSeq = st.NextSeq
+		}
+	}
+	q.mu.Unlock()
+	return err
+}
+
+// plan reads what op o needs through the segment's transaction and returns
+// its writes and the function that applies its effect to the scratch state
+// (called only if the writes are taken). An error fails the op alone,
+// nothing staged.
+func (q *queue) plan(o *op, s *segment) (*stage, func(), error) {
+	st := &stage{}
+	var (
+		apply func()
+		err   error
+	)
+	switch o.kind {
+	case opAppend:
+		apply, err = q.planAppend(o, s, st)
+	case opAck:
+		apply, err = q.planAck(o, s, st)
+	case opNack:
+		apply, err = q.planNack(o, s, st)
+	case opDead:
+		apply, err = q.planDead(o, s, st)
+	case opReplay:
+		apply, err = q.planReplay(o, s, st)
+	case opDiscard:
+		apply, err = q.planDiscard(o, s, st)
+	case opQuarantine:
+		apply, err = q.planQuarantine(o, s, st)
+	default:
+		err = fmt.Errorf("buffer: unknown op %d", o.kind)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	return st, apply, nil
+}
+
+func getCopy(txn *badger.Txn, k []byte) ([]byte, bool, error) {
+	item, err := txn.Get(k)
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("buffer: read %x: %w", k, err)
+	}
+	v, err := item.ValueCopy(nil)
+	if err != nil {
+		return nil, false, fmt.Errorf("buffer: read %x: %w", k, err)
+	}
+	return v, true, nil
+}
+
+func (q *queue) planAppend(o *op, s *segment, st *stage) (func(), error) {
+	o.results = make([]AppendResult, len(o.items))
+	o.seqs = make([]uint64, len(o.items))
+	var (
+		local map[string]string
+		add   int64
+	)
+	for i, it := range o.items {
+		if it.idem != "" {
+			if id, ok := local[it.idem]; ok {
+				o.results[i] = AppendResult{Duplicate: true, ID: id}
+				continue
+			}
+			v, found, err := getCopy(s.txn, stringKey(prefixIdem, it.idem))
+			if err != nil {
+				return nil, err
+			}
+			if found {
+				o.results[i] = AppendResult{Duplicate: true, ID: string(v)}
+				continue
+			}
+			if local == nil {
+				local = map[string]string{}
+			}
+			local[it.idem] = it.id
+		}
+		o.results[i] = AppendResult{ID: it.id}
+		add += int64(len(it.value))
+	}
+	if add > 0 && s.total+add > q.opts.MaxBytes {
+		return nil, ErrFull
+	}
+	next := map[int]uint64{}
+	for i, it := range o.items {
+		if o.results[i].Duplicate {
+			continue
+		}
+		seq, ok := next[it.p]
+		if !ok {
+			seq = s.part(q, it.p).NextSeq
+		}
+		next[it.p] = seq + 1
+		o.seqs[i] = seq
+		st.set(q.tune.valueThreshold, seqKey(prefixQueue, it.p, seq), it.value, 0)
+		st.set(q.tune.valueThreshold, stringKey(prefixIndex, it.id), encodeIndex(indexQueued, it.p, seq), 0)
+		if it.idem != "" {
+			st.set(q.tune.valueThreshold, stringKey(prefixIdem, it.idem), []byte(it.id), q.opts.IdempotencyTTL)
+		}
+	}
+	apply := func() {
+		for i, it := range o.items {
+			if o.results[i].Duplicate {
+				continue
+			}
+			ps := s.part(q, it.p)
+			if ps.Records == 0 {
+				ps.Head, ps.oldest, ps.headKnown = o.seqs[i], it.received, true
+			}
+			ps.NextSeq = o.seqs[i] + 1
+			ps.Records++
+			ps.Bytes += int64(len(it.value))
+			s.notify[it.p] = true
+		}
+		s.total += add
+		if add > 0 {
+			s.durable = true
+		}
+	}
+	return apply, nil
+}
+
+// recordID reads the id of a record value without decoding the rest.
+func recordID(v []byte) (string, bool) {
+	if len(v) < 5 || v[0] != recordV1 {
+		return "", false
+	}
+	d := decoder{b: v[1 : len(v)-4]}
+	d.bytes("mutable section")
+	id := d.bytes("id")
+	if d.err != nil {
+		return "", false
+	}
+	return string(id), true
+}
+
+// queued reads the record value at (p, seq) and checks it is id's.
+func (q *queue) queued(s *segment, p int, seq uint64, id string) ([]byte, error) {
+	if p < 0 || p >= len(q.parts) {
+		return nil, ErrNotFound
+	}
+	v, found, err := getCopy(s.txn, seqKey(prefixQueue, p, seq))
+	if err != nil {
+		return nil, err
+	}
+	if !found {
+		return nil, ErrNotFound
+	}
+	if got, ok := recordID(v); !ok || got != id {
+		return nil, ErrNotFound
+	}
+	return v, nil
+}
+
+// removed updates ps for the removal of a queued record of size n at seq.
+func (s *segment) removed(ps *partState, seq uint64, n int64) {
+	ps.Records--
+	ps.Bytes -= n
+	s.total -= n
+	s.freed = true
+	switch {
+	case ps.Records <= 0:
+		ps.Records, ps.Bytes = 0, 0
+		ps.Head, ps.oldest, ps.headKnown = ps.NextSeq, time.Time{}, true
+		s.drained = true
+	case seq == ps.Head:
+		ps.Head, ps.headKnown = seq+1, false
+	}
+}
+
+func (q *queue) planAck(o *op, s *segment, st *stage) (func(), error) {
+	v, err := q.queued(s, o.p, o.seq, o.id)
+	if err != nil {
+		return nil, err
+	}
+	st.del(seqKey(prefixQueue, o.p, o.seq))
+	st.del(stringKey(prefixIndex, o.id))
+	st.set(q.tune.valueThreshold, stringKey(prefixOutcome, o.id), o.outcome, q.opts.OutcomeTTL)
+	return func() {
+		s.removed(s.part(q, o.p), o.seq, int64(len(v)))
+	}, nil
+}
+
+func (q *queue) planNack(o *op, s *segment, st *stage) (func(), error) {
+	v, err := q.queued(s, o.p, o.seq, o.id)
+	if err != nil {
+		return nil, err
+	}
+	nv, err := withMutable(v, o.attempts, o.next, o.lastErr)
+	if err != nil {
+		return nil, fmt.Errorf("buffer: nack %s: %w", o.id, err)
+	}
+	st.set(q.tune.valueThreshold, seqKey(prefixQueue, o.p, o.seq), nv, 0)
+	return func() {
+		d := int64(len(nv) - len(v))
+		s.part(q, o.p).Bytes += d
+		s.total += d
+	}, nil
+}
+
+func (q *queue) planDead(o *op, s *segment, st *stage) (func(), error) {
+	v, err := q.queued(s, o.p, o.seq, o.id)
+	if err != nil {
+		return nil, err
+	}
+	rec, err := decodeRecord(v, o.p, o.seq, false)
+	if err != nil {
+		return nil, fmt.Errorf("buffer: dead letter %s: %w", o.id, err)
+	}
+	st.del(seqKey(prefixQueue, o.p, o.seq))
+	st.set(q.tune.valueThreshold, seqKey(prefixDead, o.p, o.seq), encodeDead(v, o.outcome), 0)
+	st.set(q.tune.valueThreshold, stringKey(prefixIndex, o.id), encodeIndex(indexDead, o.p, o.seq), 0)
+	if o.park {
+		pk := parkedKey(o.p, rec.Key)
+		_, parked, err := getCopy(s.txn, pk)
+		if err != nil {
+			return nil, err
+		}
+		if !parked {
+			st.set(q.tune.valueThreshold, pk, []byte(o.id), 0)
+		}
+	}
+	return func() {
+		ps := s.part(q, o.p)
+		s.removed(ps, o.seq, int64(len(v)))
+		ps.Dead++
+		s.durable = true
+	}, nil
+}
+
+// deadOf finds dead letter id: its partition, seq and value.
+func (q *queue) deadOf(s *segment, id string) (int, uint64, []byte, error) {
+	iv, found, err := getCopy(s.txn, stringKey(prefixIndex, id))
+	if err != nil {
+		return 0, 0, nil, err
+	}
+	if !found {
+		return 0, 0, nil, ErrNotFound
+	}
+	state, p, seq, err := decodeIndex(iv)
+	if err != nil || state != indexDead || p >= len(q.parts) {
+		return 0, 0, nil, ErrNotFound
+	}
+	v, found, err := getCopy(s.txn, seqKey(prefixDead, p, seq))
+	if err != nil {
+		return 0, 0, nil, err
+	}
+	if !found {
+		return 0, 0, nil, ErrNotFound
+	}
+	return p, seq, v, nil
+}
+
+// liftPark stages the removal of key's park if dead letter id holds it.
+func (q *queue) liftPark(s *segment, st *stage, p int, key, id string) error {
+	pk := parkedKey(p, key)
+	v, found, err := getCopy(s.txn, pk)
+	if err != nil {
+		return err
+	}
+	if found && string(v) == id {
+		st.del(pk)
+	}
+	return nil
+}
+
+func (q *queue) planReplay(o *op, s *segment, st *stage) (func(), error) {
+	p, seq, v, err := q.deadOf(s, o.id)
+	if err != nil {
+		return nil, err
+	}
+	rv, _, err := splitDead(v)
+	if err != nil {
+		return nil, fmt.Errorf("buffer: replay %s: %w", o.id, err)
+	}
+	nv, err := withMutable(rv, 0, time.Time{}, "")
+	if err != nil {
+		return nil, fmt.Errorf("buffer: replay %s: %w", o.id, err)
+	}
+	rec, err := decodeRecord(nv, p, seq, true)
+	if err != nil {
+		return nil, fmt.Errorf("buffer: replay %s: %w", o.id, err)
+	}
+	st.set(q.tune.valueThreshold, seqKey(prefixQueue, p, seq), nv, 0)
+	st.del(seqKey(prefixDead, p, seq))
+	st.set(q.tune.valueThreshold, stringKey(prefixIndex, o.id), encodeIndex(indexQueued, p, seq), 0)
+	if err := q.liftPark(s, st, p, rec.Key, o.id); err != nil {
+		return nil, err
+	}
+	return func() {
+		ps := s.part(q, p)
+		if ps.Records == 0 || seq <= ps.Head {
+			ps.Head, ps.oldest, ps.headKnown = seq, rec.ReceivedAt, true
+		}
+		ps.Records++
+		ps.Bytes += int64(len(nv))
+		s.total += int64(len(nv))
+		ps.Dead = max(ps.Dead-1, 0)
+		s.notify[p] = true
+		s.durable = true
+		o.replayed = rec
+	}, nil
+}
+
+func (q *queue) planDiscard(o *op, s *segment, st *stage) (func(), error) {
+	p, seq, v, err := q.deadOf(s, o.id)
+	if err != nil {
+		return nil, err
+	}
+	st.del(seqKey(prefixDead, p, seq))
+	st.del(stringKey(prefixIndex, o.id))
+	if rec, out, err := decodeDead(v, p, seq, false); err == nil {
+		if err := q.liftPark(s, st, p, rec.Key, o.id); err != nil {
+			return nil, err
+		}
+		// Keep what happened for Lookup (and Idempotency-Key repeats).
+		out.Status = StatusDead
+		if out.LastError == "" {
+			out.LastError = "discarded"
+		} else {
+			out.LastError += "; discarded"
+		}
+		st.set(q.tune.valueThreshold, stringKey(prefixOutcome, o.id), encodeOutcome(out, q.opts.MaxOutcomeBody), q.opts.OutcomeTTL)
+	}
+	return func() {
+		ps := s.part(q, p)
+		ps.Dead = max(ps.Dead-1, 0)
+		s.durable = true
+	}, nil
+}
+
+func (q *queue) planQuarantine(o *op, s *segment, st *stage) (func(), error) {
+	type moved struct {
+		prefix byte
+		p      int
+		seq    uint64
+		ok     bool
+		n      int64
+	}
+	var (
+		ms    []moved
+	)
+	for _, c := range o.corrupt {
+		v, found, err := getCopy(s.txn, c.key)
+		if err != nil {
+			return nil, err
+		}
+		if !found || !bytes.Equal(v, c.value) {
+			continue // gone or rewritten since it was read
+		}
+		st.set(q.tune.valueThreshold, quarantineKey(c.key), v, 0)
+		st.del(c.key)
+		prefix, p, seq, ok := parseSeqKey(c.key)
+		ok = ok && p < len(q.parts)
+		ms = append(ms, moved{prefix, p, seq, ok, int64(len(v))})
+	}
+	return func() {
+		for _, m := range ms {
+			s.quarantined++
+			s.globalDirty = true
+			if !m.ok {
+				continue
+			}
+			ps := s.part(q, m.p)
+			switch m.prefix {
+			case prefixQueue:
+				s.removed(ps, m.seq, m.n)
+			case prefixDead:
+				ps.Dead = max(ps.Dead-1, 0)
+			}
+		}
+		s.durable = len(ms) > 0
+	}, nil
+}
+
+// Limits of the fields that become part of a key.
+const (
+	maxIDLen   = 256
+	maxKeyLen  = 4096
+	maxIdemLen = 4096
+)
+
+// Append implements Queue. Records are encoded in the caller's goroutine;
+// on success each record's Seq is set. If ctx ends before the write is
+// done, Append returns ctx's error and the records may or may not be
+// stored.
+func (q *queue) Append(ctx context.Context, recs []*Record) ([]AppendResult, error) {
+	if len(recs) == 0 {
+		return nil, nil
+	}
+	o := &op{kind: opAppend, items: make([]appendItem, len(recs))}
+	for i, r := range recs {
+		if r == nil {
+			return nil, errors.New("buffer: append: nil record")
+		}
+		if err := q.checkPartition(r.Partition); err != nil {
+			return nil, fmt.Errorf("buffer: append %s: %w", r.ID, err)
+		}
+		switch {
+		case r.ID == "" || len(r.ID) > maxIDLen:
+			return nil, fmt.Errorf("buffer: append: id %q: empty or longer than %d bytes", r.ID, maxIDLen)
+		case len(r.Key) > maxKeyLen:
+			return nil, fmt.Errorf("buffer: append %s: key longer than %d bytes", r.ID, maxKeyLen)
+		case len(r.IdempotencyKey) > maxIdemLen:
+			return nil, fmt.Errorf("buffer: append %s: idempotency key longer than %d bytes", r.ID, maxIdemLen)
+		}
+		if r.ReceivedAt.IsZero() {
+			r.ReceivedAt = time.Now()
+		}
+		v := encodeRecord(r)
+		if len(v) > MaxRecordBytes {
+			return nil, fmt.Errorf("buffer: append %s: record of %d bytes exceeds %d", r.ID, len(v), MaxRecordBytes)
+		}
+		o.items[i] = appendItem{p: r.Partition, id: r.ID, idem: r.IdempotencyKey, value: v, received: r.ReceivedAt}
+	}
+	if err := q.submit(ctx, o); err != nil {
+		return nil, err
+	}
+	if o.err != nil {
+		if errors.Is(o.err, ErrFull) {
+			return nil, ErrFull
+		}
+		return nil, o.err
+	}
+	for i, r := range recs {
+		if !o.results[i].Duplicate {
+			r.Seq = o.seqs[i]
+		}
+	}
+	return o.results, nil
+}
+
+// Nack implements Queue. ErrNotFound if rec is no longer queued.
+func (q *queue) Nack(ctx context.Context, rec *Record) error {
+	if rec == nil {
+		return errors.New("buffer: nack: nil record")
+	}
+	o := &op{kind: opNack, p: rec.Partition, seq: rec.Seq, id: rec.ID,
+		attempts: rec.Attempts, next: rec.NextAttemptAt, lastErr: rec.LastError}
+	return q.run(ctx, o, "nack "+rec.ID)
+}
+
+// Ack implements Queue. ErrNotFound if rec is no longer queued (already
+// acknowledged or dead-lettered).
+func (q *queue) Ack(ctx context.Context, rec *Record, out Outcome) error {
+	if rec == nil {
+		return errors.New("buffer: ack: nil record")
+	}
+	fillOutcome(&out, rec)
+	o := &op{kind: opAck, p: rec.Partition, seq: rec.Seq, id: rec.ID,
+		outcome: encodeOutcome(&out, q.opts.MaxOutcomeBody)}
+	return q.run(ctx, o, "ack "+rec.ID)
+}
+
+// DeadLetter implements Queue. ErrNotFound if rec is no longer queued.
+func (q *queue) DeadLetter(ctx context.Context, rec *Record, out Outcome, park bool) error {
+	if rec == nil {
+		return errors.New("buffer: dead letter: nil record")
+	}
+	fillOutcome(&out, rec)
+	out.Status = StatusDead
+	o := &op{kind: opDead, p: rec.Partition, seq: rec.Seq, id: rec.ID, park: park,
+		outcome: encodeOutcome(&out, q.opts.MaxOutcomeBody)}
+	return q.run(ctx, o, "dead letter "+rec.ID)
+}
+
+// fillOutcome completes the outcome's identity fields from the record.
+func fillOutcome(out *Outcome, rec *Record) {
+	out.ID = rec.ID
+	out.Partition = rec.Partition
+	out.Key = rec.Key
+	if out.ReceivedAt.IsZero() {
+		out.ReceivedAt = rec.ReceivedAt
+	}
+	if out.FinishedAt.IsZero() {
+		out.FinishedAt = time.Now()
+	}
+	if out.Attempts == 0 {
+		out.Attempts = rec.Attempts
+	}
+}
+
+// Replay implements Queue.
+func (q *queue) Replay(ctx context.Context, id string) (*Record, error) {
+	o := &op{kind: opReplay, id: id}
+	if err := q.run(ctx, o, "replay "+id); err != nil {
+		return nil, err
+	}
+	return o.replayed, nil
+}
+
+// Discard implements Queue. The dead outcome is kept for OutcomeTTL, so
+// Lookup still answers "dead" for id.
+func (q *queue) Discard(ctx context.Context, id string) error {
+	return q.run(ctx, &op{kind: opDiscard, id: id}, "discard "+id)
+}
+
+// run submits o and returns its error, wrapped with what unless it is one
+// of the package's sentinels.
+func (q *queue) run(ctx context.Context, o *op, what string) error {
+	if err := q.submit(ctx, o); err != nil {
+		return err
+	}
+	switch {
+	case o.err == nil:
+		return nil
+	case errors.Is(o.err, ErrNotFound), errors.Is(o.err, ErrClosed):
+		return fmt.Errorf("buffer: %s: %w", what, o.err)
+	default:
+		return o.err
+	}
+}

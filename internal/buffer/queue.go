@@ -1,0 +1,724 @@
+package buffer
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	badger "github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/options"
+)
+
+// Defaults of Options fields.
+const (
+	DefaultMaxBytes       int64 = 1 << 30
+	DefaultIdempotencyTTL       = 24 * time.Hour
+	DefaultOutcomeTTL           = 24 * time.Hour
+	DefaultMaxOutcomeBody       = 64 << 10
+)
+
+// MaxRecordBytes bounds the encoded size of one record (body, headers and
+// fields). Append refuses a larger record with an error.
+const MaxRecordBytes = 32 << 20
+
+// Read limits: max <= 0 means DefaultReadMax; max is capped at MaxReadMax.
+const (
+	DefaultReadMax = 256
+	MaxReadMax     = 65536
+)
+
+// DeadLetters page size: limit <= 0 means DefaultDeadLetterPage; it is
+// capped at MaxDeadLetterPage.
+const (
+	DefaultDeadLetterPage = 100
+	MaxDeadLetterPage     = 1000
+)
+
+// tuning are the internal knobs: Badger's memory and file sizes, the group
+// commit bounds and the GC cadence. Open uses defaultTuning; tests and
+// benchmarks may use others.
+type tuning struct {
+	memTableSize   int64
+	numMemtables   int
+	valueThreshold int64
+	blockCache     int64
+	indexCache     int64
+	vlogFileSize   int64
+	compression    options.CompressionType
+	compactors     int
+
+	maxBatchOps   int   // ops per group commit
+	maxBatchBytes int64 // estimated bytes per group commit
+
+	gcInterval   time.Duration // periodic value-log GC
+	gcDrainDelay time.Duration // GC this long after the queue became empty
+}
+
+func defaultTuning() tuning {
+	return tuning{
+		memTableSize:   16 << 20,
+		numMemtables:   2,
+		valueThreshold: 1 << 10,
+		blockCache:     8 << 20,
+		indexCache:     0,
+		vlogFileSize:   64 << 20,
+		compression:    options.None,
+		compactors:     2,
+		maxBatchOps:    1024,
+		maxBatchBytes:  4 << 20,
+		gcInterval:     time.Minute,
+		gcDrainDelay:   2 * time.Second,
+	}
+}
+
+// partState is the in-memory state of one partition: the persisted counters
+// plus what Stats caches about the oldest record.
+type partState struct {
+	partMeta
+	oldest    time.Time // ReceivedAt of the record at Head, when headKnown
+	headKnown bool      // Head is the Seq of the oldest queued record
+	gen       uint64    // bumped by every committed change
+}
+
+// queue implements Queue on Badger.
+type queue struct {
+	opts  Options
+	fsync bool
+	tune  tuning
+	db    *badger.DB
+	log   *slog.Logger
+
+	ops     chan *op      // to the committer
+	closing chan struct{} // closed by Close: the committer finishes and stops
+	stopped chan struct{} // closed by the committer when it has stopped
+
+	// rw guards the DB handle against Close: every reader holds it shared.
+	rw     sync.RWMutex
+	closed atomic.Bool
+
+	closeOnce sync.Once
+	closeErr  error
+
+	mu          sync.Mutex // guards parts, totalBytes, quarantined, lastErr
+	parts       []partState
+	totalBytes  int64
+	quarantined int64
+	lastErr     error
+
+	notify []chan struct{}
+	freed  chan struct{}
+
+	gcKick   chan struct{}
+	gcCancel context.CancelFunc
+	wg       sync.WaitGroup
+}
+
+var _ Queue = (*queue)(nil)
+
+// Open opens (creating if needed) the queue stored in opts.Path and starts
+// its committer and value-log GC goroutines, which Close stops. Open reads
+// the persisted counters: it does not scan the queue, whatever its size.
+func Open(opts Options) (Queue, error) {
+	return openTuned(opts, defaultTuning())
+}
+
+func (o *Options) resolve() (fsync bool, err error) {
+	if o.Path == "" {
+		return false, errors.New("buffer: Options.Path is required")
+	}
+	if o.Partitions < 1 || o.Partitions > maxPartitions {
+		return false, fmt.Errorf("buffer: Options.Partitions = %d, want 1..%d", o.Partitions, maxPartitions)
+	}
+	if o.MaxBytes < 0 || o.IdempotencyTTL < 0 || o.OutcomeTTL < 0 || o.MaxOutcomeBody < 0 {
+		return false, errors.New("buffer: negative Options value")
+	}
+	if o.MaxBytes == 0 {
+		o.MaxBytes = DefaultMaxBytes
+	}
+	if o.IdempotencyTTL == 0 {
+		o.IdempotencyTTL = DefaultIdempotencyTTL
+	}
+	if o.OutcomeTTL == 0 {
+		o.OutcomeTTL = DefaultOutcomeTTL
+	}
+	if o.MaxOutcomeBody == 0 {
+		o.MaxOutcomeBody = DefaultMaxOutcomeBody
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return o.Fsync == nil || *o.Fsync, nil
+}
+
+func badgerOptions(path string, t tuning, log *slog.Logger, readOnly bool) badger.Options {
+	return badger.DefaultOptions(path).
+		WithSyncWrites(false). // the committer syncs once per group commit
+		WithLogger(badgerLogger{log}).
+		WithMetricsEnabled(false).
+		WithDetectConflicts(false). // one writer
+		WithNumVersionsToKeep(1).
+		WithMemTableSize(t.memTableSize).
+		WithNumMemtables(t.numMemtables).
+		WithNumLevelZeroTables(t.numMemtables + 1).
+		WithNumLevelZeroTablesStall(3 * (t.numMemtables + 1)).
+		WithValueThreshold(t.valueThreshold).
+		WithBlockCacheSize(t.blockCache).
+		WithIndexCacheSize(t.indexCache).
+		WithValueLogFileSize(t.vlogFileSize).
+		WithCompression(t.compression).
+		WithNumCompactors(t.compactors).
+		WithNumGoroutines(2).
+		WithReadOnly(readOnly)
+}
+
+func openTuned(opts Options, t tuning) (Queue, error) {
+	fsync, err := opts.resolve()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(opts.Path, 0o750); err != nil {
+		return nil, fmt.Errorf("buffer: create %s: %w", opts.Path, err)
+	}
+	db, err := badger.Open(badgerOptions(opts.Path, t, opts.Logger, false))
+	if err != nil {
+		return nil, fmt.Errorf("buffer: open %s: %w", opts.Path, err)
+	}
+	q := &queue{
+		opts:    opts,
+		fsync:   fsync,
+		tune:    t,
+		db:      db,
+		log:     opts.Logger.With("component", "buffer"),
+		ops:     make(chan *op, 4096),
+		closing: make(chan struct{}),
+		stopped: make(chan struct{}),
+		parts:   make([]partState, opts.Partitions),
+		notify:  make([]chan struct{}, opts.Partitions),
+		freed:   make(chan struct{}, 1),
+		gcKick:  make(chan struct{}, 1),
+	}
+	for i := range q.notify {
+		q.notify[i] = make(chan struct{}, 1)
+	}
+	if err := q.load(); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	q.gcCancel = cancel
+	q.wg.Add(2)
+	go q.commitLoop()
+	go q.gcLoop(ctx)
+	return q, nil
+}
+
+// load reads the persisted counters. A partition without counters is
+// empty unless records exist (written by a version without counters, or
+// counters lost): then its next Seq comes from a reverse seek to its last
+// key; its counts stay zero until records are acknowledged.
+func (q *queue) load() error {
+	return q.db.View(func(txn *badger.Txn) error {
+		for p := range q.parts {
+			st := &q.parts[p]
+			item, err := txn.Get(metaKey(p))
+			switch {
+			case errors.Is(err, badger.ErrKeyNotFound):
+				last, err := lastSeq(txn, prefixQueue, p)
+				if err != nil {
+					return err
+				}
+				st.NextSeq = last + 1
+				st.Head = 1
+			case err != nil:
+				return fmt.Errorf("buffer: read counters of partition %d: %w", p, err)
+			default:
+				var m partMeta
+				if err := item.Value(func(v []byte) (err error) { m, err = decodePartMeta(v); return }); err != nil {
+					return fmt.Errorf("buffer: counters of partition %d: %w", p, err)
+				}
+				st.partMeta = m
+				if st.NextSeq == 0 {
+					st.NextSeq = 1
+				}
+			}
+			st.headKnown = st.Records == 0
+			q.totalBytes += st.Bytes
+		}
+		item, err := txn.Get(globalKey)
+		if err == nil {
+			var g globalMeta
+			if err := item.Value(func(v []byte) (err error) { g, err = decodeGlobalMeta(v); return }); err != nil {
+				return fmt.Errorf("buffer: global counters: %w", err)
+			}
+			q.quarantined = g.Quarantined
+		} else if !errors.Is(err, badger.ErrKeyNotFound) {
+			return fmt.Errorf("buffer: read global counters: %w", err)
+		}
+		// Records of partitions beyond Partitions (the count was lowered) are
+		// not served: say so.
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixMeta}})
+		defer it.Close()
+		for it.Seek(metaKey(len(q.parts))); it.Valid(); it.Next() {
+			k := it.Item().Key()
+			if len(k) != 3 {
+				continue
+			}
+			p := int(k[1])<<8 | int(k[2])
+			var m partMeta
+			if err := it.Item().Value(func(v []byte) (err error) { m, err = decodePartMeta(v); return }); err != nil {
+				continue
+			}
+			if m.Records > 0 || m.Dead > 0 {
+				q.log.Warn("buffer holds records of a partition beyond the configured count; they are not delivered",
+					"partition", p, "partitions", len(q.parts), "records", m.Records, "dead_letters", m.Dead)
+			}
+		}
+		return nil
+	})
+}
+
+// lastSeq returns the Seq of the last key of partition p under prefix, 0 if
+// none, by one reverse seek.
+func lastSeq(txn *badger.Txn, prefix byte, p int) (uint64, error) {
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: partPrefix(prefix, p), Reverse: true})
+	defer it.Close()
+	it.Seek(seqKey(prefix, p, ^uint64(0)))
+	if !it.Valid() {
+		return 0, nil
+	}
+	_, _, seq, ok := parseSeqKey(it.Item().Key())
+	if !ok {
+		return 0, fmt.Errorf("buffer: unexpected key %x", it.Item().Key())
+	}
+	return seq, nil
+}
+
+// view runs fn in a read transaction unless the queue is closed.
+func (q *queue) view(fn func(txn *badger.Txn) error) error {
+	q.rw.RLock()
+	defer q.rw.RUnlock()
+	if q.closed.Load() {
+		return ErrClosed
+	}
+	return q.db.View(fn)
+}
+
+func (q *queue) checkPartition(p int) error {
+	if p < 0 || p >= len(q.parts) {
+		return fmt.Errorf("buffer: partition %d out of range [0,%d)", p, len(q.parts))
+	}
+	return nil
+}
+
+// corruptValue is a value that did not decode, to be quarantined.
+type corruptValue struct {
+	key, value []byte
+	err        error
+}
+
+// Read implements Queue. max <= 0 means DefaultReadMax, maxBytes <= 0 no
+// byte bound. Corrupt records are quarantined and skipped.
+func (q *queue) Read(p int, after uint64, max int, maxBytes int) ([]*Record, error) {
+	if err := q.checkPartition(p); err != nil {
+		return nil, err
+	}
+	if max <= 0 {
+		max = DefaultReadMax
+	}
+	max = min(max, MaxReadMax)
+	if after == ^uint64(0) {
+		return nil, nil
+	}
+	var (
+		out     []*Record
+		corrupt []corruptValue
+		total   int
+	)
+	err := q.view(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: partPrefix(prefixQueue, p)})
+		defer it.Close()
+		for it.Seek(seqKey(prefixQueue, p, after+1)); it.Valid(); it.Next() {
+			item := it.Item()
+			_, _, seq, ok := parseSeqKey(item.Key())
+			var rec *Record
+			err := item.Value(func(v []byte) error {
+				var derr error
+				if ok {
+					rec, derr = decodeRecord(v, p, seq, true)
+				} else {
+					derr = corruptf("malformed queue key")
+				}
+				if derr != nil {
+					corrupt = append(corrupt, corruptValue{item.KeyCopy(nil), bytes.Clone(v), derr})
+				}
+				return nil
+			})
+			if err != nil {
+				if len(out) > 0 {
+					return nil // return what was read; the rest next time
+				}
+				return fmt.Errorf("buffer: read partition %d: %w", p, err)
+			}
+			if rec == nil {
+				continue
+			}
+			if len(out) > 0 && maxBytes > 0 && total+len(rec.Body) > maxBytes {
+				break
+			}
+			out = append(out, rec)
+			total += len(rec.Body)
+			if len(out) >= max {
+				break
+			}
+		}
+		return nil
+	})
+	if len(corrupt) > 0 {
+		q.quarantine(corrupt)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// quarantine moves corrupt values aside through the committer. Failures are
+// logged: the caller skips the values either way.
+func (q *queue) quarantine(vals []corruptValue) {
+	for _, c := range vals {
+		q.log.Error("buffer: corrupt record quarantined", "key", fmt.Sprintf("%x", c.key), "bytes", len(c.value), "err", c.err)
+	}
+	o := &op{kind: opQuarantine, corrupt: vals}
+	if err := q.submit(context.Background(), o); err != nil {
+		q.log.Error("buffer: quarantine failed", "err", err)
+		return
+	}
+	if o.err != nil {
+		q.log.Error("buffer: quarantine failed", "err", o.err)
+	}
+}
+
+// Notify implements Queue. For p out of range it returns nil (a channel that
+// never fires).
+func (q *queue) Notify(p int) <-chan struct{} {
+	if p < 0 || p >= len(q.notify) {
+		return nil
+	}
+	return q.notify[p]
+}
+
+// Freed implements Queue.
+func (q *queue) Freed() <-chan struct{} { return q.freed }
+
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// Parked implements Queue.
+func (q *queue) Parked(p int) (map[string]string, error) {
+	if err := q.checkPartition(p); err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	err := q.view(func(txn *badger.Txn) error {
+		pre := partPrefix(prefixParked, p)
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: pre})
+		defer it.Close()
+		for it.Seek(pre); it.Valid(); it.Next() {
+			key := string(it.Item().Key()[len(pre):])
+			if err := it.Item().Value(func(v []byte) error { out[key] = string(v); return nil }); err != nil {
+				return fmt.Errorf("buffer: parked keys of partition %d: %w", p, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// DeadLetters implements Queue. Dead letters are listed by partition, then
+// by Seq (the order the records were received in); the cursor is opaque.
+// Records are returned without their bodies.
+func (q *queue) DeadLetters(p int, cursor string, limit int) ([]DeadLetter, string, error) {
+	if p >= 0 {
+		if err := q.checkPartition(p); err != nil {
+			return nil, "", err
+		}
+	}
+	if limit <= 0 {
+		limit = DefaultDeadLetterPage
+	}
+	limit = min(limit, MaxDeadLetterPage)
+	prefix := []byte{prefixDead}
+	if p >= 0 {
+		prefix = partPrefix(prefixDead, p)
+	}
+	start := prefix
+	if cursor != "" {
+		var cp int
+		var cs uint64
+		if _, err := fmt.Sscanf(cursor, "%d.%d", &cp, &cs); err != nil || cp < 0 || cp >= maxPartitions || cs == ^uint64(0) {
+			return nil, "", fmt.Errorf("buffer: bad dead letter cursor %q", cursor)
+		}
+		start = seqKey(prefixDead, cp, cs+1)
+	}
+	var (
+		out     []DeadLetter
+		corrupt []corruptValue
+		next    string
+	)
+	err := q.view(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+		defer it.Close()
+		parked := map[string]string{} // parkedKey → id, read once per key
+		for it.Seek(start); it.Valid(); it.Next() {
+			item := it.Item()
+			_, dp, seq, ok := parseSeqKey(item.Key())
+			if len(out) == limit {
+				next = fmt.Sprintf("%d.%d", out[len(out)-1].Record.Partition, out[len(out)-1].Record.Seq)
+				return nil
+			}
+			var (
+				rec *Record
+				o   *Outcome
+			)
+			err := item.Value(func(v []byte) error {
+				var derr error
+				if ok {
+					rec, o, derr = decodeDead(v, dp, seq, false)
+				} else {
+					derr = corruptf("malformed dead letter key")
+				}
+				if derr != nil {
+					corrupt = append(corrupt, corruptValue{item.KeyCopy(nil), bytes.Clone(v), derr})
+				}
+				return nil
+			})
+			if err != nil {
+				return fmt.Errorf("buffer: read dead letters: %w", err)
+			}
+			if rec == nil {
+				continue
+			}
+			pk := string(parkedKey(dp, rec.Key))
+			by, seen := parked[pk]
+			if !seen {
+				item, err := txn.Get([]byte(pk))
+				switch {
+				case errors.Is(err, badger.ErrKeyNotFound):
+				case err != nil:
+					return fmt.Errorf("buffer: read parked key: %w", err)
+				default:
+					v, err := item.ValueCopy(nil)
+					if err != nil {
+						return fmt.Errorf("buffer: read parked key: %w", err)
+					}
+					by = string(v)
+				}
+				parked[pk] = by
+			}
+			out = append(out, DeadLetter{Record: rec, Outcome: *o, Parked: by == rec.ID})
+		}
+		return nil
+	})
+	if len(corrupt) > 0 {
+		q.quarantine(corrupt)
+	}
+	if err != nil {
+		return nil, "", err
+	}
+	return out, next, nil
+}
+
+// Lookup implements Queue. The Record of a queued or dead delivery comes
+// without its Body.
+func (q *queue) Lookup(id string) (Delivery, error) {
+	if id == "" {
+		return Delivery{}, ErrNotFound
+	}
+	var d Delivery
+	err := q.view(func(txn *badger.Txn) error {
+		item, err := txn.Get(stringKey(prefixIndex, id))
+		if err == nil {
+			var (
+				state byte
+				p     int
+				seq   uint64
+			)
+			if err := item.Value(func(v []byte) (err error) { state, p, seq, err = decodeIndex(v); return }); err != nil {
+				return fmt.Errorf("buffer: lookup %s: %w", id, err)
+			}
+			prefix := prefixQueue
+			if state == indexDead {
+				prefix = prefixDead
+			}
+			item, err := txn.Get(seqKey(prefix, p, seq))
+			if err != nil {
+				if errors.Is(err, badger.ErrKeyNotFound) {
+					return ErrNotFound // quarantined
+				}
+				return fmt.Errorf("buffer: lookup %s: %w", id, err)
+			}
+			return item.Value(func(v []byte) error {
+				if state == indexQueued {
+					rec, err := decodeRecord(v, p, seq, false)
+					if err != nil {
+						return fmt.Errorf("buffer: lookup %s: %w", id, err)
+					}
+					d = Delivery{Status: StatusQueued, Record: rec}
+					return nil
+				}
+				rec, out, err := decodeDead(v, p, seq, false)
+				if err != nil {
+					return fmt.Errorf("buffer: lookup %s: %w", id, err)
+				}
+				d = Delivery{Status: StatusDead, Record: rec, Outcome: out}
+				return nil
+			})
+		}
+		if !errors.Is(err, badger.ErrKeyNotFound) {
+			return fmt.Errorf("buffer: lookup %s: %w", id, err)
+		}
+		item, err = txn.Get(stringKey(prefixOutcome, id))
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return ErrNotFound
+		}
+		if err != nil {
+			return fmt.Errorf("buffer: lookup %s: %w", id, err)
+		}
+		return item.Value(func(v []byte) error {
+			out, err := decodeOutcome(v)
+			if err != nil {
+				return fmt.Errorf("buffer: lookup %s: %w", id, err)
+			}
+			d = Delivery{Status: out.Status, Outcome: out}
+			return nil
+		})
+	})
+	if err != nil {
+		return Delivery{}, err
+	}
+	return d, nil
+}
+
+// Stats implements Queue. It finds the oldest record of a partition whose
+// head was removed by one seek from the previous head.
+func (q *queue) Stats() Stats {
+	q.mu.Lock()
+	s := Stats{
+		Bytes:       q.totalBytes,
+		Partitions:  make([]PartitionStats, len(q.parts)),
+		Quarantined: int(q.quarantined),
+	}
+	type want struct {
+		p    int
+		head uint64
+		gen  uint64
+	}
+	var seek []want
+	for p, st := range q.parts {
+		s.Partitions[p] = PartitionStats{
+			Records:     int(st.Records),
+			Bytes:       st.Bytes,
+			DeadLetters: int(st.Dead),
+		}
+		if st.Records > 0 {
+			if st.headKnown {
+				s.Partitions[p].Oldest = st.oldest
+			} else {
+				seek = append(seek, want{p, st.Head, st.gen})
+			}
+		}
+	}
+	q.mu.Unlock()
+	for _, w := range seek {
+		var (
+			seq uint64
+			at  time.Time
+		)
+		err := q.view(func(txn *badger.Txn) error {
+			it := txn.NewIterator(badger.IteratorOptions{Prefix: partPrefix(prefixQueue, w.p)})
+			defer it.Close()
+			for it.Seek(seqKey(prefixQueue, w.p, w.head)); it.Valid(); it.Next() {
+				_, _, s, ok := parseSeqKey(it.Item().Key())
+				if !ok {
+					continue
+				}
+				var rec *Record
+				_ = it.Item().Value(func(v []byte) (err error) { rec, err = decodeRecord(v, w.p, s, false); return })
+				if rec == nil {
+					continue // corrupt: Read quarantines it
+				}
+				seq, at = s, rec.ReceivedAt
+				return nil
+			}
+			return nil
+		})
+		if err != nil || seq == 0 {
+			continue
+		}
+		s.Partitions[w.p].Oldest = at
+		q.mu.Lock()
+		if st := &q.parts[w.p]; st.gen == w.gen {
+			st.Head, st.oldest, st.headKnown = seq, at, true
+		}
+		q.mu.Unlock()
+	}
+	return s
+}
+
+// Err implements Queue.
+func (q *queue) Err() error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.lastErr
+}
+
+// Close implements Queue: pending operations are finished, the committer and
+// the GC goroutine stopped, and Badger closed. Safe to call twice.
+func (q *queue) Close() error {
+	q.closeOnce.Do(func() {
+		q.closed.Store(true)
+		close(q.closing)
+		q.gcCancel()
+		q.wg.Wait()
+		q.rw.Lock()
+		defer q.rw.Unlock()
+		if err := q.db.Close(); err != nil {
+			q.closeErr = fmt.Errorf("buffer: close: %w", err)
+		}
+	})
+	return q.closeErr
+}
+
+// badgerLogger hands Badger's warnings and errors to slog; its info and
+// debug chatter is dropped.
+type badgerLogger struct{ log *slog.Logger }
+
+func (l badgerLogger) Errorf(f string, a ...any) {
+	l.log.Error("badger: "+trimNL(fmt.Sprintf(f, a...)), "component", "buffer")
+}
+
+func (l badgerLogger) Warningf(f string, a ...any) {
+	l.log.Warn("badger: "+trimNL(fmt.Sprintf(f, a...)), "component", "buffer")
+}
+func (badgerLogger) Infof(string, ...any)  {}
+func (badgerLogger) Debugf(string, ...any) {}
+
+func trimNL(s string) string {
+	for len(s) > 0 && (s[len(s)-1] == '\n' || s[len(s)-1] == ' ') {
+		s = s[:len(s)-1]
+	}
+	return s
+}
