@@ -24,6 +24,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"os"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -38,6 +39,8 @@ func main() {
 	duration := flag.Duration("duration", 10*time.Second, "length of each run")
 	conns := flag.Int("connections", 64, "concurrent connections (closed-loop workers)")
 	out := flag.String("out", "", "also write the markdown table to this file")
+	only := flag.String("only", "", "run only this edge mode (accept|relay), with its baseline")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the edge runs to this file")
 	flag.Parse()
 
 	backends := make([]string, 3)
@@ -66,10 +69,28 @@ func main() {
 		rows = append(rows, r)
 		return r
 	}
-	base202 := run("plain Go server (202)", plain)
-	accept := run("edge, respond=accept", startEdge(backends, "accept"))
-	baseProxy := run("httputil.ReverseProxy", naive)
-	relay := run("edge, respond=relay", startEdge(backends, "relay"))
+	profile := func(f func() row) row {
+		if *cpuProfile == "" {
+			return f()
+		}
+		pf, err := os.Create(*cpuProfile)
+		if err != nil {
+			log.Fatal(err)
+		}
+		defer pf.Close()
+		pprof.StartCPUProfile(pf)
+		defer pprof.StopCPUProfile()
+		return f()
+	}
+	var base202, accept, baseProxy, relay row
+	if *only != "relay" {
+		base202 = run("plain Go server (202)", plain)
+		accept = profile(func() row { return run("edge, respond=accept", startEdge(backends, "accept")) })
+	}
+	if *only != "accept" {
+		baseProxy = run("httputil.ReverseProxy", naive)
+		relay = profile(func() row { return run("edge, respond=relay", startEdge(backends, "relay")) })
+	}
 
 	var b strings.Builder
 	fmt.Fprintf(&b, "| run | req/s | p50 ms | p99 ms | success |\n|---|---:|---:|---:|---:|\n")

@@ -171,7 +171,7 @@ func (e *Engine) deliver(ctx context.Context, p int, it *item) done {
 	resp, err := client.Do(req)
 	switch {
 	case err == nil:
-		return e.finish(p, it, resp)
+		return e.finish(p, st, it, resp)
 	case errors.Is(err, errMisdirected) || (!errors.Is(err, errStopping) && ctx.Err() == nil):
 		return e.bury(p, it, resp, err)
 	default:
@@ -184,7 +184,7 @@ func (e *Engine) deliver(ctx context.Context, p int, it *item) done {
 
 // finish records a final answer (delivered or rejected), acks the record and
 // hands the answer to any relay waiter.
-func (e *Engine) finish(p int, it *item, resp *http.Response) done {
+func (e *Engine) finish(p int, st *liveState, it *item, resp *http.Response) done {
 	rec := it.rec
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, e.opt.MaxResponseBody+1))
@@ -209,6 +209,13 @@ func (e *Engine) finish(p int, it *item, resp *http.Response) done {
 		ResponseStatus: resp.StatusCode, ResponseHeader: header, ResponseBody: body,
 		LastError: rec.LastError, ReceivedAt: rec.ReceivedAt, FinishedAt: time.Now(),
 	}
+	st.mu.Lock()
+	st.final = &out
+	st.mu.Unlock()
+	// The backend has answered: relay it now. Acking is bookkeeping; if the
+	// edge dies before the ack is on disk, the record is delivered again and
+	// the backend dedupes it by X-Request-ID (at-least-once, as promised).
+	e.publish(Result{ID: rec.ID, Status: status, StatusCode: resp.StatusCode, Header: header, Body: body})
 	ctx, cancel := context.WithTimeout(context.Background(), bookkeepTimeout)
 	defer cancel()
 	if err := e.q.Ack(ctx, rec, out); err != nil {
@@ -216,7 +223,6 @@ func (e *Engine) finish(p int, it *item, resp *http.Response) done {
 		e.log.Error("acking delivered record", "id", rec.ID, "partition", p, "err", err)
 	}
 	e.count(p, rec, string(status))
-	e.publish(Result{ID: rec.ID, Status: status, StatusCode: resp.StatusCode, Header: header, Body: body})
 	return done{it: it}
 }
 

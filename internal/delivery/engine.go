@@ -348,6 +348,7 @@ type liveState struct {
 	nextAt    time.Time
 	lastError string
 	inAttempt bool
+	final     *buffer.Outcome // set once the outcome is known, before it is acked
 }
 
 // View is a delivery as /edge/v1/deliveries/{id} shows it.
@@ -373,6 +374,11 @@ func (e *Engine) Lookup(id string) (View, error) {
 		defer s.mu.Unlock()
 		view := View{ID: id, Partition: s.rec.Partition, Key: s.rec.Key, Status: buffer.StatusQueued,
 			Attempts: s.attempts, LastError: s.lastError, ReceivedAt: s.rec.ReceivedAt}
+		if o := s.final; o != nil {
+			t := o.FinishedAt
+			view.Status, view.ResponseStatus, view.FinishedAt = o.Status, o.ResponseStatus, &t
+			return view, nil
+		}
 		if s.inAttempt {
 			view.Status = buffer.StatusInFlight
 		} else if !s.nextAt.IsZero() {
@@ -470,4 +476,20 @@ func (e *Engine) PartitionReady(p int) (bool, string) {
 	}
 	ready, br := e.gates[p].snapshot()
 	return ready && br != BreakerOpen, br
+}
+
+// Outcome returns delivery id's final outcome if it is known: from the
+// worker that holds it (answered, ack under way) or from the queue.
+func (e *Engine) Outcome(id string) (*buffer.Outcome, bool) {
+	if v, ok := e.live.Load(id); ok {
+		s := v.(*liveState)
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.final, s.final != nil
+	}
+	d, err := e.q.Lookup(id)
+	if err != nil || d.Outcome == nil {
+		return nil, false
+	}
+	return d.Outcome, true
 }

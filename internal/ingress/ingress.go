@@ -249,9 +249,9 @@ func (h *Handler) serveBuffer(w http.ResponseWriter, r *http.Request, key string
 		if !h.opt.Accept {
 			results, cancel = h.opt.Engine.Wait(deliveryID)
 		}
-		if d, err := h.opt.Queue.Lookup(deliveryID); err == nil && d.Outcome != nil {
+		if o, ok := h.opt.Engine.Outcome(deliveryID); ok {
 			w.Header().Set("Idempotent-Replayed", "true")
-			h.writeOutcome(w, deliveryID, resultOf(d.Outcome))
+			h.writeOutcome(w, deliveryID, resultOf(o))
 			return
 		}
 		w.Header().Set("Idempotent-Replayed", "true")
