@@ -18,8 +18,10 @@ stop() {
     wait "${pids[$i]}" 2>/dev/null || true
   done
   echo "stopped"
+  exit "${1:-0}"
 }
-trap stop INT TERM EXIT
+trap 'stop 0' INT TERM
+trap 'stop 1' EXIT
 
 for n in 0 1 2; do
   "$BIN/api" -listen "127.0.0.1:900$((n+1))" -partition "$n" -partitions 3 \
@@ -61,3 +63,4 @@ Ctrl-C stops everything.
 MSG
 wait -n "${pids[@]}" || true
 echo "a process of the stack exited; see $DATA/*.log"
+stop 1
