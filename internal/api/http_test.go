@@ -48,7 +48,7 @@ func TestMetrics(t *testing.T) {
 		`flow_http_requests_total{code="201",method="POST",route="/api/v1/processes/{pid}/events"} 2`,
 		`flow_events_appended_total 1`,
 		`flow_idempotent_replays_total 1`,
-		`flow_jobs_queued 0`,
+		`flow_job_queue_depth 0`,
 		`flow_jobs_running 0`,
 		`flow_build_info{partition="0",partitions="1",version="test-1.0"} 1`,
 		`flow_http_request_duration_seconds_bucket`,

@@ -52,7 +52,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 		}, []string{"check"}),
 	}
 	queued := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "flow_jobs_queued",
+		Name: "flow_job_queue_depth",
 		Help: "Jobs waiting to run (the job queue depth).",
 	}, func() float64 { q, _ := s.runner.depth(); return float64(q) })
 	running := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
