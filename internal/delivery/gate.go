@@ -59,6 +59,7 @@ func (g *gate) wait(ctx context.Context) (probe bool, err error) {
 				} else {
 					g.state = BreakerHalfOpen
 					g.broadcast()
+					g.mu.Unlock()
 					continue
 				}
 			case BreakerHalfOpen:

@@ -1,0 +1,486 @@
+package delivery
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/flowedge/flowedge/internal/buffer"
+	"github.com/flowedge/flowedge/internal/partition"
+)
+
+var testRecSeq atomic.Int64
+
+func testRecord(key string, parts int, body string) *buffer.Record {
+	return &buffer.Record{
+		ID:         fmt.Sprintf("d-%08d", testRecSeq.Add(1)),
+		Partition:  partition.OfString(key, parts),
+		Key:        key,
+		Method:     http.MethodPost,
+		Path:       "/events",
+		Header:     http.Header{"Content-Type": {"text/plain"}},
+		Body:       []byte(body),
+		ReceivedAt: time.Now(),
+	}
+}
+
+func openQueue(t *testing.T, dir string, parts int) buffer.Queue {
+	t.Helper()
+	q, err := buffer.Open(buffer.Options{Path: dir, Partitions: parts})
+	if err != nil {
+		t.Fatalf("buffer.Open: %v", err)
+	}
+	return q
+}
+
+func appendRecs(t *testing.T, q buffer.Queue, recs ...*buffer.Record) {
+	t.Helper()
+	res, err := q.Append(context.Background(), recs)
+	if err != nil {
+		t.Fatalf("Append: %v", err)
+	}
+	for i, r := range res {
+		if r.Duplicate {
+			t.Fatalf("record %d reported duplicate", i)
+		}
+	}
+}
+
+// startEngine runs an engine on q against srv; cleanup stops it and closes q.
+func startEngine(t *testing.T, q buffer.Queue, parts int, srv *httptest.Server, mod func(*Options)) *Engine {
+	t.Helper()
+	opt := Options{
+		Queue:          q,
+		Partitions:     parts,
+		BackendURL:     func(int) string { return srv.URL },
+		InitialBackoff: time.Millisecond,
+		MaxBackoff:     10 * time.Millisecond,
+		Timeout:        5 * time.Second,
+	}
+	if mod != nil {
+		mod(&opt)
+	}
+	e, err := New(opt)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	e.Start(context.Background())
+	t.Cleanup(func() { e.Stop(time.Second); q.Close() })
+	return e
+}
+
+// waitFor polls cond until it holds; it fails the test after 10s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func queueEmpty(q buffer.Queue) func() bool {
+	return func() bool {
+		for _, p := range q.Stats().Partitions {
+			if p.Records != 0 {
+				return false
+			}
+		}
+		return true
+	}
+}
+
+// recorder is a backend that records what arrives, per key and globally,
+// and tracks how many requests are in flight.
+type recorder struct {
+	mu        sync.Mutex
+	perKey    map[string][]string // key → bodies, in arrival order
+	global    []string            // bodies, in arrival order
+	count     int
+	inFlight  int
+	maxFlight int
+	jitter    bool
+}
+
+func newRecorder(jitter bool) *recorder {
+	return &recorder{perKey: make(map[string][]string), jitter: jitter}
+}
+
+func (r *recorder) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	body, _ := io.ReadAll(req.Body)
+	key := req.Header.Get("X-Process-ID")
+	r.mu.Lock()
+	r.inFlight++
+	r.maxFlight = max(r.maxFlight, r.inFlight)
+	r.perKey[key] = append(r.perKey[key], string(body))
+	r.global = append(r.global, string(body))
+	r.mu.Unlock()
+	if r.jitter {
+		time.Sleep(time.Duration(rand.Int64N(int64(2*time.Millisecond) + 1)))
+	}
+	r.mu.Lock()
+	r.inFlight--
+	r.count++
+	r.mu.Unlock()
+	w.WriteHeader(http.StatusOK)
+}
+
+func (r *recorder) delivered() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.count
+}
+
+func TestEngineOrderingKey(t *testing.T) {
+	const parts, nKeys, perKey = 2, 5, 20
+	rec := newRecorder(true)
+	srv := httptest.NewServer(rec)
+	t.Cleanup(srv.Close)
+	q := openQueue(t, t.TempDir(), parts)
+
+	keys := make([]string, nKeys)
+	for k := range keys {
+		keys[k] = fmt.Sprintf("proc-%d", k)
+	}
+	var recs []*buffer.Record
+	for i := range perKey {
+		for _, k := range keys {
+			recs = append(recs, testRecord(k, parts, fmt.Sprintf("%s/%02d", k, i)))
+		}
+	}
+	appendRecs(t, q, recs...)
+	startEngine(t, q, parts, srv, func(o *Options) { o.Ordering = OrderKey })
+
+	waitFor(t, "all records delivered", func() bool { return rec.delivered() >= nKeys*perKey })
+	waitFor(t, "queue drained", queueEmpty(q))
+
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if rec.count != nKeys*perKey {
+		t.Fatalf("backend got %d requests, want %d", rec.count, nKeys*perKey)
+	}
+	for _, k := range keys {
+		got := rec.perKey[k]
+		want := make([]string, perKey)
+		for i := range want {
+			want[i] = fmt.Sprintf("%s/%02d", k, i)
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("key %s arrived in order %v, want %v", k, got, want)
+		}
+	}
+	if rec.maxFlight < 2 {
+		t.Errorf("at most %d request(s) in flight at once; want keys delivered concurrently", rec.maxFlight)
+	}
+	t.Logf("max concurrent requests: %d", rec.maxFlight)
+}
+
+func TestEngineOrderingPartition(t *testing.T) {
+	const parts, nKeys, perKey = 1, 5, 20
+	rec := newRecorder(true)
+	srv := httptest.NewServer(rec)
+	t.Cleanup(srv.Close)
+	q := openQueue(t, t.TempDir(), parts)
+
+	var recs []*buffer.Record
+	var want []string
+	for i := range perKey {
+		for k := range nKeys {
+			body := fmt.Sprintf("proc-%d/%02d", k, i)
+			recs = append(recs, testRecord(fmt.Sprintf("proc-%d", k), parts, body))
+			want = append(want, body)
+		}
+	}
+	// Two appends: one before Start, one while the engine runs.
+	appendRecs(t, q, recs[:50]...)
+	startEngine(t, q, parts, srv, func(o *Options) { o.Ordering = OrderPartition; o.MaxInFlight = 32 })
+	appendRecs(t, q, recs[50:]...)
+
+	waitFor(t, "all records delivered", func() bool { return rec.delivered() >= len(want) })
+	waitFor(t, "queue drained", queueEmpty(q))
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if !slices.Equal(rec.global, want) {
+		t.Errorf("arrival order\n%v\nwant\n%v", rec.global, want)
+	}
+	if rec.maxFlight != 1 {
+		t.Errorf("max concurrent requests %d, want 1 with ordering partition", rec.maxFlight)
+	}
+}
+
+func TestEngineParkAndReplay(t *testing.T) {
+	const parts = 1
+	var (
+		mu        sync.Mutex
+		arrivals  []string // "body status"
+		delivered = map[string]bool{}
+		misrouted bool
+	)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		b := string(body)
+		mu.Lock()
+		defer mu.Unlock()
+		code := http.StatusOK
+		if b == "K/0" && !misrouted {
+			misrouted = true
+			code = http.StatusMisdirectedRequest
+		}
+		arrivals = append(arrivals, fmt.Sprintf("%s %d", b, code))
+		if code == http.StatusOK {
+			delivered[b] = true
+		}
+		w.WriteHeader(code)
+	}))
+	t.Cleanup(srv.Close)
+	q := openQueue(t, t.TempDir(), parts)
+
+	var kRecs []*buffer.Record
+	for i := range 5 {
+		kRecs = append(kRecs, testRecord("K", parts, fmt.Sprintf("K/%d", i)))
+	}
+	j0, j1 := testRecord("J", parts, "J/0"), testRecord("J", parts, "J/1")
+	appendRecs(t, q, append(kRecs, j0, j1)...)
+
+	e := startEngine(t, q, parts, srv, func(o *Options) { o.OnDead = OnDeadPark })
+	isDelivered := func(b string) func() bool {
+		return func() bool { mu.Lock(); defer mu.Unlock(); return delivered[b] }
+	}
+
+	// K/0 goes to the dead letters at once (421 is final) and parks K.
+	waitFor(t, "K/0 dead", func() bool {
+		d, err := q.Lookup(kRecs[0].ID)
+		return err == nil && d.Status == buffer.StatusDead
+	})
+	waitFor(t, "J delivered", isDelivered("J/1"))
+	// A record for another key appended after the park still goes through,
+	// which shows the loop is running while K waits.
+	j2 := testRecord("J", parts, "J/2")
+	appendRecs(t, q, j2)
+	waitFor(t, "J/2 delivered", isDelivered("J/2"))
+
+	parked, err := q.Parked(0)
+	if err != nil {
+		t.Fatalf("Parked: %v", err)
+	}
+	if parked["K"] != kRecs[0].ID {
+		t.Fatalf("parked keys %v, want K parked by %s", parked, kRecs[0].ID)
+	}
+	mu.Lock()
+	for _, r := range kRecs[1:] {
+		if delivered[string(r.Body)] {
+			t.Errorf("%s delivered while K is parked", r.Body)
+		}
+	}
+	mu.Unlock()
+	for _, r := range kRecs[1:] {
+		v, err := e.Lookup(r.ID)
+		if err != nil || v.Status != buffer.StatusQueued {
+			t.Errorf("Lookup(%s) = (%+v, %v), want queued", r.Body, v, err)
+		}
+	}
+	if v, err := e.Lookup(kRecs[0].ID); err != nil || v.Status != buffer.StatusDead || v.ResponseStatus != http.StatusMisdirectedRequest || v.Attempts != 1 {
+		t.Errorf("Lookup(K/0) = (%+v, %v), want dead after 1 attempt with 421", v, err)
+	}
+
+	// Replaying the dead letter delivers it, then the rest of K in order.
+	if _, err := e.Replay(context.Background(), kRecs[0].ID); err != nil {
+		t.Fatalf("Replay: %v", err)
+	}
+	waitFor(t, "K delivered", isDelivered("K/4"))
+	waitFor(t, "queue drained", queueEmpty(q))
+
+	mu.Lock()
+	defer mu.Unlock()
+	var kOrder []string
+	for _, a := range arrivals {
+		if strings.HasPrefix(a, "K/") {
+			kOrder = append(kOrder, a)
+		}
+	}
+	want := []string{"K/0 421", "K/0 200", "K/1 200", "K/2 200", "K/3 200", "K/4 200"}
+	if !slices.Equal(kOrder, want) {
+		t.Errorf("K arrivals %v, want %v", kOrder, want)
+	}
+	if parked, _ := q.Parked(0); len(parked) != 0 {
+		t.Errorf("parked keys after replay: %v", parked)
+	}
+}
+
+func TestEngineMaxAttemptsDeadLetter(t *testing.T) {
+	const parts = 1
+	var (
+		mu       sync.Mutex
+		attempts []string
+	)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		attempts = append(attempts, r.Header.Get("X-Edge-Attempt"))
+		mu.Unlock()
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	t.Cleanup(srv.Close)
+	q := openQueue(t, t.TempDir(), parts)
+	e := startEngine(t, q, parts, srv, func(o *Options) { o.MaxAttempts = 3 })
+
+	r := testRecord("K", parts, "payload")
+	ch, cancel := e.Wait(r.ID)
+	defer cancel()
+	appendRecs(t, q, r)
+
+	var res Result
+	select {
+	case res = <-ch:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no result published")
+	}
+	if res.ID != r.ID || res.Status != buffer.StatusDead || res.StatusCode != http.StatusServiceUnavailable || res.Reason == "" {
+		t.Fatalf("result = %+v, want dead with status 503 and a reason", res)
+	}
+	mu.Lock()
+	got := slices.Clone(attempts)
+	mu.Unlock()
+	if want := []string{"1", "2", "3"}; !slices.Equal(got, want) {
+		t.Fatalf("X-Edge-Attempt headers %v, want %v", got, want)
+	}
+	v, err := e.Lookup(r.ID)
+	if err != nil || v.Status != buffer.StatusDead || v.Attempts != 3 {
+		t.Fatalf("Lookup = (%+v, %v), want dead after 3 attempts", v, err)
+	}
+	dls, _, err := q.DeadLetters(-1, "", 10)
+	if err != nil || len(dls) != 1 || dls[0].Record.ID != r.ID || dls[0].Parked {
+		t.Fatalf("DeadLetters = (%+v, %v), want just %s, not parked", dls, err, r.ID)
+	}
+}
+
+func TestEngineStopHandsBack(t *testing.T) {
+	const parts = 1
+	release := make(chan struct{})
+	entered := make(chan string, 4)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		entered <- r.Header.Get("X-Request-ID")
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		w.WriteHeader(http.StatusOK)
+	}))
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(release) }) // before srv.Close
+	dir := t.TempDir()
+	q := openQueue(t, dir, parts)
+	e := startEngine(t, q, parts, srv, nil)
+
+	r := testRecord("K", parts, "blocked")
+	appendRecs(t, q, r)
+	select {
+	case id := <-entered:
+		if id != r.ID {
+			t.Fatalf("backend got %s, want %s", id, r.ID)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the attempt never reached the backend")
+	}
+
+	stopped := make(chan struct{})
+	go func() { e.Stop(20 * time.Millisecond); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Stop did not return after its grace period")
+	}
+	if err := q.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+
+	q2 := openQueue(t, dir, parts)
+	defer q2.Close()
+	recs, err := q2.Read(0, 0, 10, 1<<20)
+	if err != nil {
+		t.Fatalf("Read: %v", err)
+	}
+	if len(recs) != 1 || recs[0].ID != r.ID || string(recs[0].Body) != "blocked" {
+		t.Fatalf("after reopening, queue holds %v, want %s", recs, r.ID)
+	}
+	if d, err := q2.Lookup(r.ID); err != nil || d.Status != buffer.StatusQueued {
+		t.Fatalf("Lookup = (%+v, %v), want queued", d, err)
+	}
+	if recs[0].Attempts != 0 {
+		t.Errorf("abandoned attempt counted: Attempts = %d", recs[0].Attempts)
+	}
+}
+
+// TestEngineBreakerRecovers: failures open the partition's breaker; after
+// the cooldown one probe attempt goes through and its success closes it.
+func TestEngineBreakerRecovers(t *testing.T) {
+	const parts = 1
+	var (
+		mu       sync.Mutex
+		attempts []string
+	)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		attempts = append(attempts, r.Header.Get("X-Edge-Attempt"))
+		n := len(attempts)
+		mu.Unlock()
+		if n <= 2 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	}))
+	t.Cleanup(srv.Close)
+	q := openQueue(t, t.TempDir(), parts)
+	e, err := New(Options{
+		Queue: q, Partitions: parts, BackendURL: func(int) string { return srv.URL },
+		InitialBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond, Timeout: 5 * time.Second,
+		BreakerFailures: 2, BreakerCooldown: 20 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	e.Start(context.Background())
+	// Stop is bounded here: a worker stuck in the gate would hang it forever.
+	t.Cleanup(func() {
+		stopped := make(chan struct{})
+		go func() { e.Stop(time.Second); q.Close(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(2 * time.Second):
+			t.Error("Stop did not return: a worker is stuck")
+		}
+	})
+
+	r := testRecord("K", parts, "x")
+	ch, cancel := e.Wait(r.ID)
+	defer cancel()
+	appendRecs(t, q, r)
+	select {
+	case res := <-ch:
+		if res.Status != buffer.StatusDelivered || res.StatusCode != http.StatusOK {
+			t.Fatalf("result = %+v, want delivered 200", res)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("record never delivered after the breaker's cooldown (partition stuck in the gate)")
+	}
+	mu.Lock()
+	got := slices.Clone(attempts)
+	mu.Unlock()
+	if want := []string{"1", "2", "3"}; !slices.Equal(got, want) {
+		t.Errorf("X-Edge-Attempt headers %v, want %v", got, want)
+	}
+	if ok, br := e.PartitionReady(0); !ok || br != BreakerClosed {
+		t.Errorf("PartitionReady = (%v, %q), want (true, closed)", ok, br)
+	}
+}
