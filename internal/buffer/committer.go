@@ -2,6 +2,7 @@ package buffer
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -28,6 +29,7 @@ const (
 	opReplay
 	opDiscard
 	opQuarantine
+	opReclaim // not a write: DropPrefix of empty partitions, run between batches
 )
 
 // appendItem is one record of an Append, encoded by the caller.
@@ -56,6 +58,7 @@ type op struct {
 	lastErr  string
 
 	corrupt []corruptValue // quarantine
+	parts   []int          // reclaim
 
 	results  []AppendResult // append
 	seqs     []uint64       // append
@@ -113,7 +116,7 @@ func (q *queue) submit(ctx context.Context, o *op) error {
 // already pending, then stops.
 func (q *queue) commitLoop() {
 	defer q.wg.Done()
-	defer close(q.stopped)
+	defer close(q.syncCh)
 	batch := make([]*op, 0, q.tune.maxBatchOps)
 	gather := func() {
 		size := int64(0)
@@ -193,7 +196,7 @@ type segment struct {
 	quarantined int64
 	globalDirty bool
 	ops         []*op
-	notify      map[int]bool
+	appended    map[int]uint64 // partitions appended to (or replayed into): highest Seq
 	freed       bool
 	drained     bool
 	durable     bool // holds changes that must be synced
@@ -208,7 +211,7 @@ func (q *queue) newSegment() *segment {
 		parts:       map[int]*partState{},
 		total:       total,
 		quarantined: quarantined,
-		notify:      map[int]bool{},
+		appended:    map[int]uint64{},
 	}
 }
 
@@ -252,20 +255,50 @@ func (s *segment) add(st *stage) error {
 }
 
 // commit runs one batch of ops and releases their callers.
+// flight is a committed batch on its way to its callers: through the
+// syncer when it must be synced first.
+type flight struct {
+	ops      []*op
+	done     []*segment // committed segments
+	failed   error      // first commit failure, if any
+	needSync bool
+}
+
+// commit runs one batch of ops. Batches that need no sync are released at
+// once; the others are handed to the syncer, which syncs while the
+// committer commits the next batch.
 func (q *queue) commit(batch []*op) {
 	var (
-		done    []*segment // committed segments
-		failed  bool
-		lastErr error
+		work    = make([]*op, 0, len(batch))
+		reclaim []*op
 	)
+	for _, o := range batch {
+		if o.kind == opReclaim {
+			reclaim = append(reclaim, o)
+		} else {
+			work = append(work, o)
+		}
+	}
+	if len(work) > 0 {
+		q.commitWork(work)
+	}
+	for _, o := range reclaim {
+		o.err = q.reclaimNow(o.parts)
+		close(o.done)
+	}
+}
+
+// commitWork writes a batch of ops (no reclaims).
+func (q *queue) commitWork(batch []*op) {
+	f := &flight{ops: batch}
 	seg := q.newSegment()
 	for _, o := range batch {
 		st, apply, err := q.plan(o, seg)
 		if err == nil && !q.fits(seg, st) && len(seg.ops) > 0 {
 			if cerr := q.commitSegment(seg); cerr != nil {
-				failed, lastErr = true, cerr
+				f.failed = cmp.Or(f.failed, cerr)
 			} else {
-				done = append(done, seg)
+				f.done = append(f.done, seg)
 			}
 			seg = q.newSegment()
 			st, apply, err = q.plan(o, seg)
@@ -285,7 +318,7 @@ func (q *queue) commit(batch []*op) {
 				so.err = err
 			}
 			seg.txn.Discard()
-			failed, lastErr = true, err
+			f.failed = cmp.Or(f.failed, err)
 			seg = q.newSegment()
 			continue
 		}
@@ -294,55 +327,77 @@ func (q *queue) commit(batch []*op) {
 	}
 	if len(seg.ops) > 0 {
 		if err := q.commitSegment(seg); err != nil {
-			failed, lastErr = true, err
+			f.failed = cmp.Or(f.failed, err)
 		} else {
-			done = append(done, seg)
+			f.done = append(f.done, seg)
 		}
 	} else {
 		seg.txn.Discard()
 	}
-
-	durable := false
-	for _, s := range done {
-		durable = durable || s.durable
-	}
-	if durable && q.fsync {
-		if err := q.db.Sync(); err != nil {
-			err = fmt.Errorf("buffer: sync: %w", err)
-			failed, lastErr = true, err
-			// The writes are in Badger but maybe not on disk: no caller
-			// may take them as stored.
-			for _, s := range done {
-				for _, o := range s.ops {
-					o.err = err
-				}
-			}
-		}
-	}
-	if len(done) > 0 || failed {
-		q.mu.Lock()
-		if failed {
-			q.lastErr = lastErr
-		} else {
-			q.lastErr = nil
-		}
-		q.mu.Unlock()
-	}
-	if failed {
-		q.log.Error("buffer: write failed", "err", lastErr, "ops", len(batch))
-	}
-	for _, o := range batch {
-		close(o.done)
-	}
-	for _, s := range done {
-		for p := range s.notify {
-			signal(q.notify[p])
-		}
+	for _, s := range f.done {
+		f.needSync = f.needSync || (s.durable && q.fsync)
 		if s.freed {
 			signal(q.freed)
 		}
 		if s.drained {
 			signal(q.gcKick)
+		}
+	}
+	if f.needSync {
+		q.syncCh <- f // waits while the previous batch is being synced
+		return
+	}
+	q.release(f, nil)
+}
+
+// syncLoop is the syncer goroutine: it syncs each flight handed to it and
+// releases its callers. It stops when the committer closes syncCh.
+func (q *queue) syncLoop() {
+	defer q.wg.Done()
+	defer close(q.stopped)
+	for f := range q.syncCh {
+		var err error
+		if serr := q.db.Sync(); serr != nil {
+			err = fmt.Errorf("buffer: sync: %w", serr)
+		}
+		q.release(f, err)
+	}
+}
+
+// release ends a flight: a sync error fails every op whose writes it
+// covered (they are in Badger but maybe not on disk, so no caller may take
+// them as stored), the durable marks advance, callers are released and
+// readers notified.
+func (q *queue) release(f *flight, syncErr error) {
+	if syncErr != nil {
+		for _, s := range f.done {
+			for _, o := range s.ops {
+				o.err = syncErr
+			}
+		}
+	}
+	failed := cmp.Or(f.failed, syncErr)
+	if len(f.done) > 0 || failed != nil {
+		q.mu.Lock()
+		q.lastErr = failed
+		q.mu.Unlock()
+	}
+	if failed != nil {
+		q.log.Error("buffer: write failed", "err", failed, "ops", len(f.ops))
+	}
+	for _, s := range f.done {
+		for p, seq := range s.appended {
+			if seq > q.durable[p].Load() {
+				q.durable[p].Store(seq)
+			}
+		}
+	}
+	for _, o := range f.ops {
+		close(o.done)
+	}
+	for _, s := range f.done {
+		for p := range s.appended {
+			signal(q.notify[p])
 		}
 	}
 }
@@ -502,7 +557,7 @@ func (q *queue) planAppend(o *op, s *segment, st *stage) (func(), error) {
 			ps.NextSeq = o.seqs[i] + 1
 			ps.Records++
 			ps.Bytes += int64(len(it.value))
-			s.notify[it.p] = true
+			s.appended[it.p] = max(s.appended[it.p], o.seqs[i])
 		}
 		s.total += add
 		if add > 0 {
@@ -688,7 +743,7 @@ func (q *queue) planReplay(o *op, s *segment, st *stage) (func(), error) {
 		ps.Bytes += int64(len(nv))
 		s.total += int64(len(nv))
 		ps.Dead = max(ps.Dead-1, 0)
-		s.notify[p] = true
+		s.appended[p] = max(s.appended[p], seq)
 		s.durable = true
 		o.replayed = rec
 	}, nil
@@ -730,7 +785,7 @@ func (q *queue) planQuarantine(o *op, s *segment, st *stage) (func(), error) {
 		n      int64
 	}
 	var (
-		ms    []moved
+		ms []moved
 	)
 	for _, c := range o.corrupt {
 		v, found, err := getCopy(s.txn, c.key)

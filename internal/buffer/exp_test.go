@@ -6,8 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"syscall"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -25,6 +25,8 @@ func dirSize(t testing.TB, dir string) (total int64, byExt map[string]int64) {
 	return
 }
 
+var expBody = 300
+
 func TestExpDisk(t *testing.T) {
 	n, _ := strconv.Atoi(os.Getenv("EXP_N"))
 	if n == 0 {
@@ -32,6 +34,9 @@ func TestExpDisk(t *testing.T) {
 	}
 	dir := t.TempDir()
 	tu := defaultTuning()
+	if v := os.Getenv("EXP_BODY"); v != "" {
+		expBody, _ = strconv.Atoi(v)
+	}
 	if v := os.Getenv("EXP_VT"); v != "" {
 		x, _ := strconv.Atoi(v)
 		tu.valueThreshold = int64(x)
@@ -51,7 +56,7 @@ func TestExpDisk(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := range per {
-				if _, err := q.Append(ctx, []*Record{newRecord((g+i)%3, fmt.Sprint("k", g), 300)}); err != nil {
+				if _, err := q.Append(ctx, []*Record{newRecord((g+i)%3, fmt.Sprint("k", g), expBody)}); err != nil {
 					t.Error(err)
 					return
 				}
@@ -100,6 +105,10 @@ func TestExpDisk(t *testing.T) {
 	switch os.Getenv("EXP_RECLAIM") {
 	case "drop":
 		err = q.db.DropPrefix(partPrefix(prefixQueue, 0), partPrefix(prefixQueue, 1), partPrefix(prefixQueue, 2))
+	case "reclaim":
+		var n int
+		n, err = q.reclaim(ctx)
+		t.Logf("reclaimed %d", n)
 	case "flatten":
 		err = q.db.Flatten(2)
 	}

@@ -1,51 +1,168 @@
 package buffer
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
 )
 
+// Disk reclaim.
+//
+// An acknowledged record leaves a tombstone; Badger drops the record's bytes
+// only when a compaction brings the two together, and the bottom level is
+// compacted only when the level above outgrows it. After a large backlog
+// drains, hundreds of MiB of dead records can therefore stay on disk
+// indefinitely, and the tombstones of the last few seconds sit in the
+// memtable where no compaction sees them. Value-log GC alone does not help:
+// it acts on discard statistics that those same compactions produce.
+//
+// So the GC goroutine also reclaims: when a partition is empty and the
+// tables holding only its queue keys exceed tuning.reclaimMin, the committer
+// (the only writer, so nothing races it) drops the partition's queue prefix
+// with DB.DropPrefix, which flushes the memtables and rewrites the tables
+// without those keys. Writes wait meanwhile (measured: ~0.3 s after draining
+// 200k records). Then value-log GC rewrites the value-log files the drop
+// emptied.
+
 // gcDiscardRatio is the share of a value-log file that must be garbage for
 // GC to rewrite it.
 const gcDiscardRatio = 0.5
 
-// gcLoop is the queue's value-log GC goroutine: every tuning.gcInterval, and
-// tuning.gcDrainDelay after the queue became empty, it rewrites value-log
-// files that are mostly garbage until none is left.
+// gcLoop is the queue's GC goroutine: every tuning.gcInterval, and
+// tuning.gcDrainDelay after the queue became empty, it reclaims the queue
+// prefixes of empty partitions (rate-limited by tuning.reclaimInterval) and
+// runs value-log GC until there is nothing left to rewrite.
 func (q *queue) gcLoop(ctx context.Context) {
 	defer q.wg.Done()
 	tick := time.NewTicker(q.tune.gcInterval)
 	defer tick.Stop()
-	var drain *time.Timer
-	var drainC <-chan time.Time
-	defer func() {
-		if drain != nil {
-			drain.Stop()
-		}
-	}()
+	drain := time.NewTimer(time.Hour)
+	drain.Stop()
+	defer drain.Stop()
+	var last time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-q.gcKick:
-			// Let the drain settle (the last acks, a memtable flush)
-			// before collecting.
-			if drain == nil {
-				drain = time.NewTimer(q.tune.gcDrainDelay)
-			} else {
-				drain.Reset(q.tune.gcDrainDelay)
-			}
-			drainC = drain.C
+			// Let the drain settle (the last acks) before looking.
+			drain.Reset(q.tune.gcDrainDelay)
 			continue
-		case <-drainC:
-			drainC = nil
+		case <-drain.C:
 		case <-tick.C:
+		}
+		if time.Since(last) >= q.tune.reclaimInterval || last.IsZero() {
+			if n, err := q.reclaim(ctx); err != nil {
+				q.log.Warn("buffer: reclaim failed", "err", err)
+			} else if n > 0 {
+				last = time.Now()
+			}
 		}
 		q.collect(ctx)
 	}
+}
+
+// reclaim asks the committer to drop the queue prefixes of the empty
+// partitions when the tables holding their keys add up to at least
+// tuning.reclaimMin bytes. It returns how many partitions it reclaimed.
+func (q *queue) reclaim(ctx context.Context) (int, error) {
+	var empty []int
+	q.mu.Lock()
+	for p := range q.parts {
+		if q.parts[p].Records == 0 {
+			empty = append(empty, p)
+		}
+	}
+	q.mu.Unlock()
+	if len(empty) == 0 {
+		return 0, nil
+	}
+	var (
+		cands []int
+		size  int64
+	)
+	tables := q.db.Tables()
+	for _, p := range empty {
+		if n := tableBytes(tables, partPrefix(prefixQueue, p)); n > 0 {
+			size += n
+			cands = append(cands, p)
+		}
+	}
+	if size < q.tune.reclaimMin {
+		return 0, nil
+	}
+	start := time.Now()
+	o := &op{kind: opReclaim, parts: cands}
+	if err := q.submit(ctx, o); err != nil {
+		return 0, err
+	}
+	if o.err != nil {
+		return 0, o.err
+	}
+	q.log.Info("buffer: reclaimed the disk of drained partitions",
+		"partitions", len(cands), "table_bytes", size, "took", time.Since(start))
+	return len(cands), nil
+}
+
+// tableBytes sums the on-disk size of the tables whose key range meets
+// prefix (a table shared with other keys counts whole).
+func tableBytes(tables []badger.TableInfo, prefix []byte) int64 {
+	var n int64
+	for _, t := range tables {
+		left, right := userKey(t.Left), userKey(t.Right)
+		if bytes.Compare(right, prefix) < 0 {
+			continue // wholly before the prefix
+		}
+		if bytes.Compare(left, prefix) > 0 && !bytes.HasPrefix(left, prefix) {
+			continue // wholly after it
+		}
+		n += int64(t.OnDiskSize)
+	}
+	return n
+}
+
+// userKey strips the 8-byte version Badger appends to the keys of a table.
+func userKey(k []byte) []byte {
+	if len(k) < 8 {
+		return k
+	}
+	return k[:len(k)-8]
+}
+
+// reclaimNow runs in the committer: it drops the queue prefix of each of
+// parts that is still empty. DropPrefix does nothing for a prefix without a
+// live key, so an empty marker at Seq 0 (never a record's Seq; skipped by
+// every reader) is written first; the drop removes it with the rest.
+func (q *queue) reclaimNow(parts []int) error {
+	var prefixes [][]byte
+	txn := q.db.NewTransaction(true)
+	defer txn.Discard()
+	q.mu.Lock()
+	for _, p := range parts {
+		if q.parts[p].Records == 0 {
+			prefixes = append(prefixes, partPrefix(prefixQueue, p))
+		}
+	}
+	q.mu.Unlock()
+	if len(prefixes) == 0 {
+		return nil
+	}
+	for _, pre := range prefixes {
+		if err := txn.Set(append(pre[:3:3], make([]byte, 8)...), nil); err != nil {
+			return fmt.Errorf("buffer: reclaim: %w", err)
+		}
+	}
+	if err := txn.Commit(); err != nil {
+		return fmt.Errorf("buffer: reclaim: %w", err)
+	}
+	if err := q.db.DropPrefix(prefixes...); err != nil {
+		return fmt.Errorf("buffer: reclaim: drop prefix: %w", err)
+	}
+	return nil
 }
 
 // collect runs value-log GC until it finds nothing to rewrite.

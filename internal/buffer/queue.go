@@ -46,6 +46,7 @@ const (
 type tuning struct {
 	memTableSize   int64
 	numMemtables   int
+	baseTableSize  int64 // SST size at every level (TableSizeMultiplier 1)
 	valueThreshold int64
 	blockCache     int64
 	indexCache     int64
@@ -56,24 +57,28 @@ type tuning struct {
 	maxBatchOps   int   // ops per group commit
 	maxBatchBytes int64 // estimated bytes per group commit
 
-	gcInterval   time.Duration // periodic value-log GC
-	gcDrainDelay time.Duration // GC this long after the queue became empty
+	gcInterval      time.Duration // periodic reclaim check and value-log GC
+	gcDrainDelay    time.Duration // the same, this long after the queue became empty
+	reclaimMin      int64         // queue-only table bytes of empty partitions worth a DropPrefix
+	reclaimInterval time.Duration // least time between two reclaims
 }
 
 func defaultTuning() tuning {
 	return tuning{
-		memTableSize:   16 << 20,
-		numMemtables:   2,
-		valueThreshold: 1 << 10,
-		blockCache:     8 << 20,
-		indexCache:     0,
-		vlogFileSize:   64 << 20,
-		compression:    options.None,
-		compactors:     2,
-		maxBatchOps:    1024,
-		maxBatchBytes:  4 << 20,
-		gcInterval:     time.Minute,
-		gcDrainDelay:   2 * time.Second,
+		memTableSize:    16 << 20,
+		numMemtables:    2,
+		valueThreshold:  1 << 10,
+		blockCache:      8 << 20,
+		indexCache:      0,
+		vlogFileSize:    64 << 20,
+		compression:     options.None,
+		compactors:      2,
+		maxBatchOps:     1024,
+		maxBatchBytes:   4 << 20,
+		gcInterval:      time.Minute,
+		gcDrainDelay:    2 * time.Second,
+		reclaimMin:      32 << 20,
+		reclaimInterval: 5 * time.Minute,
 	}
 }
 
@@ -96,7 +101,13 @@ type queue struct {
 
 	ops     chan *op      // to the committer
 	closing chan struct{} // closed by Close: the committer finishes and stops
-	stopped chan struct{} // closed by the committer when it has stopped
+	syncCh  chan *flight  // committer → syncer; closed by the committer when it stops
+	stopped chan struct{} // closed by the syncer once both have stopped
+
+	// durable[p] is the highest Seq of partition p whose write was synced
+	// (or committed, without Fsync): Read shows nothing beyond it, so a
+	// record is never delivered before its Append could succeed.
+	durable []atomic.Uint64
 
 	// rw guards the DB handle against Close: every reader holds it shared.
 	rw     sync.RWMutex
@@ -157,7 +168,7 @@ func (o *Options) resolve() (fsync bool, err error) {
 }
 
 func badgerOptions(path string, t tuning, log *slog.Logger, readOnly bool) badger.Options {
-	return badger.DefaultOptions(path).
+	o := badger.DefaultOptions(path).
 		WithSyncWrites(false). // the committer syncs once per group commit
 		WithLogger(badgerLogger{log}).
 		WithMetricsEnabled(false).
@@ -174,7 +185,13 @@ func badgerOptions(path string, t tuning, log *slog.Logger, readOnly bool) badge
 		WithCompression(t.compression).
 		WithNumCompactors(t.compactors).
 		WithNumGoroutines(2).
+		WithBaseTableSize(t.baseTableSize).
 		WithReadOnly(readOnly)
+	// Compaction builds tables in memory (2× the table size each, up to 5
+	// at once per compaction): keep them the same small size at every
+	// level rather than doubling per level.
+	o.TableSizeMultiplier = 1
+	return o
 }
 
 func openTuned(opts Options, t tuning) (Queue, error) {
@@ -197,7 +214,9 @@ func openTuned(opts Options, t tuning) (Queue, error) {
 		log:     opts.Logger.With("component", "buffer"),
 		ops:     make(chan *op, 4096),
 		closing: make(chan struct{}),
+		syncCh:  make(chan *flight),
 		stopped: make(chan struct{}),
+		durable: make([]atomic.Uint64, opts.Partitions),
 		parts:   make([]partState, opts.Partitions),
 		notify:  make([]chan struct{}, opts.Partitions),
 		freed:   make(chan struct{}, 1),
@@ -210,10 +229,14 @@ func openTuned(opts Options, t tuning) (Queue, error) {
 		_ = db.Close()
 		return nil, err
 	}
+	for p := range q.parts {
+		q.durable[p].Store(q.parts[p].NextSeq - 1)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	q.gcCancel = cancel
-	q.wg.Add(2)
+	q.wg.Add(3)
 	go q.commitLoop()
+	go q.syncLoop()
 	go q.gcLoop(ctx)
 	return q, nil
 }
@@ -340,12 +363,19 @@ func (q *queue) Read(p int, after uint64, max int, maxBytes int) ([]*Record, err
 		corrupt []corruptValue
 		total   int
 	)
+	durable := q.durable[p].Load()
+	if after >= durable {
+		return nil, nil
+	}
 	err := q.view(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: partPrefix(prefixQueue, p)})
 		defer it.Close()
 		for it.Seek(seqKey(prefixQueue, p, after+1)); it.Valid(); it.Next() {
 			item := it.Item()
 			_, _, seq, ok := parseSeqKey(item.Key())
+			if ok && seq > durable {
+				break // not synced yet
+			}
 			var rec *Record
 			err := item.Value(func(v []byte) error {
 				var derr error

@@ -76,6 +76,7 @@ func Check(path string) (CheckReport, error) {
 		global   globalMeta
 		heads    = map[int]uint64{}
 		lastSeqs = map[int]uint64{}
+		markers  [][]byte
 	)
 	err = db.View(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{})
@@ -95,6 +96,11 @@ func Check(path string) (CheckReport, error) {
 					_, p, seq, ok := parseSeqKey(k)
 					if !ok {
 						bad(corruptf("malformed key"))
+						return nil
+					}
+					if seq == 0 {
+						// A reclaim marker left by a crash: drop it.
+						markers = append(markers, item.KeyCopy(nil))
 						return nil
 					}
 					pr := part(p)
@@ -124,7 +130,7 @@ func Check(path string) (CheckReport, error) {
 					lastSeqs[p] = max(lastSeqs[p], seq)
 				case prefixParked:
 					if len(k) >= 3 {
-						part(int(k[1])<<8 | int(k[2])).Parked++
+						part(int(k[1])<<8|int(k[2])).Parked++
 					}
 				case prefixOutcome:
 					rep.Outcomes++
@@ -171,6 +177,11 @@ func Check(path string) (CheckReport, error) {
 		}
 		if err := wb.Delete(c.key); err != nil {
 			return rep, fmt.Errorf("buffer: check: quarantine: %w", err)
+		}
+	}
+	for _, k := range markers {
+		if err := wb.Delete(k); err != nil {
+			return rep, fmt.Errorf("buffer: check: %w", err)
 		}
 	}
 	for p, pr := range parts {
@@ -279,6 +290,9 @@ func Export(path string, w io.Writer) error {
 			if !ok {
 				skipped++
 				continue
+			}
+			if seq == 0 {
+				continue // reclaim marker
 			}
 			var rec *Record
 			if err := item.Value(func(v []byte) error {
