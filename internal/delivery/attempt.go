@@ -215,6 +215,7 @@ func (e *Engine) finish(p int, st *liveState, it *item, resp *http.Response) don
 	// The backend has answered: relay it now. Acking is bookkeeping; if the
 	// edge dies before the ack is on disk, the record is delivered again and
 	// the backend dedupes it by X-Request-ID (at-least-once, as promised).
+	e.count(p, rec, string(status))
 	e.publish(Result{ID: rec.ID, Status: status, StatusCode: resp.StatusCode, Header: header, Body: body})
 	ctx, cancel := context.WithTimeout(context.Background(), bookkeepTimeout)
 	defer cancel()
@@ -222,7 +223,6 @@ func (e *Engine) finish(p int, st *liveState, it *item, resp *http.Response) don
 		// Still queued: it will be delivered again (the backend dedupes).
 		e.log.Error("acking delivered record", "id", rec.ID, "partition", p, "err", err)
 	}
-	e.count(p, rec, string(status))
 	return done{it: it}
 }
 
