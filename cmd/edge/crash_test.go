@@ -18,7 +18,8 @@ import (
 	"time"
 )
 
-// buildEdge builds this command once per test binary run.
+// buildOnce builds this command once per test binary run, for every test
+// that runs the real binary (crash, validate, route).
 var buildOnce = sync.OnceValues(func() (string, error) {
 	dir, err := os.MkdirTemp("", "edge-bin-")
 	if err != nil {

@@ -8,25 +8,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/flowedge/flowedge/internal/partition"
 )
-
-// cliBinary builds the edge command once for the validate/route tests.
-var cliBinary = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "edge-cli-")
-	if err != nil {
-		return "", err
-	}
-	bin := filepath.Join(dir, "edge")
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
-	if err != nil {
-		return "", fmt.Errorf("go build: %v\n%s", err, out)
-	}
-	return bin, nil
-})
 
 // runEdge runs the built binary and returns its exit code, stdout and stderr.
 func runEdge(t *testing.T, args ...string) (int, string, string) {
@@ -34,14 +19,11 @@ func runEdge(t *testing.T, args ...string) (int, string, string) {
 	if _, err := exec.LookPath("go"); err != nil {
 		t.Skip("go tool not in PATH")
 	}
-	bin, err := cliBinary()
-	if err != nil {
-		t.Fatal(err)
-	}
+	bin := edgeBinary(t)
 	var stdout, stderr bytes.Buffer
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err = cmd.Run()
+	err := cmd.Run()
 	var ee *exec.ExitError
 	switch {
 	case err == nil:
