@@ -244,3 +244,28 @@ func BenchmarkReadAck(b *testing.B) {
 		b.Fatalf("%d records left", st.Partitions[0].Records)
 	}
 }
+
+// BenchmarkValueThreshold compares durable appends (64 writers) of 300-byte
+// and 4 KiB requests with the value-log threshold at 1 KiB (larger values
+// go to the value log) and at Badger's maximum, 1 MiB (values stay in the
+// LSM tree).
+func BenchmarkValueThreshold(b *testing.B) {
+	for _, body := range []int{benchBody, 4 << 10} {
+		for _, vt := range []int64{1 << 10, 1 << 20} {
+			b.Run(fmt.Sprintf("body=%d/threshold=%d", body, vt), func(b *testing.B) {
+				tu := defaultTuning()
+				tu.valueThreshold = vt
+				q, err := openTuned(Options{Path: b.TempDir(), Partitions: 3}, tu)
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer q.Close()
+				ctx := context.Background()
+				runWriters(b, 64, func(i int) error {
+					_, err := q.Append(ctx, []*Record{newRecord(i%3, fmt.Sprintf("proc-%d", i%1000), body)})
+					return err
+				})
+			})
+		}
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -141,10 +142,11 @@ func TestBigBacklog(t *testing.T) {
 	if res["records"] != strconv.Itoa(n) {
 		t.Fatalf("child read %s records, want %d\n%s", res["records"], n, out)
 	}
-	hwm, _ := strconv.ParseInt(res["vmhwm_bytes"], 10, 64)
-	// The target is 200 MB; the bound here is generous (shared machines).
-	if hwm > 400<<20 {
-		t.Errorf("peak RSS %s", mib(hwm))
+	anon, _ := strconv.ParseInt(res["rss_anon_peak_bytes"], 10, 64)
+	// Generous bound (the Go heap's GC slack varies from run to run); the
+	// figures are logged and recorded in docs/benchmarks-buffer.md.
+	if anon <= 0 || anon > 256<<20 {
+		t.Errorf("peak anonymous RSS %s, want at most 256 MiB", mib(anon))
 	}
 	after, _ := strconv.ParseInt(res["disk_after_bytes"], 10, 64)
 	if after > 2*base+(256<<20) {
@@ -160,6 +162,27 @@ func TestBigChild(t *testing.T) {
 	}
 	say := func(k string, v any) { fmt.Printf("BIG %s=%v\n", k, v) }
 	ctx := context.Background()
+	// Sample the private (anonymous) part of the RSS: VmHWM also counts
+	// the pages of Badger's memory-mapped tables that reading touched,
+	// which are page cache the kernel reclaims under pressure.
+	var anonPeak atomic.Int64
+	stopSampling := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			if a := procStatus("RssAnon"); a > anonPeak.Load() {
+				anonPeak.Store(a)
+			}
+			select {
+			case <-stopSampling:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
 	say("rss_before_open", mib(procStatus("VmRSS")))
 	start := time.Now()
 	tu := defaultTuning()
@@ -173,6 +196,10 @@ func TestBigChild(t *testing.T) {
 			tu.numMemtables = int(x)
 		case "bts":
 			tu.baseTableSize = x << 10
+		case "tsm":
+			tu.tableSizeMult = int(x)
+		case "vt":
+			tu.valueThreshold = x
 		case "bc":
 			tu.blockCache = x << 20
 		}
@@ -281,14 +308,20 @@ func TestBigChild(t *testing.T) {
 	say("disk_drained", mib(diskUsage(dir)))
 	qq := q.(*queue)
 	start = time.Now()
-	n, err := qq.reclaim(ctx)
-	if err != nil {
+	if err := qq.reclaim(ctx, make([]time.Time, bigParts)); err != nil {
 		t.Fatal(err)
 	}
 	gc := qq.collect(ctx)
-	say("reclaim", fmt.Sprintf("%d partitions, %d vlog files in %v", n, gc, time.Since(start).Round(time.Millisecond)))
+	say("reclaim", fmt.Sprintf("reclaim + %d vlog files rewritten in %v", gc, time.Since(start).Round(time.Millisecond)))
+	close(stopSampling)
+	<-sampled
+	tables := qq.db.Tables()
+	say("tables_after_reclaim", fmt.Sprintf("outcomes %s, id index %s, queue %s, idempotency %s",
+		mib(tableBytes(tables, []byte{prefixOutcome})), mib(tableBytes(tables, []byte{prefixIndex})),
+		mib(tableBytes(tables, []byte{prefixQueue})), mib(tableBytes(tables, []byte{prefixIdem}))))
 	say("vmhwm", mib(procStatus("VmHWM")))
-	say("vmhwm_bytes", procStatus("VmHWM"))
+	say("rss_anon_peak", mib(anonPeak.Load()))
+	say("rss_anon_peak_bytes", anonPeak.Load())
 	if err := q.Close(); err != nil {
 		t.Fatal(err)
 	}

@@ -195,3 +195,34 @@ func TestCheckMissingDir(t *testing.T) {
 		t.Fatal("Check of a missing dir succeeded")
 	}
 }
+
+// TestCorruptCountersRebuilt: unreadable counters are rebuilt by a scan of
+// the partition at Open instead of failing to start.
+func TestCorruptCountersRebuilt(t *testing.T) {
+	dir := t.TempDir()
+	q, err := Open(Options{Path: dir, Partitions: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs := []*Record{newRecord(1, "k", 10), newRecord(1, "k", 20), newRecord(1, "k", 30)}
+	mustAppend(t, q, recs...)
+	if err := q.DeadLetter(context.Background(), recs[0], Outcome{LastError: "x"}, false); err != nil {
+		t.Fatal(err)
+	}
+	want := q.Stats()
+	if err := q.Close(); err != nil {
+		t.Fatal(err)
+	}
+	rawSet(t, dir, map[string][]byte{string(metaKey(1)): []byte("garbage"), string(globalKey): {9}})
+	q = openTest(t, dir, 2)
+	got := q.Stats()
+	if got.Partitions[1].Records != 2 || got.Partitions[1].Bytes != want.Partitions[1].Bytes ||
+		got.Partitions[1].DeadLetters != 1 || got.Bytes != want.Bytes {
+		t.Fatalf("rebuilt stats %+v, want %+v", got, want)
+	}
+	r := newRecord(1, "k", 1)
+	mustAppend(t, q, r)
+	if r.Seq != 4 {
+		t.Fatalf("Seq after rebuild = %d, want 4", r.Seq)
+	}
+}

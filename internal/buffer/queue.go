@@ -46,7 +46,8 @@ const (
 type tuning struct {
 	memTableSize   int64
 	numMemtables   int
-	baseTableSize  int64 // SST size at every level (TableSizeMultiplier 1)
+	baseTableSize  int64 // SST size at the base level
+	tableSizeMult  int   // SST size factor per level below the base
 	valueThreshold int64
 	blockCache     int64
 	indexCache     int64
@@ -59,16 +60,34 @@ type tuning struct {
 
 	gcInterval      time.Duration // periodic reclaim check and value-log GC
 	gcDrainDelay    time.Duration // the same, this long after the queue became empty
-	reclaimMin      int64         // queue-only table bytes of empty partitions worth a DropPrefix
+	reclaimMin      int64         // backlog (peak Bytes) after which a drained partition is reclaimed
 	reclaimInterval time.Duration // least time between two reclaims
 }
 
+// defaultTuning is tuned for a proxy's queue on a small machine, from the
+// measurements in docs/benchmarks-buffer.md:
+//   - memtables of 8 MiB, 2 of them: Badger allocates each memtable's arena
+//     (plus its largest transaction) on the Go heap up front; with 16 MiB
+//     memtables the anonymous RSS peaked ~90 MiB higher while draining.
+//   - 1 MiB tables at every level (multiplier 1): compactions build up to 5
+//     tables at once, each in a buffer twice the table size; doubling sizes
+//     per level made those buffers dominate the heap (88 MiB measured).
+//   - value threshold 1 MiB (Badger's maximum): records stay in the LSM tree.
+//     Reclaiming a drained partition drops whole tables, and value-log space
+//     referenced only from dropped tables is never collected (Badger's GC
+//     works from compaction statistics); with values in the tree, the disk
+//     returns fully. Cost: 4 KiB bodies append ~2.4× slower than with a
+//     1 KiB threshold; 300-byte bodies are not affected.
+//   - no compression, no block cache: tables are memory-mapped and read in
+//     place; a block cache would only copy them.
 func defaultTuning() tuning {
 	return tuning{
-		memTableSize:    16 << 20,
+		memTableSize:    8 << 20,
 		numMemtables:    2,
-		valueThreshold:  1 << 10,
-		blockCache:      8 << 20,
+		baseTableSize:   1 << 20,
+		tableSizeMult:   1,
+		valueThreshold:  1 << 20,
+		blockCache:      0,
 		indexCache:      0,
 		vlogFileSize:    64 << 20,
 		compression:     options.None,
@@ -89,6 +108,7 @@ type partState struct {
 	oldest    time.Time // ReceivedAt of the record at Head, when headKnown
 	headKnown bool      // Head is the Seq of the oldest queued record
 	gen       uint64    // bumped by every committed change
+	peak      int64     // highest Bytes since the last reclaim (or Open)
 }
 
 // queue implements Queue on Badger.
@@ -133,7 +153,7 @@ type queue struct {
 var _ Queue = (*queue)(nil)
 
 // Open opens (creating if needed) the queue stored in opts.Path and starts
-// its committer and value-log GC goroutines, which Close stops. Open reads
+// its committer, syncer and GC goroutines, which Close stops. Open reads
 // the persisted counters: it does not scan the queue, whatever its size.
 func Open(opts Options) (Queue, error) {
 	return openTuned(opts, defaultTuning())
@@ -187,10 +207,7 @@ func badgerOptions(path string, t tuning, log *slog.Logger, readOnly bool) badge
 		WithNumGoroutines(2).
 		WithBaseTableSize(t.baseTableSize).
 		WithReadOnly(readOnly)
-	// Compaction builds tables in memory (2× the table size each, up to 5
-	// at once per compaction): keep them the same small size at every
-	// level rather than doubling per level.
-	o.TableSizeMultiplier = 1
+	o.TableSizeMultiplier = t.tableSizeMult
 	return o
 }
 
@@ -214,7 +231,7 @@ func openTuned(opts Options, t tuning) (Queue, error) {
 		log:     opts.Logger.With("component", "buffer"),
 		ops:     make(chan *op, 4096),
 		closing: make(chan struct{}),
-		syncCh:  make(chan *flight),
+		syncCh:  make(chan *flight, 1024),
 		stopped: make(chan struct{}),
 		durable: make([]atomic.Uint64, opts.Partitions),
 		parts:   make([]partState, opts.Partitions),
@@ -241,10 +258,9 @@ func openTuned(opts Options, t tuning) (Queue, error) {
 	return q, nil
 }
 
-// load reads the persisted counters. A partition without counters is
-// empty unless records exist (written by a version without counters, or
-// counters lost): then its next Seq comes from a reverse seek to its last
-// key; its counts stay zero until records are acknowledged.
+// load reads the persisted counters. A partition whose counters are
+// missing while it holds keys, or unreadable, has them rebuilt by scanning
+// that partition (logged; this never happens in normal operation).
 func (q *queue) load() error {
 	return q.db.View(func(txn *badger.Txn) error {
 		for p := range q.parts {
@@ -256,28 +272,39 @@ func (q *queue) load() error {
 				if err != nil {
 					return err
 				}
-				st.NextSeq = last + 1
-				st.Head = 1
+				lastDead, err := lastSeq(txn, prefixDead, p)
+				if err != nil {
+					return err
+				}
+				st.NextSeq, st.Head = 1, 1
+				if last > 0 || lastDead > 0 {
+					q.log.Error("buffer: counters missing, rebuilding them by a scan", "partition", p)
+					if st.partMeta, err = rebuildMeta(txn, p); err != nil {
+						return err
+					}
+				}
 			case err != nil:
 				return fmt.Errorf("buffer: read counters of partition %d: %w", p, err)
 			default:
 				var m partMeta
 				if err := item.Value(func(v []byte) (err error) { m, err = decodePartMeta(v); return }); err != nil {
-					return fmt.Errorf("buffer: counters of partition %d: %w", p, err)
+					q.log.Error("buffer: counters unreadable, rebuilding them by a scan", "partition", p, "err", err)
+					if m, err = rebuildMeta(txn, p); err != nil {
+						return err
+					}
 				}
 				st.partMeta = m
-				if st.NextSeq == 0 {
-					st.NextSeq = 1
-				}
+				st.NextSeq = max(st.NextSeq, 1)
 			}
 			st.headKnown = st.Records == 0
+			st.peak = st.Bytes
 			q.totalBytes += st.Bytes
 		}
 		item, err := txn.Get(globalKey)
 		if err == nil {
 			var g globalMeta
 			if err := item.Value(func(v []byte) (err error) { g, err = decodeGlobalMeta(v); return }); err != nil {
-				return fmt.Errorf("buffer: global counters: %w", err)
+				q.log.Error("buffer: global counters unreadable, quarantine count restarts at 0", "err", err)
 			}
 			q.quarantined = g.Quarantined
 		} else if !errors.Is(err, badger.ErrKeyNotFound) {
@@ -304,6 +331,38 @@ func (q *queue) load() error {
 		}
 		return nil
 	})
+}
+
+// rebuildMeta recomputes partition p's counters by scanning its queued
+// records and dead letters.
+func rebuildMeta(txn *badger.Txn, p int) (partMeta, error) {
+	var m partMeta
+	for _, prefix := range []byte{prefixQueue, prefixDead} {
+		pre := partPrefix(prefix, p)
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: pre})
+		for it.Seek(seqKey(prefix, p, 1)); it.Valid(); it.Next() {
+			_, _, seq, ok := parseSeqKey(it.Item().Key())
+			if !ok {
+				continue
+			}
+			m.NextSeq = max(m.NextSeq, seq+1)
+			if prefix == prefixDead {
+				m.Dead++
+				continue
+			}
+			if m.Records == 0 {
+				m.Head = seq
+			}
+			m.Records++
+			m.Bytes += it.Item().ValueSize()
+		}
+		it.Close()
+	}
+	m.NextSeq = max(m.NextSeq, 1)
+	if m.Records == 0 {
+		m.Head = m.NextSeq
+	}
+	return m, nil
 }
 
 // lastSeq returns the Seq of the last key of partition p under prefix, 0 if
