@@ -68,6 +68,7 @@ type Server struct {
 	runner   *runner
 	health   *health
 	handler  http.Handler
+	events   eventSink // webhook dispatcher; nil means events are dropped
 	draining atomic.Bool
 
 	closeOnce sync.Once
