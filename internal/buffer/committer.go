@@ -49,6 +49,7 @@ type appendItem struct {
 	idem     string
 	value    []byte
 	received time.Time
+	rec      *Record // what Append was given: copied to the tail once durable
 }
 
 // op is one request to the committer. The committer fills the outputs and
@@ -415,6 +416,9 @@ func (q *queue) release(f *flight, syncErr error) {
 	}
 	if failed != nil {
 		q.log.Error("buffer: write failed", "err", failed, "ops", len(f.ops))
+	}
+	if syncErr == nil {
+		q.publishTail(f)
 	}
 	for _, s := range f.done {
 		for p, seq := range s.appended {
@@ -890,7 +894,7 @@ func (q *queue) Append(ctx context.Context, recs []*Record) ([]AppendResult, err
 		if len(v) > MaxRecordBytes {
 			return nil, fmt.Errorf("buffer: append %s: record of %d bytes exceeds %d", r.ID, len(v), MaxRecordBytes)
 		}
-		o.items[i] = appendItem{p: r.Partition, id: r.ID, idem: r.IdempotencyKey, value: v, received: r.ReceivedAt}
+		o.items[i] = appendItem{p: r.Partition, id: r.ID, idem: r.IdempotencyKey, value: v, received: r.ReceivedAt, rec: r}
 	}
 	if err := q.submit(ctx, o); err != nil {
 		return nil, err

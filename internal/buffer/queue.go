@@ -143,6 +143,7 @@ type queue struct {
 	lastErr     error
 
 	notify []chan struct{}
+	tails  []tail // newest durable records per partition, for readers that keep up
 	freed  chan struct{}
 
 	gcKick   chan struct{}
@@ -236,6 +237,7 @@ func openTuned(opts Options, t tuning) (Queue, error) {
 		durable: make([]atomic.Uint64, opts.Partitions),
 		parts:   make([]partState, opts.Partitions),
 		notify:  make([]chan struct{}, opts.Partitions),
+		tails:   make([]tail, opts.Partitions),
 		freed:   make(chan struct{}, 1),
 		gcKick:  make(chan struct{}, 1),
 	}
@@ -425,6 +427,12 @@ func (q *queue) Read(p int, after uint64, max int, maxBytes int) ([]*Record, err
 	durable := q.durable[p].Load()
 	if after >= durable {
 		return nil, nil
+	}
+	if q.closed.Load() {
+		return nil, ErrClosed
+	}
+	if recs := q.tails[p].take(after, max, maxBytes); recs != nil {
+		return recs, nil
 	}
 	err := q.view(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: partPrefix(prefixQueue, p)})
