@@ -27,6 +27,7 @@ func cmdRun(args []string) int {
 		return exitConfig
 	}
 	log := newLogger(os.Stderr, cfg.Log)
+	tuneRuntime(log)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
