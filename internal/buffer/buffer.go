@@ -199,4 +199,11 @@ type Options struct {
 	OutcomeTTL     time.Duration // how long outcomes are kept; 0 = 24h
 	MaxOutcomeBody int           // response body bytes kept per outcome; 0 = 64 KiB
 	Logger         *slog.Logger  // quarantined records, GC runs, write errors; nil = discard
+
+	// Route maps a record's key to its partition under a partition count
+	// (the edge passes partition.OfString). When the count differs from the
+	// one the queue was last opened with, Open moves every queued record,
+	// dead letter and park to the partition that now owns its key, in order,
+	// before serving. Nil leaves records where they are (logged).
+	Route func(key string, partitions int) int
 }

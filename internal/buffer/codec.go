@@ -24,6 +24,7 @@ import (
 //	x <orig key>  quarantined value        → the raw bytes as found
 //	m <p>         partition counters       → encoded partMeta
 //	g             global counters          → encoded globalMeta
+//	L             partition count at the last Open → uvarint (see rehome.go)
 const (
 	prefixQueue      byte = 'q'
 	prefixDead       byte = 'd'

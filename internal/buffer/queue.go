@@ -248,6 +248,17 @@ func openTuned(opts Options, t tuning) (Queue, error) {
 		_ = db.Close()
 		return nil, err
 	}
+	if moved, err := q.rehome(); err != nil {
+		_ = db.Close()
+		return nil, err
+	} else if moved {
+		clear(q.parts)
+		q.totalBytes, q.quarantined = 0, 0
+		if err := q.load(); err != nil {
+			_ = db.Close()
+			return nil, err
+		}
+	}
 	for p := range q.parts {
 		q.durable[p].Store(q.parts[p].NextSeq - 1)
 	}

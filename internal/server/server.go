@@ -20,6 +20,7 @@ import (
 	"github.com/flowedge/flowedge/internal/delivery"
 	"github.com/flowedge/flowedge/internal/ingress"
 	"github.com/flowedge/flowedge/internal/metrics"
+	"github.com/flowedge/flowedge/internal/partition"
 )
 
 // Edge is a running edge. Create it with Start; end it with Shutdown.
@@ -58,6 +59,7 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger, version str
 		IdempotencyTTL: cfg.Buffer.IdempotencyTTL.Duration,
 		OutcomeTTL:     cfg.Buffer.OutcomeTTL.Duration,
 		Logger:         log.With("component", "buffer"),
+		Route:          partition.OfString,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("opening buffer %s: %w", cfg.Buffer.Path, err)
