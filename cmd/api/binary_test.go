@@ -56,7 +56,8 @@ type proc struct {
 func startAPI(t *testing.T, bin, dataDir string, args ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(bin, append([]string{"-listen", "127.0.0.1:0", "-data-dir", dataDir}, args...)...)
-	cmd.Env = append(os.Environ(), "FLOW_BOOTSTRAP_KEY="+bootstrap, "HOSTNAME=")
+	// The test polls jobs faster than the default 100 requests a minute.
+	cmd.Env = append(os.Environ(), "FLOW_BOOTSTRAP_KEY="+bootstrap, "HOSTNAME=", "FLOW_RATE_LIMIT_DEFAULT=1000000/min")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"regexp"
 	"strconv"
 	"strings"
@@ -30,6 +31,13 @@ type config struct {
 	IdempotencyTTL  duration `toml:"idempotency_ttl"`
 	ShutdownTimeout duration `toml:"shutdown_timeout"`
 	LogLevel        string   `toml:"log_level"`
+	// AppURL lists the origins browsers may call the API from (CORS),
+	// comma-separated; also read from APP_URL.
+	AppURL string `toml:"app_url"`
+	// TrustedProxies lists, comma-separated, the addresses or CIDR
+	// prefixes of proxies (the edge) whose X-Forwarded-For names the client.
+	TrustedProxies string           `toml:"trusted_proxies"`
+	RateLimits     rateLimitsConfig `toml:"rate_limits"`
 
 	bootstrapKey    string // FLOW_BOOTSTRAP_KEY only: a secret has no flag
 	partitionSource string // where Partition came from, for the start-up log
@@ -46,7 +54,22 @@ func defaultConfig() config {
 		IdempotencyTTL:  duration(24 * time.Hour),
 		ShutdownTimeout: duration(30 * time.Second),
 		LogLevel:        "info",
+		RateLimits: rateLimitsConfig{
+			Default:  api.Rate{Count: 100, Per: time.Minute},
+			Posts:    api.Rate{Count: 30, Per: time.Minute},
+			Webhooks: api.Rate{Count: 10, Per: time.Minute},
+			Keys:     api.Rate{Count: 5, Per: time.Minute},
+		},
 	}
+}
+
+// rateLimitsConfig is the [rate_limits] table: per-API-key rates written
+// "<count>/<unit>" (units s, min, h), e.g. "100/min".
+type rateLimitsConfig struct {
+	Default  api.Rate `toml:"default"`
+	Posts    api.Rate `toml:"posts"`
+	Webhooks api.Rate `toml:"webhooks"`
+	Keys     api.Rate `toml:"keys"`
 }
 
 // duration is a time.Duration written as "30s" in TOML.
@@ -97,6 +120,12 @@ func durationSetting(f, t, usage string, p func(*config) *duration) setting {
 		func(c *config) string { return time.Duration(*p(c)).String() }}
 }
 
+func rateSetting(f, t, usage string, p func(*config) *api.Rate) setting {
+	return setting{f, t, usage,
+		func(c *config, v string) error { return p(c).UnmarshalText([]byte(v)) },
+		func(c *config) string { return p(c).String() }}
+}
+
 var settings = []setting{
 	stringSetting("listen", "listen", "address to serve on, host:port", func(c *config) *string { return &c.Listen }),
 	intSetting("partition", "partition", "this backend's partition ordinal (default: N of HOSTNAME api-flow-N, or 0 with one partition)", func(c *config) *int { return &c.Partition }),
@@ -107,6 +136,12 @@ var settings = []setting{
 	durationSetting("idempotency-ttl", "idempotency_ttl", "how long answers are kept for repeated X-Request-ID / Idempotency-Key", func(c *config) *duration { return &c.IdempotencyTTL }),
 	durationSetting("shutdown-timeout", "shutdown_timeout", "how long SIGTERM waits for requests and jobs to stop", func(c *config) *duration { return &c.ShutdownTimeout }),
 	stringSetting("log-level", "log_level", "debug, info, warn or error", func(c *config) *string { return &c.LogLevel }),
+	stringSetting("app-url", "app_url", "comma-separated origins browsers may call the API from (CORS; also env APP_URL); production allows only these", func(c *config) *string { return &c.AppURL }),
+	stringSetting("trusted-proxies", "trusted_proxies", "comma-separated addresses or CIDRs of proxies whose X-Forwarded-For names the client (audit log IP)", func(c *config) *string { return &c.TrustedProxies }),
+	rateSetting("rate-limit-default", "rate_limits.default", "requests per API key on routes without a limit of their own, as count/unit (s, min, h)", func(c *config) *api.Rate { return &c.RateLimits.Default }),
+	rateSetting("rate-limit-posts", "rate_limits.posts", "post creations per API key, as count/unit", func(c *config) *api.Rate { return &c.RateLimits.Posts }),
+	rateSetting("rate-limit-webhooks", "rate_limits.webhooks", "webhook creations per API key, as count/unit", func(c *config) *api.Rate { return &c.RateLimits.Webhooks }),
+	rateSetting("rate-limit-keys", "rate_limits.keys", "API key creations per API key, as count/unit", func(c *config) *api.Rate { return &c.RateLimits.Keys }),
 }
 
 // errUsage marks command-line syntax errors (exit 2) as opposed to bad
@@ -167,6 +202,8 @@ func loadConfig(args []string, getenv func(string) string, usage io.Writer) (con
 			v, source = *raw[s.flag], "flag -"+s.flag
 		case getenv(envName(s.flag)) != "":
 			v, source = getenv(envName(s.flag)), "env "+envName(s.flag)
+		case s.flag == "app-url" && getenv("APP_URL") != "":
+			v, source = getenv("APP_URL"), "env APP_URL"
 		default:
 			continue
 		}
@@ -259,10 +296,44 @@ func (c config) validate() []error {
 	if _, err := parseLevel(c.LogLevel); err != nil {
 		bad("log_level", "%v", err)
 	}
+	if _, err := c.origins(); err != nil {
+		bad("app_url", "%v", err)
+	}
+	if _, err := c.proxies(); err != nil {
+		bad("trusted_proxies", "%v", err)
+	}
 	if k := c.bootstrapKey; k != "" && len(k) < api.MinBootstrapKeyLen {
 		bad("FLOW_BOOTSTRAP_KEY", "must be at least %d characters (it is stored as an unsalted SHA-256)", api.MinBootstrapKeyLen)
 	}
 	return p
+}
+
+// origins are the normalised origins of AppURL.
+func (c config) origins() ([]string, error) {
+	return api.ParseOrigins(c.AppURL, c.Env == "production")
+}
+
+// proxies are the prefixes of TrustedProxies; a bare address is a prefix
+// of one address.
+func (c config) proxies() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, item := range strings.Split(c.TrustedProxies, ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			continue
+		}
+		if a, err := netip.ParseAddr(item); err == nil {
+			a = a.Unmap()
+			out = append(out, netip.PrefixFrom(a, a.BitLen()))
+			continue
+		}
+		p, err := netip.ParsePrefix(item)
+		if err != nil {
+			return nil, fmt.Errorf("want an IP address or CIDR prefix, got %q", item)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }
 
 func parseLevel(s string) (slog.Level, error) {

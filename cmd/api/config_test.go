@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/flowedge/flowedge/internal/api"
 )
 
 func envOf(kv ...string) func(string) string {
@@ -166,3 +168,97 @@ func TestExampleConfig(t *testing.T) {
 }
 
 func errHelp() error { return flag.ErrHelp }
+
+// TestConfigRateLimits: [rate_limits] in the file, FLOW_RATE_LIMIT_* and
+// -rate-limit-* flags, in that order of precedence; bad rates are errors
+// naming the key.
+func TestConfigRateLimits(t *testing.T) {
+	cfg, err := loadConfig(nil, envOf(), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := cfg.RateLimits; d.Default != (api.Rate{Count: 100, Per: time.Minute}) || d.Posts != (api.Rate{Count: 30, Per: time.Minute}) ||
+		d.Webhooks != (api.Rate{Count: 10, Per: time.Minute}) || d.Keys != (api.Rate{Count: 5, Per: time.Minute}) {
+		t.Fatalf("defaults %+v", d)
+	}
+	file := writeFile(t, "[rate_limits]\ndefault = \"200/min\"\nposts = \"1/s\"\nkeys = \"50/h\"\n")
+	cfg, err = loadConfig([]string{"-config", file, "-rate-limit-keys", "7/min"}, envOf("FLOW_RATE_LIMIT_POSTS", "3/s"), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := cfg.RateLimits; d.Default != (api.Rate{Count: 200, Per: time.Minute}) || d.Posts != (api.Rate{Count: 3, Per: time.Second}) ||
+		d.Webhooks != (api.Rate{Count: 10, Per: time.Minute}) || d.Keys != (api.Rate{Count: 7, Per: time.Minute}) {
+		t.Fatalf("merged %+v", d)
+	}
+	for _, c := range []struct {
+		args []string
+		env  []string
+		file string
+		want string
+	}{
+		{file: "[rate_limits]\ndefault = \"100 per minute\"\n", want: "rate_limits.default"},
+		{file: "[rate_limits]\nposts = 30\n", want: "rate_limits.posts"},
+		{file: "[rate_limits]\nkeys = \"0/min\"\n", want: "count"},
+		{file: "[rate_limits]\nburst = \"5/min\"\n", want: "unknown keys: rate_limits.burst"},
+		{file: "rate_limits = \"5/min\"\n", want: "rate_limits"},
+		{args: []string{"-rate-limit-webhooks", "10/day"}, want: "rate_limits.webhooks (flag -rate-limit-webhooks): unit \"day\""},
+		{env: []string{"FLOW_RATE_LIMIT_DEFAULT", "lots"}, want: "rate_limits.default (env FLOW_RATE_LIMIT_DEFAULT): want <count>/<unit>"},
+	} {
+		args := c.args
+		if c.file != "" {
+			args = append([]string{"-config", writeFile(t, c.file)}, args...)
+		}
+		_, err := loadConfig(args, envOf(c.env...), io.Discard)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v %v %q: error %v, want one containing %q", c.args, c.env, c.file, err, c.want)
+		}
+	}
+}
+
+// TestConfigAppURL: app_url from the file, APP_URL, FLOW_APP_URL or
+// -app-url; origins are checked (https only in production).
+func TestConfigAppURL(t *testing.T) {
+	file := writeFile(t, "app_url = \"https://file.example.com\"\n")
+	for _, c := range []struct {
+		args []string
+		env  []string
+		want []string
+	}{
+		{args: []string{"-config", file}, want: []string{"https://file.example.com"}},
+		{args: []string{"-config", file}, env: []string{"APP_URL", "https://a.example.com, https://B.example.com:8443/"}, want: []string{"https://a.example.com", "https://b.example.com:8443"}},
+		{env: []string{"APP_URL", "https://a.example.com", "FLOW_APP_URL", "https://flow.example.com"}, want: []string{"https://flow.example.com"}},
+		{args: []string{"-app-url", "http://localhost:3000"}, env: []string{"APP_URL", "https://a.example.com"}, want: []string{"http://localhost:3000"}},
+		{want: nil},
+	} {
+		cfg, err := loadConfig(c.args, envOf(c.env...), io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := cfg.origins()
+		if err != nil || strings.Join(got, " ") != strings.Join(c.want, " ") {
+			t.Errorf("%v %v: origins %q, %v; want %q", c.args, c.env, got, err, c.want)
+		}
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-app-url", "app.example.com"}, "app_url: origin"},
+		{[]string{"-app-url", "https://app.example.com/path"}, "app_url: origin"},
+		{[]string{"-env", "production", "-app-url", "http://app.example.com"}, "production allows only https"},
+		{[]string{"-trusted-proxies", "10.0.0.0/8, nope"}, "trusted_proxies: want an IP address or CIDR prefix, got \"nope\""},
+	} {
+		_, err := loadConfig(c.args, envOf(), io.Discard)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: error %v, want one containing %q", c.args, err, c.want)
+		}
+	}
+	cfg, err := loadConfig([]string{"-trusted-proxies", "10.0.0.0/8, 192.168.1.7 ,::ffff:10.1.2.3, fd00::/8"}, envOf(), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := cfg.proxies()
+	if err != nil || len(p) != 4 || p[0].String() != "10.0.0.0/8" || p[1].String() != "192.168.1.7/32" || p[2].String() != "10.1.2.3/32" || p[3].String() != "fd00::/8" {
+		t.Fatalf("proxies %v %v", p, err)
+	}
+}

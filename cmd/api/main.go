@@ -84,6 +84,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, logw io
 	}
 	defer store.Close()
 
+	origins, _ := cfg.origins() // validated by loadConfig
+	proxies, _ := cfg.proxies() // validated by loadConfig
 	srv, err := api.New(api.Options{
 		Store:          store,
 		Partition:      cfg.Partition,
@@ -96,6 +98,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, logw io
 		IdempotencyTTL: time.Duration(cfg.IdempotencyTTL),
 		BootstrapKey:   cfg.bootstrapKey,
 		DataDir:        cfg.DataDir,
+		AppURLs:        origins,
+		TrustedProxies: proxies,
+		RateLimits: api.RateLimits{
+			Default:  cfg.RateLimits.Default,
+			Posts:    cfg.RateLimits.Posts,
+			Webhooks: cfg.RateLimits.Webhooks,
+			Keys:     cfg.RateLimits.Keys,
+		},
 	})
 	if err != nil {
 		log.Error("cannot start the API", "err", err)

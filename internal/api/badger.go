@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -90,9 +91,20 @@ type badgerStore struct {
 
 // updateReq is one Update call waiting for the committer.
 type updateReq struct {
-	fn   func(Tx) error
-	done chan error // gets the call's result, once
+	fn    func(Tx) error
+	done  chan error   // gets the call's result, once
+	state atomic.Int32 // reqQueued, then reqTaken by the committer or reqAbandoned by the caller
 }
+
+// updateReq states: a caller whose context ends while its call is still
+// queued abandons it, and the committer then skips it (fn never runs, so
+// nothing it captured is touched after Update returned); once taken, the
+// caller waits for the outcome.
+const (
+	reqQueued int32 = iota
+	reqTaken
+	reqAbandoned
+)
 
 var _ Store = (*badgerStore)(nil)
 
@@ -113,9 +125,22 @@ func (s *badgerStore) Update(ctx context.Context, fn func(Tx) error) error {
 		s.mu.RUnlock()
 		return ErrStoreClosed
 	}
-	s.reqs <- r // the committer receives until Close, which waits for this lock
+	select {
+	case s.reqs <- r: // the committer receives until Close, which waits for this lock
+	case <-ctx.Done():
+		s.mu.RUnlock()
+		return ctx.Err()
+	}
 	s.mu.RUnlock()
-	return <-r.done
+	select {
+	case err := <-r.done:
+		return err
+	case <-ctx.Done():
+		if r.state.CompareAndSwap(reqQueued, reqAbandoned) {
+			return ctx.Err()
+		}
+		return <-r.done // the committer has it: its outcome is coming
+	}
 }
 
 // commitLoop is the only writer: it takes the pending Update calls in
@@ -154,6 +179,9 @@ func (s *badgerStore) commitPrefix(reqs []*updateReq) int {
 	defer txn.Discard()
 	var good []*updateReq
 	for i, r := range reqs {
+		if r.state.Load() != reqTaken && !r.state.CompareAndSwap(reqQueued, reqTaken) {
+			continue // abandoned by its caller
+		}
 		tx := &countingTx{badgerTx: badgerTx{txn}}
 		err := runUpdate(r.fn, tx)
 		switch {

@@ -21,6 +21,42 @@
 //     waits only what is left; an event step is never appended twice; an http
 //     step that was in flight is sent again, with the same Idempotency-Key).
 //
+// Webhooks (POST/GET/DELETE /api/v1/webhooks) deliver Flow events to HTTP
+// receivers:
+//   - Events: post.created, job.succeeded, job.failed, job.cancelled
+//     (events.go), or "*" for all; each is emitted once, after the change
+//     that raised it has committed.
+//   - URL rules (urlguard.go): absolute http(s), a host, no userinfo, at most
+//     2048 bytes. In production: https only, and neither the host as written
+//     nor any address it resolves to may be loopback, private, link-local
+//     (cloud metadata 169.254.169.254, fd00:ec2::254), CGNAT, multicast,
+//     reserved or unspecified (also inside IPv4-mapped, NAT64 and 6to4
+//     forms). Names are resolved at creation (Options.Resolver) and again at
+//     every dial, and the connection goes to a vetted address, so DNS
+//     rebinding cannot reach inside. Proxy variables are ignored; redirects
+//     are not followed (a 3xx is a failure).
+//   - Body: {"id": event id, "event", "created_at", "data": the resource}.
+//     Headers: X-Flow-Event, X-Flow-Delivery (a UUID per event and webhook,
+//     the same on every attempt: receivers dedupe on it), X-Flow-Webhook-ID,
+//     X-Flow-Timestamp (unix seconds of the attempt) and X-Flow-Signature:
+//     "sha256=" + hex(HMAC-SHA256(key = the webhook's secret as returned at
+//     creation, message = X-Flow-Timestamp + "." + raw body)). Receivers
+//     recompute it, compare in constant time and reject timestamps more
+//     than a few minutes away (VerifyWebhook does all three). The secret is
+//     shown only in the 201 of the creation; repeats of that request get a
+//     409 naming the webhook.
+//   - Delivery is best-effort: deliveries wait in a bounded in-memory queue
+//     (when it is full they are dropped and counted) for a pool of workers,
+//     and are lost on restart. Each attempt has a 10s deadline; connection
+//     errors, timeouts, 408, 429 and 5xx but 501 are retried
+//     (go-retryablehttp) with exponential backoff and jitter, Retry-After
+//     honoured but capped, up to 5 attempts; other answers are final.
+//   - Each target host has a circuit breaker (gobreaker), shared with
+//     workflow http steps: 5 consecutive failures open it, nothing is sent
+//     while it is open, and after 1 minute one probe decides.
+//   - Metrics: flow_webhook_deliveries_total{result=success|failure|
+//     breaker_open|dropped}, flow_breaker_open{host}.
+//
 // Handlers return (value, error); one place (respond) writes every answer and
 // every RFC 9457 problem+json error.
 package api

@@ -1,5 +1,18 @@
 package api
 
+// Flow events: what webhooks subscribe to. Each is emitted once, after the
+// change that raised it has committed; its data is the resource as the API
+// shows it.
+const (
+	EventPostCreated  = "post.created"  // a post was created; data: the post
+	EventJobSucceeded = "job.succeeded" // a job ran all its steps; data: the job
+	EventJobFailed    = "job.failed"    // a job failed (a step failed, or too many restarts); data: the job
+	EventJobCancelled = "job.cancelled" // a job was cancelled; data: the job
+)
+
+// webhookEvents are the events a webhook may name ("*" names them all).
+var webhookEvents = []string{EventPostCreated, EventJobSucceeded, EventJobFailed, EventJobCancelled}
+
 // eventSink receives the Flow events that webhooks subscribe to
 // ("post.created", "job.succeeded", "job.failed", …). Emit must not block
 // the request or job that raised the event: delivery is asynchronous.

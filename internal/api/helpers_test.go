@@ -39,7 +39,10 @@ type env struct {
 func newEnv(t testing.TB, mods ...func(*api.Options)) *env {
 	t.Helper()
 	e := &env{t: t, dir: t.TempDir(), logs: &syncBuffer{}}
-	e.opts = api.Options{BootstrapKey: adminKey, Version: "test-1.0", Workers: 4}
+	// Limits far above what tests send; tests of the limits set their own.
+	lots := api.Rate{Count: 1_000_000, Per: time.Minute}
+	e.opts = api.Options{BootstrapKey: adminKey, Version: "test-1.0", Workers: 4,
+		RateLimits: api.RateLimits{Default: lots, Posts: lots, Webhooks: lots, Keys: lots}}
 	for _, m := range mods {
 		m(&e.opts)
 	}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 )
@@ -142,10 +143,15 @@ func readBody(r *http.Request) ([]byte, error) {
 	return io.ReadAll(r.Body)
 }
 
-// decodeJSON decodes body into v, refusing unknown fields and trailing data.
+// decodeJSON decodes body into v, refusing unknown fields, trailing data
+// and bytes that are not UTF-8 (which encoding/json would silently turn
+// into U+FFFD).
 func decodeJSON(body []byte, v any) error {
 	if len(bytes.TrimSpace(body)) == 0 {
 		return badRequest("the request body must be a JSON object")
+	}
+	if !utf8.Valid(body) {
+		return badRequest("the request body is not valid UTF-8")
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()

@@ -33,6 +33,25 @@ type APIKey struct {
 	Prefix    string    `json:"prefix"` // the secret's first characters, to recognise it
 	CreatedAt time.Time `json:"created_at"`
 	CreatedBy string    `json:"created_by,omitempty"` // id of the key that created it
+	// UserID is the user the key acts for: the owner of what it creates,
+	// named in the request log and the audit log. Keys stored before user
+	// ids existed have none and act as "key:<id>".
+	UserID string `json:"user_id,omitempty"`
+}
+
+// BootstrapUserID is the user of the bootstrap key (FLOW_BOOTSTRAP_KEY),
+// and so, by default, of the keys it creates.
+const BootstrapUserID = "bootstrap"
+
+// MaxUserIDBytes bounds a user id: 1 to 128 visible ASCII characters.
+const MaxUserIDBytes = 128
+
+// user is the user the key acts for.
+func (k *APIKey) user() string {
+	if k.UserID != "" {
+		return k.UserID
+	}
+	return "key:" + k.ID
 }
 
 // keyRecord is an APIKey as stored.
@@ -89,7 +108,7 @@ func (s *Server) ensureBootstrapKey(ctx context.Context, secret string) error {
 		if err != nil || found {
 			return err
 		}
-		k := APIKey{ID: newID(), Name: "bootstrap", Role: RoleAdmin, Prefix: secretPrefix(secret), CreatedAt: time.Now().UTC()}
+		k := APIKey{ID: newID(), Name: "bootstrap", Role: RoleAdmin, Prefix: secretPrefix(secret), CreatedAt: time.Now().UTC(), UserID: BootstrapUserID}
 		created = k.ID
 		return putKey(tx, k, secret)
 	})
@@ -133,30 +152,53 @@ func (s *Server) authenticate(ctx context.Context, r *http.Request) (*APIKey, er
 }
 
 type keyInput struct {
-	Name string `json:"name"`
-	Role string `json:"role"`
+	Name   string `json:"name"`
+	Role   string `json:"role"`
+	UserID string `json:"user_id"`
 }
 
-// createKey: POST /api/v1/keys {name, role} → 201 with the secret, once.
-func (s *Server) createKey(c *call, tx Tx) (result, error) {
+// decodeKey reads and checks a key creation body: a name, a role
+// ("member" if absent) and an optional user id ("" if absent).
+func decodeKey(body []byte) (keyInput, error) {
 	var in keyInput
-	if err := decodeJSON(c.body, &in); err != nil {
-		return result{}, err
+	if err := decodeJSON(body, &in); err != nil {
+		return keyInput{}, err
 	}
 	name, err := cleanName("name", in.Name)
 	if err != nil {
-		return result{}, err
+		return keyInput{}, err
 	}
+	in.Name = name
 	switch in.Role {
 	case "":
 		in.Role = RoleMember
 	case RoleMember, RoleAdmin:
 	default:
-		return result{}, badRequest("role: want %q or %q, got %q", RoleMember, RoleAdmin, in.Role)
+		return keyInput{}, badRequest("role: want %q or %q, got %q", RoleMember, RoleAdmin, in.Role)
+	}
+	if in.UserID != "" && !validToken(in.UserID, MaxUserIDBytes) {
+		return keyInput{}, badRequest("user_id: want 1 to %d visible ASCII characters", MaxUserIDBytes)
+	}
+	return in, nil
+}
+
+// createKey: POST /api/v1/keys {name, role, user_id} → 201 with the
+// secret, once. Without user_id the key acts for the creating key's user.
+// The creation is audited ("key.create").
+func (s *Server) createKey(c *call, tx Tx) (result, error) {
+	in, err := decodeKey(c.body)
+	if err != nil {
+		return result{}, err
+	}
+	if in.UserID == "" {
+		in.UserID = c.key.user()
 	}
 	secret := newSecret()
-	k := APIKey{ID: newID(), Name: name, Role: in.Role, Prefix: secretPrefix(secret), CreatedAt: time.Now().UTC(), CreatedBy: c.key.ID}
+	k := APIKey{ID: newID(), Name: in.Name, Role: in.Role, Prefix: secretPrefix(secret), CreatedAt: time.Now().UTC(), CreatedBy: c.key.ID, UserID: in.UserID}
 	if err := putKey(tx, k, secret); err != nil {
+		return result{}, fmt.Errorf("store key: %w", err)
+	}
+	if err := s.recordAudit(tx, c, "key.create", k.ID); err != nil {
 		return result{}, err
 	}
 	res, _ := created(createdKey{APIKey: k, Key: secret}, "/api/v1/keys/"+k.ID)
@@ -194,7 +236,8 @@ func (s *Server) getKey(c *call) (result, error) {
 }
 
 // deleteKey: DELETE /api/v1/keys/{id}; the key stops working at once (the
-// next request looks it up and does not find it).
+// next request looks it up and does not find it). The deletion is audited
+// ("key.delete").
 func (s *Server) deleteKey(c *call, tx Tx) (result, error) {
 	id, err := idParam(c.r, "id")
 	if err != nil {
@@ -212,6 +255,9 @@ func (s *Server) deleteKey(c *call, tx Tx) (result, error) {
 	if err := tx.Delete(rkey(pfxKey, id)); err != nil {
 		return result{}, err
 	}
+	if err := s.recordAudit(tx, c, "key.delete", id); err != nil {
+		return result{}, err
+	}
 	return noContent()
 }
 
@@ -219,6 +265,11 @@ func (s *Server) deleteKey(c *call, tx Tx) (result, error) {
 // ids, in id (creation) order, one page at a time; view maps a stored
 // record to what the API shows.
 func listRecords[S, T any](r *http.Request, store Store, prefix string, view func(S) T) (list[T], error) {
+	return listRecordsWhere(r, store, prefix, nil, view)
+}
+
+// listRecordsWhere is listRecords of the records keep accepts (nil: all).
+func listRecordsWhere[S, T any](r *http.Request, store Store, prefix string, keep func(S) bool, view func(S) T) (list[T], error) {
 	cursor, limit, err := page(r)
 	if err != nil {
 		return list[T]{}, err
@@ -241,6 +292,9 @@ func listRecords[S, T any](r *http.Request, store Store, prefix string, view fun
 			var rec S
 			if err := json.Unmarshal(v, &rec); err != nil {
 				return false, fmt.Errorf("store: decode %q: %w", k, err)
+			}
+			if keep != nil && !keep(rec) {
+				return true, nil
 			}
 			out.Items = append(out.Items, view(rec))
 			last = string(k[len(prefix):])

@@ -16,6 +16,9 @@ type metrics struct {
 	jobsFinished  *prometheus.CounterVec   // flow_jobs_finished_total{status}
 	jobDuration   prometheus.Histogram     // flow_job_duration_seconds
 	checkFailures *prometheus.CounterVec   // flow_health_check_failures_total{check}
+	// webhookDeliveries is flow_webhook_deliveries_total{result}:
+	// success|failure|breaker_open|dropped, one per delivery.
+	webhookDeliveries *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
@@ -50,6 +53,13 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 			Name: "flow_health_check_failures_total",
 			Help: "Health checks that failed or timed out, by check.",
 		}, []string{"check"}),
+		webhookDeliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "flow_webhook_deliveries_total",
+			Help: "Webhook deliveries by result: success (2xx), failure (final error or non-2xx answer), breaker_open (the host's circuit breaker refused it), dropped (queue full or server stopping).",
+		}, []string{"result"}),
+	}
+	for _, r := range deliveryResults {
+		m.webhookDeliveries.WithLabelValues(r) // exported at 0 from the start
 	}
 	queued := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "flow_job_queue_depth",
@@ -66,6 +76,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 	})
 	info.Set(1)
 	reg.MustRegister(m.requests, m.duration, m.events, m.replays, m.jobsFinished, m.jobDuration, m.checkFailures,
+		m.webhookDeliveries, s.breakers, // flow_breaker_open{host}: breaker.go
 		queued, running, info,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -10,7 +10,11 @@ import (
 	"time"
 )
 
-// Request limits (DESIGN.md, cross-cutting).
+// Request limits (DESIGN.md, cross-cutting). "1 MB" is 1 MiB: a body of
+// exactly 1,048,576 bytes is accepted, one byte more is a 413, whether the
+// client declares its length or streams it chunked. The URL limit counts
+// the request target as sent (path and query, still percent-encoded); the
+// query limit counts the raw query string without the "?".
 const (
 	MaxBodyBytes = 1 << 20 // larger bodies get 413
 	MaxURLBytes  = 2048    // longer request URIs get 414
@@ -23,6 +27,7 @@ type reqInfo struct {
 	id       string // X-Request-ID (the client's, else a fresh UUIDv7)
 	route    string // the matched pattern, "" when none matched
 	keyID    string // the authenticated API key
+	userID   string // the user that key acts for
 	replayed bool   // the answer was a stored idempotent one
 }
 
@@ -86,8 +91,30 @@ func (w *recorder) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // outer wraps the router with what every request gets, in this order:
 // request id, security headers, panic recovery, request log and metrics,
-// URL and body limits, and problem+json for unmatched routes.
+// URL and body limits, CORS (preflights are answered here, without an API
+// key), and problem+json for unmatched routes. Answers that net/http
+// writes itself before any handler runs (a malformed request line, headers
+// over the server's MaxHeaderBytes) cannot carry the security headers.
 func (s *Server) outer(mux *http.ServeMux) http.Handler {
+	routed := s.cors.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if route, pattern := mux.Handler(r); pattern == "" {
+			// No route: the mux would answer 404, 405 or a redirect in
+			// plain text; answer 404 and 405 as problem+json.
+			probe := &headerProbe{header: http.Header{}}
+			route.ServeHTTP(probe, r)
+			switch probe.status {
+			case http.StatusNotFound:
+				s.writeProblem(w, r, notFound("no route for %s %s", r.Method, r.URL.Path))
+				return
+			case http.StatusMethodNotAllowed:
+				p := problem(http.StatusMethodNotAllowed, typeBlank, "%s is not allowed on %s", r.Method, r.URL.Path)
+				p.Header = http.Header{"Allow": probe.header.Values("Allow")}
+				s.writeProblem(w, r, p)
+				return
+			}
+		}
+		mux.ServeHTTP(w, r)
+	}))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		info := &reqInfo{id: requestID(r)}
@@ -123,24 +150,10 @@ func (s *Server) outer(mux *http.ServeMux) http.Handler {
 		if r.Body != nil {
 			r.Body = http.MaxBytesReader(rec, r.Body, MaxBodyBytes)
 		}
-
-		if route, pattern := mux.Handler(r); pattern == "" {
-			// No route: the mux would answer 404, 405 or a redirect in
-			// plain text; answer 404 and 405 as problem+json.
-			probe := &headerProbe{header: http.Header{}}
-			route.ServeHTTP(probe, r)
-			switch probe.status {
-			case http.StatusNotFound:
-				s.writeProblem(rec, r, notFound("no route for %s %s", r.Method, r.URL.Path))
-				return
-			case http.StatusMethodNotAllowed:
-				p := problem(http.StatusMethodNotAllowed, typeBlank, "%s is not allowed on %s", r.Method, r.URL.Path)
-				p.Header = http.Header{"Allow": probe.header.Values("Allow")}
-				s.writeProblem(rec, r, p)
-				return
-			}
+		if isPreflight(r) {
+			info.route = "preflight"
 		}
-		mux.ServeHTTP(rec, r)
+		routed.ServeHTTP(rec, r)
 	})
 }
 
@@ -207,6 +220,7 @@ func (s *Server) observe(r *http.Request, info *reqInfo, rec *recorder, d time.D
 		slog.Float64("duration_ms", float64(d.Microseconds())/1000),
 		slog.Int64("bytes", rec.bytes),
 		slog.String("key_id", info.keyID),
+		slog.String("user_id", info.userID),
 		slog.String("remote", r.RemoteAddr),
 	}
 	if pid := r.Header.Get("X-Process-ID"); pid != "" {

@@ -270,7 +270,9 @@ func (r *runner) cancel(ctx context.Context, j Job) (Job, error) {
 // already finished; it returns the job as stored.
 func (r *runner) markCancelled(ctx context.Context, id string) (Job, error) {
 	var j Job
+	changed := false
 	err := r.s.store.Update(ctx, func(tx Tx) error {
+		changed = false
 		if err := getJSON(tx, rkey(pfxJob, id), &j); err != nil {
 			return err
 		}
@@ -279,10 +281,12 @@ func (r *runner) markCancelled(ctx context.Context, id string) (Job, error) {
 		}
 		now := time.Now().UTC()
 		j.Status, j.FinishedAt, j.Error = JobCancelled, &now, "cancelled"
+		changed = true
 		return putJob(tx, &j)
 	})
-	if err == nil && j.Status == JobCancelled {
+	if err == nil && changed {
 		r.s.metrics.jobsFinished.WithLabelValues(JobCancelled).Inc()
+		r.s.emit(jobEvent(JobCancelled), j)
 	}
 	return j, err
 }
@@ -371,8 +375,20 @@ func (r *runner) begin(rn *run) (j Job, ok bool) {
 	}
 	if final != "" {
 		r.s.metrics.jobsFinished.WithLabelValues(final).Inc()
+		r.s.emit(jobEvent(final), j)
 	}
 	return j, j.Status == JobRunning && final == ""
+}
+
+// jobEvent is the webhook event of a job's final status.
+func jobEvent(status string) string {
+	switch status {
+	case JobSucceeded:
+		return EventJobSucceeded
+	case JobCancelled:
+		return EventJobCancelled
+	}
+	return EventJobFailed
 }
 
 // finish records a job's end; failed is the index of the step that ended
@@ -395,6 +411,7 @@ func (r *runner) finish(j *Job, failed int, status, msg string) {
 		return
 	}
 	r.s.metrics.jobsFinished.WithLabelValues(status).Inc()
+	r.s.emit(jobEvent(status), *j)
 	if j.StartedAt != nil {
 		r.s.metrics.jobDuration.Observe(now.Sub(*j.StartedAt).Seconds())
 	}
@@ -515,7 +532,9 @@ func (r *runner) call(ctx context.Context, j *Job, i int) (json.RawMessage, erro
 	req.Header.Set("Idempotency-Key", fmt.Sprintf("%s/%d", j.ID, i))
 	req.Header.Set("X-Flow-Job-ID", j.ID)
 	req.Header.Set("X-Process-ID", j.ProcessID)
-	resp, err := r.s.opts.HTTPClient.Do(req)
+	// Through the host's circuit breaker: while it is open the step fails
+	// at once without a request.
+	resp, err := r.s.breakers.do(req.URL, func() (*http.Response, error) { return r.s.opts.HTTPClient.Do(req) })
 	if err != nil {
 		return nil, err
 	}

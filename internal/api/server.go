@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -13,8 +14,10 @@ import (
 	"unicode/utf8"
 
 	"github.com/flowedge/flowedge/internal/partition"
+	"github.com/microcosm-cc/bluemonday"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/cors"
 )
 
 // Options configures a Server. The zero value of each field means the
@@ -26,9 +29,9 @@ type Options struct {
 	Partition int
 	// Partitions is how many partitions share the processes; 0 means 1.
 	Partitions int
-	// Production turns on production rules: HSTS, and outbound (http step)
-	// URLs must be HTTPS and must not reach loopback, private or link-local
-	// addresses, checked again at dial time.
+	// Production turns on production rules: HSTS, and outbound (http step
+	// and webhook) URLs must be HTTPS and must not reach loopback, private
+	// or link-local addresses, checked again at dial time.
 	Production bool
 	// Version is reported by /health/health; "" means "dev".
 	Version string
@@ -56,6 +59,24 @@ type Options struct {
 	// HTTPClient makes the calls of http steps; nil means a client with a
 	// 30s timeout whose dialer enforces the outbound URL rules.
 	HTTPClient *http.Client
+	// AppURLs are the origins (scheme://host[:port]) browsers may call the
+	// API from (CORS; APP_URL). In production they are the only ones, and
+	// must be https; outside production localhost origins are allowed too.
+	// nil means none.
+	AppURLs []string
+	// RateLimits are the per-API-key request rates; the zero value means
+	// the defaults (100/min, posts 30/min, webhooks 10/min, keys 5/min).
+	RateLimits RateLimits
+	// TrustedProxies are the addresses of proxies (the edge) whose
+	// X-Forwarded-For names the client, for the audit log's client IP. nil
+	// means none: the client is the peer of the connection.
+	TrustedProxies []netip.Prefix
+	// Resolver resolves the host names of outbound calls (webhooks, http
+	// steps) when a webhook is created and at every dial, where production
+	// refuses internal addresses; nil means the system resolver.
+	Resolver Resolver
+	// Webhooks tunes webhook delivery and the per-host circuit breakers.
+	Webhooks WebhookOptions
 }
 
 // Server is the Flow API. It is safe for concurrent use.
@@ -68,7 +89,12 @@ type Server struct {
 	runner   *runner
 	health   *health
 	handler  http.Handler
-	events   eventSink // webhook dispatcher; nil means events are dropped
+	events   eventSink          // webhook dispatcher; nil means events are dropped
+	hooks    *dispatcher        // delivers webhooks (it is events)
+	breakers *breakers          // per-host circuit breakers of outbound calls
+	limiter  *limiter           // per-key rate limits
+	cors     *cors.Cors         // CORS policy of Options.AppURLs
+	text     *bluemonday.Policy // removes HTML from user text
 	draining atomic.Bool
 
 	closeOnce sync.Once
@@ -107,9 +133,22 @@ func New(opts Options) (*Server, error) {
 		opts.MaxJobRuns = 5
 	}
 	if opts.HTTPClient == nil {
-		opts.HTTPClient = outboundClient(opts.Production, 30*time.Second)
+		opts.HTTPClient = outboundClient(opts.Production, ExternalTimeout, opts.Resolver)
 	}
-	s := &Server{opts: opts, store: opts.Store, log: opts.Logger, locks: newLocks()}
+	origins := make([]string, 0, len(opts.AppURLs))
+	for _, u := range opts.AppURLs {
+		o, err := NormalizeOrigin(u, opts.Production)
+		if err != nil {
+			return nil, fmt.Errorf("api: Options.AppURLs: %w", err)
+		}
+		origins = append(origins, o)
+	}
+	lim, err := newLimiter(opts.RateLimits)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{opts: opts, store: deadlineStore{opts.Store, DatabaseTimeout}, log: opts.Logger, locks: newLocks(),
+		limiter: lim, cors: newCORS(opts.Production, origins), text: textPolicy()}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -119,13 +158,20 @@ func New(opts Options) (*Server, error) {
 		}
 	}
 	s.runner = newRunner(s)
+	s.breakers = newBreakers(opts.Webhooks.BreakerCooldown)
 	s.metrics = newMetrics(opts.Registry, s)
+	s.hooks = newDispatcher(s)
+	s.events = s.hooks
+	if err := s.hooks.reload(ctx); err != nil {
+		return nil, err
+	}
 	s.health = newHealth(s)
 	if err := s.runner.recover(ctx); err != nil {
 		return nil, err
 	}
 	s.handler = s.routes()
 	s.runner.start()
+	s.hooks.start()
 	return s, nil
 }
 
@@ -143,7 +189,7 @@ func (s *Server) Drain() { s.draining.Store(true) }
 func (s *Server) Close(ctx context.Context) error {
 	s.closeOnce.Do(func() {
 		s.Drain()
-		s.closeErr = s.runner.stop(ctx)
+		s.closeErr = errors.Join(s.runner.stop(ctx), s.hooks.stop(ctx))
 	})
 	return s.closeErr
 }
@@ -194,6 +240,20 @@ func (s *Server) routes() http.Handler {
 	handle("GET /api/v1/keys", admin, s.listKeys)
 	handle("GET /api/v1/keys/{id}", admin, s.getKey)
 	handle("DELETE /api/v1/keys/{id}", admin, s.write(nil, s.deleteKey))
+
+	handle("POST /api/v1/webhooks", member, s.createWebhookRoute())
+	handle("GET /api/v1/webhooks", member, s.listWebhooks)
+	handle("GET /api/v1/webhooks/{id}", member, s.getWebhook)
+	handle("DELETE /api/v1/webhooks/{id}", member, s.write(nil, s.deleteWebhook))
+
+	handle("POST /api/v1/channels", member, s.write(nil, s.createChannel))
+	handle("GET /api/v1/channels", member, s.listChannels)
+	handle("GET /api/v1/channels/{id}", member, s.getChannel)
+	handle("POST /api/v1/channels/{id}/posts", member, s.write(nil, s.createPost))
+	handle("GET /api/v1/channels/{id}/posts", member, s.listPosts)
+	handle("GET /api/v1/channels/{id}/posts/{post_id}", member, s.getPost)
+
+	handle("GET /api/v1/audit", admin, s.listAudit)
 	return s.outer(mux)
 }
 
@@ -206,18 +266,56 @@ func routeOf(pattern string) string {
 }
 
 // adapt turns a handler into an http.Handler: partition ownership, then
-// authentication, then the handler, then respond.
+// authentication, then the caller's rate limit (the class of the pattern,
+// see limitClassOf), then the UUID check of id path parameters, then the
+// handler, then respond.
 func (s *Server) adapt(pattern string, acc access, h handler) http.Handler {
 	route := routeOf(pattern)
+	class := limitClassOf(pattern)
+	ids := uuidParams(pattern)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c := &call{r: r, info: infoOf(r)}
 		c.info.route = route
 		res, err := s.admit(c, acc)
+		if c.key != nil { // authenticated, even if then forbidden: it counts
+			v := s.limiter.take(c.key.ID, class)
+			v.setHeaders(w.Header())
+			if !v.allowed {
+				err = v.tooManyRequests()
+			}
+		}
+		for _, name := range ids {
+			if err == nil {
+				_, err = idParam(r, name)
+			}
+		}
 		if err == nil {
 			res, err = h(c)
 		}
 		s.respond(w, r, res, err)
 	})
+}
+
+// uuidParams lists the wildcards of a route pattern that hold resource ids,
+// which must be UUIDs: all but {pid} (a process id is the client's key)
+// and {seq}.
+func uuidParams(pattern string) []string {
+	var out []string
+	for rest := pattern; ; {
+		i := strings.IndexByte(rest, '{')
+		if i < 0 {
+			return out
+		}
+		j := strings.IndexByte(rest[i:], '}')
+		if j < 0 {
+			return out
+		}
+		name := strings.TrimSuffix(rest[i+1:i+j], "...")
+		if name != "pid" && name != "seq" && name != "$" {
+			out = append(out, name)
+		}
+		rest = rest[i+j+1:]
+	}
 }
 
 // adaptHTTP labels a plain http.Handler's route for the log and metrics.
@@ -244,6 +342,7 @@ func (s *Server) admit(c *call, acc access) (result, error) {
 	}
 	c.key = key
 	c.info.keyID = key.ID
+	c.info.userID = key.user()
 	if acc == admin && key.Role != RoleAdmin {
 		return result{}, forbidden("this route needs an admin key")
 	}

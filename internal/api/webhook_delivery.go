@@ -1,0 +1,383 @@
+package api
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-retryablehttp"
+)
+
+// WebhookOptions tunes webhook delivery and the per-host circuit breakers
+// of outbound calls. The zero value of each field means the default named
+// on it.
+type WebhookOptions struct {
+	// Workers is how many deliveries are under way at once; 0 means 4.
+	Workers int
+	// QueueSize bounds the deliveries waiting for a worker; 0 means 1024.
+	// When the queue is full a new delivery is dropped (result "dropped"),
+	// never waited for: events never slow down the request or job that
+	// raised them.
+	QueueSize int
+	// Timeout bounds each attempt (connect, TLS, request, answer); 0 means
+	// 10s.
+	Timeout time.Duration
+	// MaxAttempts bounds the attempts of one delivery; 0 means 5.
+	MaxAttempts int
+	// RetryWaitMin and RetryWaitMax bound the wait before a retry:
+	// exponential from RetryWaitMin with jitter, capped at RetryWaitMax,
+	// Retry-After honoured up to RetryWaitMax. 0 means 1s and 30s.
+	RetryWaitMin, RetryWaitMax time.Duration
+	// BreakerCooldown is how long a host's circuit breaker stays open
+	// before one probe call may go through. It applies to webhook
+	// deliveries and to workflow http steps. 0 means 1 minute.
+	BreakerCooldown time.Duration
+}
+
+func (o WebhookOptions) withDefaults() WebhookOptions {
+	def := func(v *time.Duration, d time.Duration) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	if o.Workers <= 0 {
+		o.Workers = 4
+	}
+	if o.QueueSize <= 0 {
+		o.QueueSize = 1024
+	}
+	if o.MaxAttempts <= 0 {
+		o.MaxAttempts = 5
+	}
+	def(&o.Timeout, 10*time.Second)
+	def(&o.RetryWaitMin, time.Second)
+	def(&o.RetryWaitMax, 30*time.Second)
+	def(&o.BreakerCooldown, time.Minute)
+	if o.RetryWaitMax < o.RetryWaitMin {
+		o.RetryWaitMax = o.RetryWaitMin
+	}
+	return o
+}
+
+// Results of a delivery: the values of flow_webhook_deliveries_total{result}.
+const (
+	deliverySuccess     = "success"      // the receiver answered 2xx
+	deliveryFailure     = "failure"      // a final non-2xx answer, an error after the last attempt, a refused address
+	deliveryBreakerOpen = "breaker_open" // the target host's breaker was open: nothing (more) was sent
+	deliveryDropped     = "dropped"      // the queue was full, or the server stopped before it was delivered
+)
+
+var deliveryResults = []string{deliverySuccess, deliveryFailure, deliveryBreakerOpen, deliveryDropped}
+
+// envelope is the body of every delivery.
+type envelope struct {
+	ID        string    `json:"id"` // the event's id: the same for every webhook it goes to
+	Event     string    `json:"event"`
+	CreatedAt time.Time `json:"created_at"`
+	Data      any       `json:"data"`
+}
+
+// delivery is one event on its way to one webhook.
+type delivery struct {
+	id       string // X-Flow-Delivery
+	hook     webhookRecord
+	event    string
+	body     []byte
+	attempts int // touched only by the worker that has the delivery
+}
+
+type deliveryKey struct{}
+
+// dispatcher is the Server's event sink: it fans each event out to the
+// webhooks that subscribe to it and delivers them on a fixed pool of
+// workers. Deliveries live in memory only: best-effort, lost on restart.
+type dispatcher struct {
+	s      *Server
+	o      WebhookOptions
+	client *retryablehttp.Client
+	queue  chan *delivery
+	ctx    context.Context // ends at stop: in-flight attempts and waits end with it
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	reloadMu sync.Mutex // one reload at a time, so the last one installs the latest list
+	mu       sync.RWMutex
+	subs     []webhookRecord
+}
+
+var _ eventSink = (*dispatcher)(nil)
+
+// newDispatcher builds the dispatcher; start runs its workers.
+func newDispatcher(s *Server) *dispatcher {
+	o := s.opts.Webhooks.withDefaults()
+	ctx, cancel := context.WithCancel(context.Background())
+	d := &dispatcher{s: s, o: o, queue: make(chan *delivery, o.QueueSize), ctx: ctx, cancel: cancel}
+	d.client = &retryablehttp.Client{
+		HTTPClient: &http.Client{
+			Timeout: o.Timeout, // per attempt: retryablehttp calls Do once per attempt
+			Transport: &breakerTransport{
+				next:     outboundTransport(s.opts.Production, s.opts.Resolver, o.Timeout),
+				breakers: s.breakers,
+			},
+			// A redirect is an answer, not a place to go: 3xx is a failure.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+		Logger:       nil, // the dispatcher logs each delivery's outcome itself
+		RetryWaitMin: o.RetryWaitMin,
+		RetryWaitMax: o.RetryWaitMax,
+		RetryMax:     o.MaxAttempts - 1,
+		CheckRetry:   webhookRetryPolicy,
+		Backoff:      webhookBackoff,
+		ErrorHandler: retryablehttp.PassthroughErrorHandler,
+		PrepareRetry: func(req *http.Request) error {
+			if dl, ok := req.Context().Value(deliveryKey{}).(*delivery); ok {
+				dl.attempts++
+				req.Header = req.Header.Clone() // the previous attempt's request keeps its own
+				signRequest(req.Header, dl)
+			}
+			return nil
+		},
+	}
+	return d
+}
+
+// start runs the workers.
+func (d *dispatcher) start() {
+	for range d.o.Workers {
+		d.wg.Add(1)
+		go d.work()
+	}
+}
+
+// stop ends the workers: attempts under way are cancelled, and deliveries
+// still queued are dropped (counted).
+func (d *dispatcher) stop(ctx context.Context) error {
+	d.cancel()
+	done := make(chan struct{})
+	go func() { d.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return errors.Join(errors.New("webhook workers did not stop"), ctx.Err())
+	}
+	if n := len(d.queue); n > 0 {
+		d.count(deliveryDropped, n)
+		d.s.log.Warn("webhook deliveries dropped at shutdown (deliveries are kept in memory only)", "deliveries", n)
+	}
+	d.client.HTTPClient.CloseIdleConnections()
+	return nil
+}
+
+// reload reads the webhooks from the store and installs them.
+func (d *dispatcher) reload(ctx context.Context) error {
+	d.reloadMu.Lock()
+	defer d.reloadMu.Unlock()
+	subs, err := loadWebhooks(ctx, d.s.store)
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	d.subs = subs
+	d.mu.Unlock()
+	return nil
+}
+
+// refresh is reload after a committed create or delete.
+func (d *dispatcher) refresh() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := d.reload(ctx); err != nil {
+		d.s.log.Error("cannot reload the webhooks after a change; events follow the previous list until the next change", "err", err)
+	}
+}
+
+func (d *dispatcher) count(result string, n int) {
+	d.s.metrics.webhookDeliveries.WithLabelValues(result).Add(float64(n))
+}
+
+// Emit queues a delivery of event to every webhook subscribed to it. It
+// never blocks: a delivery that does not fit the queue is dropped.
+func (d *dispatcher) Emit(event string, data any) {
+	d.mu.RLock()
+	var targets []webhookRecord
+	for _, h := range d.subs {
+		if h.wants(event) {
+			targets = append(targets, h)
+		}
+	}
+	d.mu.RUnlock()
+	if len(targets) == 0 {
+		return
+	}
+	// Encoded now: the caller may change data once Emit returns.
+	body, err := marshal(envelope{ID: newID(), Event: event, CreatedAt: time.Now().UTC(), Data: data})
+	if err != nil {
+		d.count(deliveryFailure, len(targets))
+		d.s.log.Error("cannot encode a webhook event; not delivered", "event", event, "err", err)
+		return
+	}
+	for _, h := range targets {
+		dl := &delivery{id: newID(), hook: h, event: event, body: body}
+		if d.ctx.Err() == nil {
+			select {
+			case d.queue <- dl:
+				continue
+			default:
+			}
+		}
+		d.count(deliveryDropped, 1)
+		d.s.log.Warn("webhook delivery dropped: the queue is full or the server is stopping",
+			"webhook_id", h.ID, "event", event, "delivery_id", dl.id)
+	}
+}
+
+func (d *dispatcher) work() {
+	defer d.wg.Done()
+	for {
+		select {
+		case <-d.ctx.Done():
+			return
+		case dl := <-d.queue:
+			d.deliver(dl)
+		}
+	}
+}
+
+// deliver makes the attempts of one delivery and records its result.
+func (d *dispatcher) deliver(dl *delivery) {
+	log := d.s.log.With("webhook_id", dl.hook.ID, "event", dl.event, "delivery_id", dl.id)
+	// A webhook deleted since the event was emitted gets nothing.
+	var found bool
+	err := d.s.store.View(d.ctx, func(tx Tx) error {
+		var err error
+		found, err = exists(tx, rkey(pfxWebhook, dl.hook.ID))
+		return err
+	})
+	if err != nil {
+		if d.ctx.Err() != nil {
+			d.count(deliveryDropped, 1)
+			return
+		}
+		log.Warn("cannot check that the webhook still exists; delivering anyway", "err", err)
+	} else if !found {
+		return
+	}
+
+	req, err := retryablehttp.NewRequestWithContext(context.WithValue(d.ctx, deliveryKey{}, dl), http.MethodPost, dl.hook.URL, dl.body)
+	if err != nil {
+		d.count(deliveryFailure, 1)
+		log.Error("webhook delivery failed: cannot build the request", "err", err)
+		return
+	}
+	h := req.Header
+	h.Set("Content-Type", "application/json")
+	h.Set("User-Agent", "flowedge-api/"+d.s.opts.Version)
+	h.Set(HeaderWebhookEvent, dl.event)
+	h.Set(HeaderWebhookDelivery, dl.id)
+	h.Set("X-Flow-Webhook-ID", dl.hook.ID)
+	dl.attempts = 1
+	signRequest(h, dl)
+
+	start := time.Now()
+	resp, err := d.client.Do(req)
+	status := 0
+	if resp != nil {
+		status = resp.StatusCode
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		resp.Body.Close()
+	}
+	var result string
+	switch {
+	case err == nil && status >= 200 && status <= 299:
+		result = deliverySuccess
+	case errors.Is(err, errBreakerOpen):
+		result = deliveryBreakerOpen
+	case d.ctx.Err() != nil:
+		result = deliveryDropped // stopped mid-delivery
+	default:
+		result = deliveryFailure
+	}
+	d.count(result, 1)
+	attrs := []any{"result", result, "attempts", dl.attempts, "status", status, "duration_ms", time.Since(start).Milliseconds()}
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // without the URL, which may carry a token
+		}
+		attrs = append(attrs, "err", err.Error())
+	}
+	if result == deliverySuccess {
+		log.Debug("webhook delivered", attrs...)
+	} else {
+		log.Warn("webhook not delivered", attrs...)
+	}
+}
+
+// signRequest stamps an attempt with the current time and its signature.
+func signRequest(h http.Header, dl *delivery) {
+	ts := time.Now().Unix()
+	h.Set(HeaderWebhookTimestamp, strconv.FormatInt(ts, 10))
+	h.Set(HeaderWebhookSignature, SignWebhook(dl.hook.Secret, ts, dl.body))
+}
+
+// webhookRetryPolicy retries connection errors, timeouts, 408, 429 and 5xx
+// but 501; never a refused address, an open breaker, a certificate
+// error, or after the dispatcher stopped.
+func webhookRetryPolicy(ctx context.Context, resp *http.Response, err error) (bool, error) {
+	if ctx.Err() != nil {
+		return false, ctx.Err()
+	}
+	if err != nil {
+		var certErr *tls.CertificateVerificationError
+		if errors.Is(err, errBreakerOpen) || errors.Is(err, errBlockedAddr) || errors.As(err, &certErr) {
+			return false, nil
+		}
+		return true, nil
+	}
+	return hostFailure(resp.StatusCode) && resp.StatusCode != http.StatusNotImplemented, nil
+}
+
+// webhookBackoff waits, before retry attempt+1, a random time between lo
+// and lo·2^attempt (capped at hi); a Retry-After of a 429 or 503 is
+// honoured, within [lo, hi].
+func webhookBackoff(lo, hi time.Duration, attempt int, resp *http.Response) time.Duration {
+	if resp != nil && (resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable) {
+		if d, ok := retryAfter(resp.Header.Get("Retry-After"), time.Now()); ok {
+			return clamp(d, lo, hi)
+		}
+	}
+	ceil := lo
+	for i := 0; i < attempt && ceil < hi; i++ {
+		ceil *= 2
+	}
+	ceil = clamp(ceil, lo, hi)
+	return lo + rand.N(ceil-lo+1)
+}
+
+func clamp(d, lo, hi time.Duration) time.Duration {
+	return max(lo, min(d, hi))
+}
+
+// retryAfter parses a Retry-After value: delay seconds or an HTTP date.
+func retryAfter(v string, now time.Time) (time.Duration, bool) {
+	if v == "" {
+		return 0, false
+	}
+	if n, err := strconv.ParseInt(v, 10, 64); err == nil && n >= 0 {
+		if n > int64(time.Hour/time.Second) {
+			n = int64(time.Hour / time.Second)
+		}
+		return time.Duration(n) * time.Second, true
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		return max(t.Sub(now), 0), true
+	}
+	return 0, false
+}
