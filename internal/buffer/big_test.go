@@ -127,6 +127,14 @@ func TestBigBacklog(t *testing.T) {
 
 	cmd := exec.Command(os.Args[0], "-test.run=^TestBigChild$", "-test.v", "-test.count=1")
 	cmd.Env = append(os.Environ(), bigChildEnv+"="+dir)
+	// The child runs with the GC settings `edge run` defaults to
+	// (cmd/edge/runtime.go), unless the environment sets them.
+	if os.Getenv("GOGC") == "" {
+		cmd.Env = append(cmd.Env, "GOGC=400")
+	}
+	if os.Getenv("GOMEMLIMIT") == "" {
+		cmd.Env = append(cmd.Env, "GOMEMLIMIT=192MiB")
+	}
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("child: %v\n%s", err, out)
