@@ -235,13 +235,15 @@ func (s *Server) getChannel(c *call) (result, error) {
 }
 
 // createPost: POST /api/v1/channels/{id}/posts {content, media} → 201 Post.
-// Once it has committed, the "post.created" event carries the post.
+// Once it has committed, the "post.created" event carries the post to the
+// webhooks of the channel's owner and of admin keys.
 func (s *Server) createPost(c *call, tx Tx) (result, error) {
 	id, err := idParam(c.r, "id")
 	if err != nil {
 		return result{}, err
 	}
-	if _, err := loadChannel(tx, c.key, id); err != nil {
+	ch, err := loadChannel(tx, c.key, id)
+	if err != nil {
 		return result{}, err
 	}
 	content, media, err := decodePost(s.text, c.body, s.opts.Production)
@@ -253,7 +255,8 @@ func (s *Server) createPost(c *call, tx Tx) (result, error) {
 		return result{}, fmt.Errorf("store post: %w", err)
 	}
 	res, _ := created(p, "/api/v1/channels/"+id+"/posts/"+p.ID)
-	res.after = func() { s.emit("post.created", p) }
+	// Only webhooks that may read the channel get its posts.
+	res.after = func() { s.emit(EventPostCreated, ch.Owner, p) }
 	return res, nil
 }
 

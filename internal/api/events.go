@@ -14,16 +14,20 @@ const (
 var webhookEvents = []string{EventPostCreated, EventJobSucceeded, EventJobFailed, EventJobCancelled}
 
 // eventSink receives the Flow events that webhooks subscribe to
-// ("post.created", "job.succeeded", "job.failed", …). Emit must not block
-// the request or job that raised the event: delivery is asynchronous.
+// ("post.created", "job.succeeded", "job.failed", …). owner is the user
+// whose resource the event is about, "" for a resource every key may read
+// (jobs): only webhooks that may read it get the event. Emit must not
+// block the request or job that raised the event: delivery is
+// asynchronous.
 type eventSink interface {
-	Emit(event string, data any)
+	Emit(event, owner string, data any)
 }
 
-// emit hands an event to the webhook dispatcher, if the server has one.
-// Callers emit only after the change that raised the event has committed.
-func (s *Server) emit(event string, data any) {
+// emit hands an event about a resource of owner ("" for one every key may
+// read) to the webhook dispatcher, if the server has one. Callers emit only
+// after the change that raised the event has committed.
+func (s *Server) emit(event, owner string, data any) {
 	if s.events != nil {
-		s.events.Emit(event, data)
+		s.events.Emit(event, owner, data)
 	}
 }

@@ -3,6 +3,7 @@ package api_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -208,5 +209,39 @@ func TestSecurityHeaders(t *testing.T) {
 				checkProblem(t, res, c.want)
 			}
 		}
+	}
+}
+
+// TestMetricsMethodLabel: the method label of the request metrics takes a
+// bounded set of values. A client inventing methods (net/http accepts any
+// token) must not create a series per method: each one is memory kept for
+// the life of the process and a row in every scrape.
+func TestMetricsMethodLabel(t *testing.T) {
+	e := newEnv(t)
+	for i := range 50 {
+		e.do(req{method: fmt.Sprintf("X%dMETHOD", i), path: "/nope"})
+	}
+	fams, err := e.opts.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	methods := map[string]bool{}
+	for _, f := range fams {
+		if f.GetName() != "flow_http_requests_total" && f.GetName() != "flow_http_request_duration_seconds" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "method" {
+					methods[l.GetValue()] = true
+				}
+			}
+		}
+	}
+	if len(methods) > 10 || methods["X7METHOD"] {
+		t.Fatalf("method label values: %v", methods)
+	}
+	if !methods["other"] {
+		t.Fatalf("invented methods not counted as \"other\": %v", methods)
 	}
 }

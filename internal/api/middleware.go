@@ -188,6 +188,19 @@ func (p *headerProbe) WriteHeader(code int) {
 	}
 }
 
+// methodLabel is the method label of the request metrics: the standard
+// methods as they are, anything else "other". net/http accepts any token
+// as a method, and each label value is a series kept for the life of the
+// process, so clients must not be able to invent them.
+func methodLabel(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+		http.MethodDelete, http.MethodOptions, http.MethodConnect, http.MethodTrace:
+		return m
+	}
+	return "other"
+}
+
 // observe writes the request log line and the request metrics.
 func (s *Server) observe(r *http.Request, info *reqInfo, rec *recorder, d time.Duration) {
 	status := rec.status
@@ -198,8 +211,9 @@ func (s *Server) observe(r *http.Request, info *reqInfo, rec *recorder, d time.D
 	if route == "" {
 		route = "unmatched"
 	}
-	s.metrics.requests.WithLabelValues(route, r.Method, strconv.Itoa(status)).Inc()
-	s.metrics.duration.WithLabelValues(route, r.Method).Observe(d.Seconds())
+	method := methodLabel(r.Method)
+	s.metrics.requests.WithLabelValues(route, method, strconv.Itoa(status)).Inc()
+	s.metrics.duration.WithLabelValues(route, method).Observe(d.Seconds())
 
 	level := slog.LevelInfo
 	if strings.HasPrefix(route, "/health/") || route == "/metrics" {

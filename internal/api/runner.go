@@ -286,7 +286,7 @@ func (r *runner) markCancelled(ctx context.Context, id string) (Job, error) {
 	})
 	if err == nil && changed {
 		r.s.metrics.jobsFinished.WithLabelValues(JobCancelled).Inc()
-		r.s.emit(jobEvent(JobCancelled), j)
+		r.s.emit(jobEvent(JobCancelled), "", j)
 	}
 	return j, err
 }
@@ -375,7 +375,7 @@ func (r *runner) begin(rn *run) (j Job, ok bool) {
 	}
 	if final != "" {
 		r.s.metrics.jobsFinished.WithLabelValues(final).Inc()
-		r.s.emit(jobEvent(final), j)
+		r.s.emit(jobEvent(final), "", j)
 	}
 	return j, j.Status == JobRunning && final == ""
 }
@@ -411,7 +411,7 @@ func (r *runner) finish(j *Job, failed int, status, msg string) {
 		return
 	}
 	r.s.metrics.jobsFinished.WithLabelValues(status).Inc()
-	r.s.emit(jobEvent(status), *j)
+	r.s.emit(jobEvent(status), "", *j)
 	if j.StartedAt != nil {
 		r.s.metrics.jobDuration.Observe(now.Sub(*j.StartedAt).Seconds())
 	}

@@ -147,6 +147,9 @@ func blockedAddr(ip netip.Addr) bool {
 
 // checkHostPublic resolves host with res and fails unless it has at least
 // one address and every address is public. An IP literal is checked as is.
+// Its errors reach callers (a webhook creation's 422, a job step's error),
+// so they never name an address the host resolved to or the DNS server
+// asked: the API must not be a probe of the internal network.
 func checkHostPublic(ctx context.Context, res Resolver, host string) ([]netip.Addr, error) {
 	if ip, err := netip.ParseAddr(host); err == nil {
 		if blockedAddr(ip) {
@@ -156,6 +159,12 @@ func checkHostPublic(ctx context.Context, res Resolver, host string) ([]netip.Ad
 	}
 	addrs, err := res.LookupNetIP(ctx, "ip", host)
 	if err != nil {
+		var de *net.DNSError
+		if errors.As(err, &de) {
+			anon := *de
+			anon.Server = ""
+			err = &anon
+		}
 		return nil, fmt.Errorf("resolve %s: %w", host, err)
 	}
 	if len(addrs) == 0 {
@@ -163,7 +172,7 @@ func checkHostPublic(ctx context.Context, res Resolver, host string) ([]netip.Ad
 	}
 	for _, a := range addrs {
 		if blockedAddr(a) {
-			return nil, fmt.Errorf("%s resolves to %s: %w", host, a, errBlockedAddr)
+			return nil, fmt.Errorf("%s resolves to an internal address: %w", host, errBlockedAddr)
 		}
 	}
 	return addrs, nil

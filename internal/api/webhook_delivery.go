@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-retryablehttp"
@@ -26,6 +27,12 @@ type WebhookOptions struct {
 	// never waited for: events never slow down the request or job that
 	// raised them.
 	QueueSize int
+	// MaxQueueBytes bounds the bodies of the deliveries waiting for a
+	// worker, counted once per delivery; 0 means 64 MiB. An event can be a
+	// job with a 1 MiB input: without it a full queue could hold a
+	// gigabyte. Past it new deliveries are dropped, as when the queue is
+	// full.
+	MaxQueueBytes int64
 	// Timeout bounds each attempt (connect, TLS, request, answer); 0 means
 	// 10s.
 	Timeout time.Duration
@@ -53,6 +60,9 @@ func (o WebhookOptions) withDefaults() WebhookOptions {
 	if o.QueueSize <= 0 {
 		o.QueueSize = 1024
 	}
+	if o.MaxQueueBytes <= 0 {
+		o.MaxQueueBytes = 64 << 20
+	}
 	if o.MaxAttempts <= 0 {
 		o.MaxAttempts = 5
 	}
@@ -71,7 +81,7 @@ const (
 	deliverySuccess     = "success"      // the receiver answered 2xx
 	deliveryFailure     = "failure"      // a final non-2xx answer, an error after the last attempt, a refused address
 	deliveryBreakerOpen = "breaker_open" // the target host's breaker was open: nothing (more) was sent
-	deliveryDropped     = "dropped"      // the queue was full, or the server stopped before it was delivered
+	deliveryDropped     = "dropped"      // the queue was full (deliveries or bytes), or the server stopped before it was delivered
 )
 
 var deliveryResults = []string{deliverySuccess, deliveryFailure, deliveryBreakerOpen, deliveryDropped}
@@ -103,6 +113,7 @@ type dispatcher struct {
 	o      WebhookOptions
 	client *retryablehttp.Client
 	queue  chan *delivery
+	queued atomic.Int64    // bytes of the bodies in queue
 	ctx    context.Context // ends at stop: in-flight attempts and waits end with it
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -202,13 +213,14 @@ func (d *dispatcher) count(result string, n int) {
 	d.s.metrics.webhookDeliveries.WithLabelValues(result).Add(float64(n))
 }
 
-// Emit queues a delivery of event to every webhook subscribed to it. It
-// never blocks: a delivery that does not fit the queue is dropped.
-func (d *dispatcher) Emit(event string, data any) {
+// Emit queues a delivery of event to every webhook subscribed to it that
+// may read owner's resources. It never blocks: a delivery that does not fit
+// the queue is dropped.
+func (d *dispatcher) Emit(event, owner string, data any) {
 	d.mu.RLock()
 	var targets []webhookRecord
 	for _, h := range d.subs {
-		if h.wants(event) {
+		if h.wants(event) && h.sees(owner) {
 			targets = append(targets, h)
 		}
 	}
@@ -225,15 +237,19 @@ func (d *dispatcher) Emit(event string, data any) {
 	}
 	for _, h := range targets {
 		dl := &delivery{id: newID(), hook: h, event: event, body: body}
+		n := int64(len(body))
 		if d.ctx.Err() == nil {
-			select {
-			case d.queue <- dl:
-				continue
-			default:
+			if d.queued.Add(n) <= d.o.MaxQueueBytes {
+				select {
+				case d.queue <- dl:
+					continue
+				default:
+				}
 			}
+			d.queued.Add(-n)
 		}
 		d.count(deliveryDropped, 1)
-		d.s.log.Warn("webhook delivery dropped: the queue is full or the server is stopping",
+		d.s.log.Warn("webhook delivery dropped: the queue is full (deliveries or bytes) or the server is stopping",
 			"webhook_id", h.ID, "event", event, "delivery_id", dl.id)
 	}
 }
@@ -245,6 +261,7 @@ func (d *dispatcher) work() {
 		case <-d.ctx.Done():
 			return
 		case dl := <-d.queue:
+			d.queued.Add(-int64(len(dl.body)))
 			d.deliver(dl)
 		}
 	}

@@ -49,10 +49,27 @@ type Webhook struct {
 	CreatedBy string    `json:"created_by,omitempty"` // id of the key that created it
 }
 
-// webhookRecord is a Webhook as stored.
+// webhookRecord is a Webhook as stored. A webhook belongs to the user of
+// the key that created it, as a channel does: keys of that user and admin
+// keys see and delete it; to others it does not exist (404). It gets the
+// events of resources that user may read: post.created only for that
+// user's channels, unless an admin key created it (every channel).
 type webhookRecord struct {
 	Webhook
 	Secret string `json:"secret"`
+	Owner  string `json:"owner,omitempty"` // user id; "" (stored before owners) means admin keys only
+	Admin  bool   `json:"admin,omitempty"` // created by an admin key
+}
+
+// visibleTo reports whether key k may see and delete the webhook.
+func (w *webhookRecord) visibleTo(k *APIKey) bool {
+	return k.Role == RoleAdmin || (w.Owner != "" && w.Owner == k.user())
+}
+
+// sees reports whether the webhook may get an event about a resource of
+// user owner ("" for a resource every key may read).
+func (w *webhookRecord) sees(owner string) bool {
+	return owner == "" || w.Admin || (w.Owner != "" && w.Owner == owner)
 }
 
 // createdWebhook is the answer to a creation: the only time the secret is
@@ -210,7 +227,8 @@ func (s *Server) createWebhook(c *call, tx Tx) (result, error) {
 	}
 	secret := newWebhookSecret()
 	w := Webhook{ID: newID(), URL: in.URL, Events: in.Events, CreatedAt: time.Now().UTC(), CreatedBy: c.key.ID}
-	if err := putJSON(tx, rkey(pfxWebhook, w.ID), webhookRecord{Webhook: w, Secret: secret}); err != nil {
+	rec := webhookRecord{Webhook: w, Secret: secret, Owner: c.key.user(), Admin: c.key.Role == RoleAdmin}
+	if err := putJSON(tx, rkey(pfxWebhook, w.ID), rec); err != nil {
 		return result{}, err
 	}
 	if err := s.recordAudit(tx, c, "webhook.create", w.ID); err != nil {
@@ -225,9 +243,11 @@ func (s *Server) createWebhook(c *call, tx Tx) (result, error) {
 	return res, nil
 }
 
-// listWebhooks: GET /api/v1/webhooks, oldest first.
+// listWebhooks: GET /api/v1/webhooks, oldest first; the caller's webhooks
+// (an admin key sees all).
 func (s *Server) listWebhooks(c *call) (result, error) {
-	out, err := listRecords(c.r, s.store, pfxWebhook, func(rec webhookRecord) Webhook { return rec.Webhook })
+	out, err := listRecordsWhere(c.r, s.store, pfxWebhook, func(rec webhookRecord) bool { return rec.visibleTo(c.key) },
+		func(rec webhookRecord) Webhook { return rec.Webhook })
 	if err != nil {
 		return result{}, err
 	}
@@ -242,7 +262,7 @@ func (s *Server) getWebhook(c *call) (result, error) {
 	}
 	var rec webhookRecord
 	err = s.store.View(c.r.Context(), func(tx Tx) error { return getJSON(tx, rkey(pfxWebhook, id), &rec) })
-	if errors.Is(err, ErrNotFound) {
+	if errors.Is(err, ErrNotFound) || (err == nil && !rec.visibleTo(c.key)) {
 		return result{}, notFound("no webhook %s", id)
 	}
 	if err != nil {
@@ -258,10 +278,11 @@ func (s *Server) deleteWebhook(c *call, tx Tx) (result, error) {
 	if err != nil {
 		return result{}, err
 	}
-	if found, err := exists(tx, rkey(pfxWebhook, id)); err != nil {
-		return result{}, err
-	} else if !found {
+	var rec webhookRecord
+	if err := getJSON(tx, rkey(pfxWebhook, id), &rec); errors.Is(err, ErrNotFound) || (err == nil && !rec.visibleTo(c.key)) {
 		return result{}, notFound("no webhook %s", id)
+	} else if err != nil {
+		return result{}, err
 	}
 	if err := tx.Delete(rkey(pfxWebhook, id)); err != nil {
 		return result{}, err

@@ -597,6 +597,30 @@ func TestWebhookQueueFull(t *testing.T) {
 	}
 }
 
+// TestWebhookQueueBytes: the queue is bounded in bytes as well as in
+// deliveries. An event's body can be a job with a 1 MiB input, so 1024 of
+// them waiting on a slow receiver would hold a gigabyte; past
+// MaxQueueBytes deliveries are dropped, though the queue has room for more.
+func TestWebhookQueueBytes(t *testing.T) {
+	e := newEnv(t, func(o *api.Options) { o.Webhooks.Workers = 1; o.Webhooks.MaxQueueBytes = 100 << 10 })
+	release := make(chan struct{})
+	rc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-release }))
+	defer rc.Close()
+	defer close(release)
+	e.hook(rc.URL+"/h", "job.succeeded")
+	wf := e.workflow(delay(0))
+	big := strings.Repeat("x", 40<<10)
+	for range 5 {
+		j := e.submit("p-bytes", wf, map[string]any{"blob": big})
+		e.waitJob(j.ID, api.JobSucceeded)
+	}
+	// One delivery under way, two waiting (80 KiB), two dropped.
+	waitFor(t, "dropped deliveries", func() bool { return e.deliveries("dropped") >= 2 })
+	if got := e.deliveries("dropped"); got != 2 {
+		t.Fatalf("%v deliveries dropped, want 2", got)
+	}
+}
+
 // TestVerifyWebhook: the receiver-side check.
 func TestVerifyWebhook(t *testing.T) {
 	const secret = "whsec_test"
@@ -657,4 +681,97 @@ func TestWebhookPostCreated(t *testing.T) {
 		t.Fatalf("deliveries %v", got)
 	}
 	verify(t, h.Secret, got[0])
+}
+
+// TestWebhookOwnerScope: a webhook belongs to the user of the key that
+// created it, as a channel does. Another member's key cannot see, list or
+// delete it (404), and a member's webhook gets post.created only for
+// posts in channels that user may read: another user's private posts do
+// not leak through a webhook. Admin webhooks get every post; job events,
+// whose resources every key may read, go to every subscriber.
+func TestWebhookOwnerScope(t *testing.T) {
+	e := newEnv(t)
+	alice, _ := e.newKey("alice", "", "alice")
+	bob, _ := e.newKey("bob", "", "bob")
+	create := func(key, url string, events ...string) createdHook {
+		var h createdHook
+		must(t, e.do(req{method: "POST", path: "/api/v1/webhooks", key: key,
+			body: map[string]any{"url": url, "events": events}}), 201).json(t, &h)
+		return h
+	}
+	rcAlice, rcBob, rcAdmin := newReceiver(t, false), newReceiver(t, false), newReceiver(t, false)
+	hAlice := create(alice, rcAlice.URL, "*")
+	hBob := create(bob, rcBob.URL, "*")
+	create(adminKey, rcAdmin.URL, "post.created")
+
+	// Bob sees only his own webhook; the admin sees all.
+	var l struct {
+		Items []api.Webhook `json:"items"`
+	}
+	must(t, e.do(req{method: "GET", path: "/api/v1/webhooks", key: bob}), 200).json(t, &l)
+	if len(l.Items) != 1 || l.Items[0].ID != hBob.ID {
+		t.Fatalf("bob lists %+v", l.Items)
+	}
+	l.Items = nil
+	must(t, e.do(req{method: "GET", path: "/api/v1/webhooks", key: adminKey}), 200).json(t, &l)
+	if len(l.Items) != 3 {
+		t.Fatalf("admin lists %+v", l.Items)
+	}
+	checkProblem(t, e.do(req{method: "GET", path: "/api/v1/webhooks/" + hAlice.ID, key: bob}), 404)
+	checkProblem(t, e.do(req{method: "DELETE", path: "/api/v1/webhooks/" + hAlice.ID, key: bob}), 404)
+	must(t, e.do(req{method: "GET", path: "/api/v1/webhooks/" + hAlice.ID, key: alice}), 200)
+
+	// Alice's private post reaches her webhook and the admin's, not Bob's;
+	// a job event reaches Alice's and Bob's.
+	ch := e.channel(alice, "private")
+	must(t, e.do(req{method: "POST", path: "/api/v1/channels/" + ch.ID + "/posts", key: alice,
+		body: map[string]any{"content": "alice's secret plan"}}), 201)
+	e.finishJob("p-scope")
+	e.waitDeliveries("success", 4)
+	time.Sleep(100 * time.Millisecond) // a stray delivery would have arrived by now
+	if got := e.deliveries("success"); got != 4 {
+		t.Fatalf("%v deliveries, want 4", got)
+	}
+	for _, r := range rcBob.requests() {
+		if ev := r.header.Get("X-Flow-Event"); ev != "job.succeeded" || strings.Contains(string(r.body), "secret plan") {
+			t.Fatalf("bob's webhook got %s: %s", ev, r.body)
+		}
+	}
+	if n := len(rcAdmin.requests()); n != 1 {
+		t.Fatalf("admin's webhook got %d deliveries, want 1", n)
+	}
+	if n := len(rcAlice.requests()); n != 2 {
+		t.Fatalf("alice's webhook got %d deliveries, want 2", n)
+	}
+	must(t, e.do(req{method: "DELETE", path: "/api/v1/webhooks/" + hAlice.ID, key: alice}), 204)
+}
+
+// serverResolver is a fakeResolver whose failures name the DNS server,
+// as the system resolver's do ("lookup h on 10.0.0.10:53: no such host").
+type serverResolver struct{ *fakeResolver }
+
+func (r serverResolver) LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error) {
+	addrs, err := r.fakeResolver.LookupNetIP(ctx, network, host)
+	var de *net.DNSError
+	if errors.As(err, &de) {
+		de.Server = "10.0.0.10:53"
+	}
+	return addrs, err
+}
+
+// TestWebhookCreateHidesInternals: refusing a host that resolves inside
+// (or does not resolve) does not tell the caller which internal address
+// the name has, nor the address of the cluster's DNS server: the API is
+// not a probe of the internal network.
+func TestWebhookCreateHidesInternals(t *testing.T) {
+	res := serverResolver{newResolver(map[string][]string{"db.internal.test": {"10.1.2.3"}})}
+	e := newEnv(t, func(o *api.Options) { o.Production = true; o.Resolver = res })
+	for _, host := range []string{"db.internal.test", "nxdomain.internal.test"} {
+		r := e.do(req{method: "POST", path: "/api/v1/webhooks", key: adminKey,
+			body: map[string]any{"url": "https://" + host + "/h", "events": []string{"*"}}})
+		p := checkProblem(t, r, 422)
+		if d, _ := p["detail"].(string); strings.Contains(d, "10.1.2.3") || strings.Contains(d, "10.0.0.10") || d == "" {
+			t.Errorf("%s: detail %q names an internal address", host, d)
+		}
+	}
 }
