@@ -4,7 +4,7 @@ BIN     := $(CURDIR)/bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build run test test-go vet fmt-check bench clean
+.PHONY: all build run test test-go vet fmt-check bench reliability clean
 
 all: build
 
@@ -17,7 +17,7 @@ build:
 run: build
 	./scripts/run-local.sh
 
-## test: formatting, vet, every Go test (unit, integration, crash), deployment checks
+## test: formatting, vet, every Go test (unit, integration, crash, the e2e reliability suite), deployment checks
 test: fmt-check vet test-go deploy-check
 
 fmt-check:
@@ -34,6 +34,10 @@ test-go:
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./internal/buffer/ ./internal/partition/
 	$(GO) run ./bench/e2e -duration 10s -connections 64
+
+## reliability: the e2e suite (real binaries, real faults); writes its figures into docs/reliability.md
+reliability:
+	GO=$(GO) ./scripts/reliability.sh
 
 clean:
 	rm -rf $(BIN) ./data
