@@ -560,6 +560,10 @@ func (q *queue) planAppend(o *op, s *segment, st *stage) (func(), error) {
 		o.results[i] = AppendResult{ID: it.id}
 		add += int64(len(it.value))
 	}
+	dups := false
+	for _, r := range o.results {
+		dups = dups || r.Duplicate
+	}
 	if add > 0 && s.total+add > q.opts.MaxBytes {
 		return nil, ErrFull
 	}
@@ -596,7 +600,10 @@ func (q *queue) planAppend(o *op, s *segment, st *stage) (func(), error) {
 			s.appended[it.p] = max(s.appended[it.p], o.seqs[i])
 		}
 		s.total += add
-		if add > 0 {
+		// A duplicate's answer names a record that may be committed but
+		// not yet synced: it goes through the syncer too, whose next sync
+		// covers that record's commit.
+		if add > 0 || dups {
 			s.durable = true
 		}
 	}
