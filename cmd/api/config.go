@@ -29,6 +29,7 @@ type config struct {
 	Env             string   `toml:"env"`
 	Workers         int      `toml:"workers"`
 	IdempotencyTTL  duration `toml:"idempotency_ttl"`
+	AuditRetention  duration `toml:"audit_retention"`
 	ShutdownTimeout duration `toml:"shutdown_timeout"`
 	LogLevel        string   `toml:"log_level"`
 	// AppURL lists the origins browsers may call the API from (CORS),
@@ -52,6 +53,7 @@ func defaultConfig() config {
 		Env:             "development",
 		Workers:         4,
 		IdempotencyTTL:  duration(24 * time.Hour),
+		AuditRetention:  duration(api.DefaultAuditRetention),
 		ShutdownTimeout: duration(30 * time.Second),
 		LogLevel:        "info",
 		RateLimits: rateLimitsConfig{
@@ -134,6 +136,7 @@ var settings = []setting{
 	stringSetting("env", "env", "development or production", func(c *config) *string { return &c.Env }),
 	intSetting("workers", "workers", "jobs run at once (of different processes)", func(c *config) *int { return &c.Workers }),
 	durationSetting("idempotency-ttl", "idempotency_ttl", "how long answers are kept for repeated X-Request-ID / Idempotency-Key", func(c *config) *duration { return &c.IdempotencyTTL }),
+	durationSetting("audit-retention", "audit_retention", "how long audit log entries are kept", func(c *config) *duration { return &c.AuditRetention }),
 	durationSetting("shutdown-timeout", "shutdown_timeout", "how long SIGTERM waits for requests and jobs to stop", func(c *config) *duration { return &c.ShutdownTimeout }),
 	stringSetting("log-level", "log_level", "debug, info, warn or error", func(c *config) *string { return &c.LogLevel }),
 	stringSetting("app-url", "app_url", "comma-separated origins browsers may call the API from (CORS; also env APP_URL); production allows only these", func(c *config) *string { return &c.AppURL }),
@@ -289,6 +292,9 @@ func (c config) validate() []error {
 	}
 	if d := time.Duration(c.IdempotencyTTL); d < time.Minute {
 		bad("idempotency_ttl", "must be at least 1m, got %v", d)
+	}
+	if d := time.Duration(c.AuditRetention); d < time.Hour {
+		bad("audit_retention", "must be at least 1h, got %v", d)
 	}
 	if d := time.Duration(c.ShutdownTimeout); d < time.Second || d > time.Hour {
 		bad("shutdown_timeout", "must be from 1s to 1h, got %v", d)

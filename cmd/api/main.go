@@ -96,6 +96,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, logw io
 		Registry:       prometheus.NewRegistry(),
 		Workers:        cfg.Workers,
 		IdempotencyTTL: time.Duration(cfg.IdempotencyTTL),
+		AuditRetention: time.Duration(cfg.AuditRetention),
 		BootstrapKey:   cfg.bootstrapKey,
 		DataDir:        cfg.DataDir,
 		AppURLs:        origins,

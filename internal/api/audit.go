@@ -53,13 +53,22 @@ func descending(id string) string {
 // the change does (an idempotent replay records nothing again). The entry
 // carries the caller's user id and key id, the client IP (see
 // Options.TrustedProxies), the time and the request id.
+// DefaultAuditRetention is how long audit entries are kept unless
+// Options.AuditRetention says otherwise.
+const DefaultAuditRetention = 365 * 24 * time.Hour
+
 func (s *Server) recordAudit(tx Tx, c *call, action, resourceID string) error {
 	e := AuditEntry{ID: newID(), Action: action, ResourceID: resourceID, IP: s.clientIP(c.r),
 		Timestamp: time.Now().UTC(), RequestID: c.info.id}
 	if c.key != nil {
 		e.UserID, e.KeyID = c.key.user(), c.key.ID
 	}
-	if err := putJSON(tx, rkey(pfxAudit, descending(e.ID)), e); err != nil {
+	b, err := json.Marshal(e)
+	if err == nil {
+		// Entries expire after the retention: the log cannot grow forever.
+		err = tx.Set(rkey(pfxAudit, descending(e.ID)), b, s.opts.AuditRetention)
+	}
+	if err != nil {
 		return fmt.Errorf("store audit entry %s %s: %w", action, resourceID, err)
 	}
 	return nil

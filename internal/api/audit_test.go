@@ -180,3 +180,25 @@ func TestAuditClientIP(t *testing.T) {
 		e.stop()
 	}
 }
+
+// TestAuditRetention: entries expire after Options.AuditRetention, so the
+// log cannot grow without bound.
+func TestAuditRetention(t *testing.T) {
+	e := newEnv(t, func(o *api.Options) { o.AuditRetention = time.Second })
+	must(t, e.do(req{method: "POST", path: "/api/v1/keys", key: adminKey, body: map[string]any{"name": "short-lived"}}), 201)
+	if items, _ := e.auditPage("?action=key.create"); len(items) != 1 {
+		t.Fatalf("audit entries right after the creation: %d, want 1", len(items))
+	}
+	// Badger expires by wall-clock seconds: the entry is gone within ~2 s.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		items, _ := e.auditPage("?action=key.create")
+		if len(items) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("audit entry still listed 10 s after a 1 s retention: %+v", items)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

@@ -45,6 +45,8 @@ type Options struct {
 	// IdempotencyTTL is how long an answer is kept for repeats of its
 	// X-Request-ID / Idempotency-Key; 0 means 24h.
 	IdempotencyTTL time.Duration
+	// AuditRetention is how long an audit entry is kept; 0 means 365 days.
+	AuditRetention time.Duration
 	// MaxJobRuns is how many times a job may be started (the first run plus
 	// resumes after restarts) before it is marked failed; 0 means 5.
 	MaxJobRuns int
@@ -128,6 +130,9 @@ func New(opts Options) (*Server, error) {
 	}
 	if opts.IdempotencyTTL <= 0 {
 		opts.IdempotencyTTL = 24 * time.Hour
+	}
+	if opts.AuditRetention <= 0 {
+		opts.AuditRetention = DefaultAuditRetention
 	}
 	if opts.MaxJobRuns <= 0 {
 		opts.MaxJobRuns = 5
