@@ -33,7 +33,7 @@ test-go:
 ## bench: buffer and end-to-end benchmarks against same-run baselines (see docs/benchmarks.md)
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./internal/buffer/ ./internal/partition/
-	$(GO) run ./bench/e2e -duration 10s -connections 64
+	$(GO) run ./bench/e2e -duration 10s -connections 64 -edge-bin $(BIN)/edge
 
 ## reliability: the e2e suite (real binaries, real faults); writes its figures into docs/reliability.md
 reliability:

@@ -7,6 +7,12 @@
 //     against a naive httputil.ReverseProxy hashing X-Process-ID over the
 //     same three backends (keeps nothing on disk).
 //
+// The edge is the real binary (`edge run`, built from ./cmd/edge unless
+// -edge-bin names one), in its own process with its own runtime settings, as
+// deployed; the baselines, the three backends and the load generator run in
+// this process with Go's defaults. With -cpuprofile the edge runs in this
+// process instead, so the profile covers it.
+//
 // Load: vegeta as a library, closed loop with -connections workers, 300-byte
 // POSTs with random process ids. Everything runs on loopback.
 package main
@@ -24,9 +30,12 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"runtime/debug"
 	"runtime/pprof"
 	"strings"
+	"syscall"
 	"time"
 
 	vegeta "github.com/tsenart/vegeta/v12/lib"
@@ -41,15 +50,21 @@ func main() {
 	conns := flag.Int("connections", 64, "concurrent connections (closed-loop workers)")
 	out := flag.String("out", "", "also write the markdown table to this file")
 	only := flag.String("only", "", "run only this edge mode (accept|relay), with its baseline")
-	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the edge runs to this file")
+	cpuProfile := flag.String("cpuprofile", "", "run the edge in this process and write a CPU profile of its runs to this file")
+	edgeBin := flag.String("edge-bin", "", "edge binary to run (default: build ./cmd/edge into a temporary directory)")
 	flag.Parse()
-	// The edge runs in this process: give it the GC settings `edge run`
-	// uses (cmd/edge/runtime.go). They apply to the baselines too.
-	if os.Getenv("GOGC") == "" {
+	es := edges{inProcess: *cpuProfile != ""}
+	if es.inProcess {
+		// Give the in-process edge the GC settings `edge run` uses
+		// (cmd/edge/runtime.go); the baselines get them too in this mode.
 		debug.SetGCPercent(400)
-	}
-	if os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(192 << 20)
+	} else {
+		es.bin = *edgeBin
+		if es.bin == "" {
+			es.bin = buildEdge()
+			defer os.RemoveAll(filepath.Dir(es.bin))
+		}
 	}
 
 	backends := make([]string, 3)
@@ -91,7 +106,6 @@ func main() {
 		defer pprof.StopCPUProfile()
 		return f()
 	}
-	var es edges
 	defer es.stopAll()
 	var base202, accept, intake, baseProxy, relay row
 	if *only != "relay" {
@@ -153,8 +167,13 @@ func naiveProxy(backends []string) http.Handler {
 	})
 }
 
-// edges are the edges started by the runs, shut down and removed at the end.
-type edges struct{ stops []func() }
+// edges are the edges started by the runs, stopped and removed after each
+// run: as `edge run` processes, or in this process when inProcess.
+type edges struct {
+	inProcess bool
+	bin       string
+	stops     []func()
+}
 
 func (es *edges) stopAll() {
 	for _, stop := range es.stops {
@@ -163,11 +182,115 @@ func (es *edges) stopAll() {
 	es.stops = nil
 }
 
+// buildEdge builds ./cmd/edge into a temporary directory.
+func buildEdge() string {
+	dir, err := os.MkdirTemp("", "edge-bench-bin-")
+	if err != nil {
+		log.Fatal(err)
+	}
+	bin := filepath.Join(dir, "edge")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/edge")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		log.Fatalf("building the edge: %v", err)
+	}
+	return bin
+}
+
+// freeAddr returns a loopback address that was free a moment ago.
+func freeAddr() string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// start starts an edge in front of backends and returns its public URL once
+// it is ready.
 func (es *edges) start(backends []string, respond string) string {
 	dir, err := os.MkdirTemp("", "edge-bench-")
 	if err != nil {
 		log.Fatal(err)
 	}
+	if es.inProcess {
+		return es.startInProcess(dir, backends, respond)
+	}
+	public, admin := freeAddr(), freeAddr()
+	quoted := make([]string, len(backends))
+	for i, b := range backends {
+		quoted[i] = fmt.Sprintf("%q", b)
+	}
+	conf := fmt.Sprintf(`[server]
+address = %q
+respond = %q
+
+[admin]
+address = %q
+
+[partition]
+count = %d
+
+[backends]
+urls = [%s]
+
+[buffer]
+path = %q
+
+[log]
+level = "warn"
+`, public, respond, admin, len(backends), strings.Join(quoted, ", "), filepath.Join(dir, "buffer"))
+	confPath := filepath.Join(dir, "edge.toml")
+	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
+		log.Fatal(err)
+	}
+	logf, err := os.Create(filepath.Join(dir, "edge.log"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	cmd := exec.Command(es.bin, "run", "-config", confPath)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		log.Fatalf("starting the edge: %v", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	es.stops = append(es.stops, func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(30 * time.Second):
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+		logf.Close()
+		_ = os.RemoveAll(dir)
+	})
+	// Ready when the public listener answers; with backends down the admin
+	// readiness stays red by design, so it is not what is waited for.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		select {
+		case err := <-exited:
+			log.Fatalf("edge exited at start: %v (log %s)", err, logf.Name())
+		default:
+		}
+		if c, err := net.DialTimeout("tcp", public, 100*time.Millisecond); err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			log.Fatalf("edge not listening on %s after 30s (log %s)", public, logf.Name())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// Let the readiness probes see the backends before the first request.
+	time.Sleep(300 * time.Millisecond)
+	return "http://" + public
+}
+
+func (es *edges) startInProcess(dir string, backends []string, respond string) string {
 	cfg := config.Default()
 	cfg.Server.Address = "127.0.0.1:0"
 	cfg.Admin.Address = "127.0.0.1:0"
