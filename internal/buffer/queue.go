@@ -62,6 +62,8 @@ type tuning struct {
 	gcDrainDelay    time.Duration // the same, this long after the queue became empty
 	reclaimMin      int64         // backlog (peak Bytes) after which a drained partition is reclaimed
 	reclaimInterval time.Duration // least time between two reclaims
+
+	rehomeFailAfter int // tests only: rehome stops with an error after this many committed moves (a crash part-way); 0 = never
 }
 
 // defaultTuning is tuned for a proxy's queue on a small machine, from the

@@ -32,6 +32,9 @@ import (
 
 var layoutKey = []byte{'L'}
 
+// errRehomeInterrupted is what a test's simulated crash part-way returns.
+var errRehomeInterrupted = errors.New("buffer: rehome interrupted (test)")
+
 // rehomeBatch bounds the records moved per transaction.
 const rehomeBatch = 512
 
@@ -124,6 +127,7 @@ func (q *queue) rehome() (moved bool, err error) {
 	wb := q.db.NewTransaction(true)
 	pending := 0
 	dirty := map[int]bool{}
+	committed := 0
 	flush := func() error {
 		for p := range dirty {
 			if err := wb.Set(metaKey(p), encodePartMeta(*metas[p])); err != nil {
@@ -134,8 +138,12 @@ func (q *queue) rehome() (moved bool, err error) {
 			return fmt.Errorf("buffer: rehome: commit: %w", err)
 		}
 		wb = q.db.NewTransaction(true)
+		committed += pending
 		pending = 0
 		clear(dirty)
+		if q.tune.rehomeFailAfter > 0 && committed >= q.tune.rehomeFailAfter {
+			return errRehomeInterrupted
+		}
 		return nil
 	}
 	defer func() { wb.Discard() }()
