@@ -3,8 +3,8 @@
 // loopback ports with their own data directories, driven by a vegeta load
 // and hit by real faults — SIGKILL, SIGSTOP/SIGCONT and SIGTERM of the
 // processes, a full edge queue, a slow and failing network (toxiproxy, run
-// in the test process) and a backend that answers 421 for keys it does not
-// own.
+// in the test process), a backend that answers 421 for keys it does not
+// own, and a change of the partition count with a backlog queued.
 //
 // Every scenario measures at the backends what happened to the requests
 // the edge acknowledged and prints one line of figures:

@@ -13,7 +13,8 @@ import (
 
 // TestReliability runs every scenario against the real binaries, one
 // scenario at a time (the machine it runs on has few cores), each on a
-// fresh stack of three api-flow backends and one edge.
+// fresh stack of three api-flow backends (four after the resize) and one
+// edge.
 func TestReliability(t *testing.T) {
 	if testing.Short() {
 		t.Skip("the end-to-end reliability suite builds the edge and api binaries and runs them for a few minutes under load and faults; it runs without -short (make test, make reliability)")
@@ -27,6 +28,7 @@ func TestReliability(t *testing.T) {
 	t.Run("edge-sigterm", func(t *testing.T) { testEdgeTerm(t, bins) })
 	t.Run("buffer-full", func(t *testing.T) { testBufferFull(t, bins) })
 	t.Run("misrouted-dead-letter-replay", func(t *testing.T) { testMisrouted(t, bins) })
+	t.Run("resize", func(t *testing.T) { testResize(t, bins) })
 }
 
 // Bounds shared by the scenarios: generous for a busy 2-core machine,
@@ -294,7 +296,7 @@ func testMisrouted(t *testing.T, bins binaries) {
 	})
 	l := startLoad(s.publicURL(), loadOptions{procs: append(append([]string{}, misrouted...), fine...), perProc: 1, workers: 8})
 	waitFor(t, loadTimeout, "the load to finish", l.finished)
-	waitFor(t, drainTimeout, "the edge to settle every request", func() bool { return s.queued() == 0 })
+	waitFor(t, drainTimeout, "the edge to settle every request", s.settled)
 
 	isMisrouted := map[string]bool{}
 	for _, pid := range misrouted {
@@ -359,5 +361,111 @@ func testMisrouted(t *testing.T, bins binaries) {
 	}
 	if f.delivered != len(misrouted)+len(fine) {
 		t.Errorf("want all %d requests delivered after the replay\n%s", len(misrouted)+len(fine), f.line())
+	}
+}
+
+// Scenario 8: the partition count changed from 3 to 4 with a backlog queued.
+// All three backends are SIGKILLed, so the edge (respond = "accept") queues
+// the whole load without delivering any of it; then it is SIGTERMed and
+// restarted on its buffer dir with count = 4 and a fourth backend, every
+// backend now running with -partitions 4 (api-flow-0..2 on their data dirs,
+// api-flow-3 on a new one). The backends are still down when the edge
+// starts, so its queue can be read as the restart left it: each record must
+// already be in the partition that owns its key under count 4 (a key that
+// stayed where it was would meet a backend answering 421 and be
+// dead-lettered). Then the backends come back and the backlog drains.
+func testResize(t *testing.T, bins binaries) {
+	const (
+		procs   = 300
+		perProc = 10
+		newSize = partitions + 1
+	)
+	began := time.Now()
+	s := newStack(t, bins, stackOptions{respond: "accept"})
+	for n := range partitions {
+		s.killBackend(n)
+	}
+	pids := processIDs("resize", procs)
+	l := startLoad(s.publicURL(), loadOptions{procs: pids, perProc: perProc})
+	waitFor(t, loadTimeout, "the load to finish", l.finished)
+	if st := l.stats(); st.acked != procs*perProc || st.codes[http.StatusAccepted] != procs*perProc {
+		t.Fatalf("want all %d requests acknowledged with 202 while the backends are down: %s", procs*perProc, st)
+	}
+	stored := 0
+	for _, v := range s.partitionViews() {
+		stored += v.Queued // records on disk; in_flight counts attempts under way among them
+	}
+	if stored != procs*perProc {
+		t.Fatalf("%d records queued before the resize, want %d", stored, procs*perProc)
+	}
+
+	// Which keys change partition, and where every record must be after it.
+	moved := 0
+	want := make([]int, newSize) // records per partition under the new count
+	for _, pid := range pids {
+		p := partition.OfString(pid, newSize)
+		want[p] += perProc
+		if p != partition.OfString(pid, partitions) {
+			moved++
+		}
+	}
+	if moved == 0 {
+		t.Fatal("no process changes partition from 3 to 4: the scenario would test nothing")
+	}
+
+	s.edge.proc.signal(t, syscall.SIGTERM)
+	if code := s.edge.proc.wait(t, 30*time.Second); code != 0 {
+		t.Errorf("SIGTERM: the edge exited %d, want 0", code)
+	}
+	extra := s.addBackend(newSize) // on a free port, which the edge's new configuration names
+	s.killBackend(extra)           // down like the others until the edge has restarted
+	s.resize(newSize)
+	s.startEdge()
+
+	// The queue as the restart left it (nothing can be delivered yet).
+	got := make([]int, newSize)
+	var atRestart []string
+	for _, v := range s.partitionViews() {
+		if v.Partition < 0 || v.Partition >= newSize {
+			t.Fatalf("the edge lists partition %d with count = %d", v.Partition, newSize)
+		}
+		got[v.Partition] = v.Queued
+		if v.DeadLetters != 0 {
+			t.Errorf("partition %d: %d dead letters right after the resize, want 0", v.Partition, v.DeadLetters)
+		}
+	}
+	for p := range newSize {
+		atRestart = append(atRestart, fmt.Sprint(got[p]))
+		if got[p] != want[p] {
+			t.Errorf("partition %d holds %d records after the resize, want %d (per partition: got %v, want %v)", p, got[p], want[p], got, want)
+		}
+	}
+	route := s.route(pids)
+	for _, pid := range pids {
+		if route[pid] != partition.OfString(pid, newSize) {
+			t.Fatalf("edge route names partition %d for %s, want %d under count = %d", route[pid], pid, partition.OfString(pid, newSize), newSize)
+		}
+	}
+
+	for n := range newSize {
+		s.restartBackend(n, newSize)
+	}
+	f := finish(t, s, l, "resize", began, nil)
+	dead := s.deadLetters()
+	misrouted := s.misroutedAttempts()
+	f.add("partitions", fmt.Sprintf("%d->%d", partitions, newSize))
+	f.add("moved_keys", moved)
+	f.add("queued_at_restart", strings.Join(atRestart, "/"))
+	f.add("dead_letters", len(dead))
+	f.add("misrouted_attempts", misrouted)
+	f.report(t)
+	f.requireIntact(t)
+	requireAllAcknowledged(t, f, l)
+	if f.delivered != procs*perProc {
+		t.Errorf("want all %d requests delivered\n%s", procs*perProc, f.line())
+	}
+	if len(dead) != 0 || misrouted != 0 {
+		t.Errorf("%d dead letters (first: %+v), %d attempts answered 421: records were sent to a backend that does not own their key\n%s",
+			len(dead), dead[:min(len(dead), 1)], misrouted, f.line())
 	}
 }

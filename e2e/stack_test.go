@@ -25,8 +25,8 @@ import (
 // (FLOW_BOOTSTRAP_KEY) and the load sends as its bearer token.
 const bootstrapKey = "e2e-bootstrap-key-0123456789"
 
-// partitions is the partition count of every stack: three backends, as
-// `make run` and the Helm chart.
+// partitions is the partition count every stack starts with: three
+// backends, as `make run` and the Helm chart.
 const partitions = 3
 
 // stackOptions shape one scenario's stack. The zero value is the default
@@ -41,13 +41,15 @@ type stackOptions struct {
 	backendTimeout time.Duration // [backends] timeout per attempt; default 2s
 }
 
-// stack is a running scenario: three api-flow backends and one edge, all
-// real processes on loopback with data under one temp dir.
+// stack is a running scenario: api-flow backends (three unless the
+// scenario adds one) and one edge, all real processes on loopback with data
+// under one temp dir.
 type stack struct {
 	t        *testing.T
 	bins     binaries
 	dir      string
 	opt      stackOptions
+	count    int // the edge's [partition] count: backends[0:count] are its backends; partitions unless resized
 	backends []*backend
 	edge     *edgeRun
 	cfgPath  string
@@ -85,7 +87,7 @@ func newStack(t *testing.T, bins binaries, opt stackOptions) *stack {
 	if opt.backendTimeout == 0 {
 		opt.backendTimeout = 2 * time.Second
 	}
-	s := &stack{t: t, bins: bins, dir: t.TempDir(), opt: opt,
+	s := &stack{t: t, bins: bins, dir: t.TempDir(), opt: opt, count: partitions,
 		client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 16}}}
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -93,12 +95,11 @@ func newStack(t *testing.T, bins binaries, opt stackOptions) *stack {
 		}
 	})
 	for n := range partitions {
-		b := &backend{index: n, addr: "127.0.0.1:0", dataDir: filepath.Join(s.dir, fmt.Sprintf("api-flow-%d", n)), partitions: partitions}
-		if m, ok := opt.partitionsOf[n]; ok {
-			b.partitions = m
+		m, ok := opt.partitionsOf[n]
+		if !ok {
+			m = partitions
 		}
-		s.backends = append(s.backends, b)
-		s.startBackend(n)
+		s.addBackend(m)
 	}
 	if opt.proxied > 0 {
 		s.startProxy(opt.proxied - 1)
@@ -120,6 +121,29 @@ func (s *stack) dumpLogs() {
 }
 
 func (s *stack) logPath(name string) string { return filepath.Join(s.dir, name+".log") }
+
+// addBackend starts one more backend, api-flow-N with N the number of
+// backends so far, on a free port and a new data dir with partitions as its
+// -partitions, and returns N. The edge is not told of it until the stack's
+// count covers it (resize) and the edge is started again.
+func (s *stack) addBackend(partitions int) int {
+	s.t.Helper()
+	n := len(s.backends)
+	s.backends = append(s.backends, &backend{index: n, addr: "127.0.0.1:0",
+		dataDir: filepath.Join(s.dir, fmt.Sprintf("api-flow-%d", n)), partitions: partitions})
+	s.startBackend(n)
+	return n
+}
+
+// resize sets the edge's [partition] count for its next start (startEdge),
+// with backends 0..count-1 as its backend URLs.
+func (s *stack) resize(count int) {
+	s.t.Helper()
+	if count < 1 || count > len(s.backends) {
+		s.t.Fatalf("resize to %d partitions: the stack has %d backends", count, len(s.backends))
+	}
+	s.count = count
+}
 
 // startBackend starts api-flow-N on its address (a free port the first
 // time), its data dir and its partition count.
@@ -185,8 +209,8 @@ func (s *stack) backendURL(n int) string {
 // writeEdgeConfig writes the edge's TOML for the given listen addresses.
 func (s *stack) writeEdgeConfig(public, admin string) {
 	s.t.Helper()
-	urls := make([]string, partitions)
-	for n := range partitions {
+	urls := make([]string, s.count)
+	for n := range s.count {
 		urls[n] = strconv.Quote(s.backendURL(n))
 	}
 	maxBytes := ""
@@ -227,7 +251,7 @@ max_backoff = "1s"
 [log]
 level = "info"
 format = "json"
-`, public, s.opt.respond, s.opt.relayTimeout.String(), admin, partitions, strings.Join(urls, ", "),
+`, public, s.opt.respond, s.opt.relayTimeout.String(), admin, s.count, strings.Join(urls, ", "),
 		s.opt.backendTimeout.String(), filepath.Join(s.dir, "edge-buffer"), maxBytes)
 	s.cfgPath = filepath.Join(s.dir, "edge.toml")
 	if err := os.WriteFile(s.cfgPath, []byte(cfg), 0o644); err != nil {
@@ -322,13 +346,25 @@ func (s *stack) partitionViews() []partitionView {
 	return v.Partitions
 }
 
-// queued is the number of records the edge holds (queued or in flight).
+// queued is the number of records the edge holds: `queued` counts every
+// stored record, those in flight included.
 func (s *stack) queued() int {
 	n := 0
 	for _, p := range s.partitionViews() {
-		n += p.Queued + p.InFlight
+		n += p.Queued
 	}
 	return n
+}
+
+// settled tells whether the edge holds no record and has no attempt in
+// flight.
+func (s *stack) settled() bool {
+	for _, p := range s.partitionViews() {
+		if p.Queued+p.InFlight > 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // waitDrained waits until the edge's queue holds nothing and no attempt
@@ -336,9 +372,7 @@ func (s *stack) queued() int {
 func (s *stack) waitDrained(timeout time.Duration) time.Duration {
 	s.t.Helper()
 	start := time.Now()
-	waitFor(s.t, timeout, "the edge to drain its queue (GET /edge/v1/partitions: queued = in_flight = 0)", func() bool {
-		return s.queued() == 0
-	})
+	waitFor(s.t, timeout, "the edge to drain its queue (GET /edge/v1/partitions: queued = in_flight = 0)", s.settled)
 	return time.Since(start)
 }
 
@@ -450,9 +484,16 @@ func (s *stack) killBackend(n int) {
 }
 
 // metricSum scrapes url (Prometheus text format) and sums the samples of
-// metric whose labels contain every one of match ("outcome=\"ok\"").
-// exclude drops samples containing it. A metric not exposed sums to 0.
+// metric, but those containing exclude (`outcome="ok"`) if it is not
+// empty. A metric not exposed sums to 0.
 func (s *stack) metricSum(url, metric, exclude string) float64 {
+	s.t.Helper()
+	return s.metricSumWhere(url, metric, func(sample string) bool { return exclude == "" || !strings.Contains(sample, exclude) })
+}
+
+// metricSumWhere scrapes url (Prometheus text format) and sums the samples
+// of metric for which keep holds (given the whole sample line).
+func (s *stack) metricSumWhere(url, metric string, keep func(sample string) bool) float64 {
 	s.t.Helper()
 	resp, err := s.client.Get(url)
 	if err != nil {
@@ -468,7 +509,7 @@ func (s *stack) metricSum(url, metric, exclude string) float64 {
 		if !strings.HasPrefix(line, metric+"{") && !strings.HasPrefix(line, metric+" ") {
 			continue
 		}
-		if exclude != "" && strings.Contains(line, exclude) {
+		if !keep(line) {
 			continue
 		}
 		fields := strings.Fields(line)
@@ -485,6 +526,13 @@ func (s *stack) metricSum(url, metric, exclude string) float64 {
 // at once (retried, misrouted or failed) since the edge's last start.
 func (s *stack) failedAttempts() int {
 	return int(s.metricSum("http://"+s.edge.admin+"/metrics", "edge_delivery_attempts_total", `outcome="ok"`))
+}
+
+// misroutedAttempts is the number of delivery attempts a backend refused
+// with 421 (it does not own the key) since the edge's last start.
+func (s *stack) misroutedAttempts() int {
+	return int(s.metricSumWhere("http://"+s.edge.admin+"/metrics", "edge_delivery_attempts_total",
+		func(sample string) bool { return strings.Contains(sample, `outcome="misrouted"`) }))
 }
 
 // backendDedupes is the number of requests the backends answered from a

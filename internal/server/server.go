@@ -32,6 +32,7 @@ type Edge struct {
 	ingress  *ingress.Handler
 	admin    *admin.Handler
 	public   *http.Server
+	fresh    *freshConns // public connections with no request yet
 	adminSrv *http.Server
 
 	// PublicAddr and AdminAddr are the addresses the listeners bound
@@ -136,7 +137,9 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger, version str
 	}
 	e.PublicAddr, e.AdminAddr = pubLn.Addr().String(), admLn.Addr().String()
 	errLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
+	e.fresh = newFreshConns()
 	e.public = &http.Server{
+		ConnState:         e.fresh.track,
 		Handler:           ing,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       cfg.Server.ReadTimeout.Duration,
@@ -180,7 +183,13 @@ func (e *Edge) Shutdown(ctx context.Context) error {
 	e.once.Do(func() {
 		e.admin.SetDraining()
 		var errs []error
-		if err := e.public.Shutdown(ctx); err != nil {
+		shut := make(chan error, 1)
+		go func() { shut <- e.public.Shutdown(ctx) }()
+		// Shutdown has closed the listener once it polls; idle keep-alive
+		// connections it closes itself, the ones with no request yet are
+		// closed here (see freshConns).
+		e.fresh.drain()
+		if err := <-shut; err != nil {
 			errs = append(errs, fmt.Errorf("public listener: %w", err))
 			e.public.Close()
 		}
