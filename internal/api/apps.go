@@ -1,7 +1,6 @@
 package api
 
 import (
-	"errors"
 	"strings"
 	"time"
 	"unicode"
@@ -80,15 +79,7 @@ func (s *Server) listApps(c *call) (result, error) {
 
 // getApp: GET /api/v1/apps/{id}.
 func (s *Server) getApp(c *call) (result, error) {
-	id, err := idParam(c.r, "id")
-	if err != nil {
-		return result{}, err
-	}
-	var a App
-	err = s.store.View(c.r.Context(), func(tx Tx) error { return getJSON(tx, rkey(pfxApp, id), &a) })
-	if errors.Is(err, ErrNotFound) {
-		return result{}, notFound("no app %s", id)
-	}
+	a, err := getByID[App](c, s.store, pfxApp, "app", nil)
 	if err != nil {
 		return result{}, err
 	}

@@ -220,15 +220,7 @@ func (s *Server) listKeys(c *call) (result, error) {
 
 // getKey: GET /api/v1/keys/{id}.
 func (s *Server) getKey(c *call) (result, error) {
-	id, err := idParam(c.r, "id")
-	if err != nil {
-		return result{}, err
-	}
-	var rec keyRecord
-	err = s.store.View(c.r.Context(), func(tx Tx) error { return getJSON(tx, rkey(pfxKey, id), &rec) })
-	if errors.Is(err, ErrNotFound) {
-		return result{}, notFound("no API key %s", id)
-	}
+	rec, err := getByID[keyRecord](c, s.store, pfxKey, "API key", nil)
 	if err != nil {
 		return result{}, err
 	}

@@ -97,6 +97,22 @@ func putJSON(tx Tx, key []byte, v any) error {
 	return tx.Set(key, b, 0)
 }
 
+// getByID reads the JSON record stored under prefix for the request's {id}
+// path value. A missing record, or one that visible (when not nil) says the
+// caller may not see, is a 404 "no <what> <id>".
+func getByID[T any](c *call, store Store, prefix, what string, visible func(T) bool) (T, error) {
+	var rec T
+	id, err := idParam(c.r, "id")
+	if err != nil {
+		return rec, err
+	}
+	err = store.View(c.r.Context(), func(tx Tx) error { return getJSON(tx, rkey(prefix, id), &rec) })
+	if errors.Is(err, ErrNotFound) || (err == nil && visible != nil && !visible(rec)) {
+		return rec, notFound("no %s %s", what, id)
+	}
+	return rec, err
+}
+
 // exists reports whether key is present.
 func exists(tx Tx, key []byte) (bool, error) {
 	_, err := tx.Get(key)

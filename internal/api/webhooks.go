@@ -256,15 +256,7 @@ func (s *Server) listWebhooks(c *call) (result, error) {
 
 // getWebhook: GET /api/v1/webhooks/{id}, without its secret.
 func (s *Server) getWebhook(c *call) (result, error) {
-	id, err := idParam(c.r, "id")
-	if err != nil {
-		return result{}, err
-	}
-	var rec webhookRecord
-	err = s.store.View(c.r.Context(), func(tx Tx) error { return getJSON(tx, rkey(pfxWebhook, id), &rec) })
-	if errors.Is(err, ErrNotFound) || (err == nil && !rec.visibleTo(c.key)) {
-		return result{}, notFound("no webhook %s", id)
-	}
+	rec, err := getByID(c, s.store, pfxWebhook, "webhook", func(r webhookRecord) bool { return r.visibleTo(c.key) })
 	if err != nil {
 		return result{}, err
 	}

@@ -160,15 +160,7 @@ func (s *Server) listWorkflows(c *call) (result, error) {
 
 // getWorkflow: GET /api/v1/workflows/{id}.
 func (s *Server) getWorkflow(c *call) (result, error) {
-	id, err := idParam(c.r, "id")
-	if err != nil {
-		return result{}, err
-	}
-	var w Workflow
-	err = s.store.View(c.r.Context(), func(tx Tx) error { return getJSON(tx, rkey(pfxWorkflow, id), &w) })
-	if errors.Is(err, ErrNotFound) {
-		return result{}, notFound("no workflow %s", id)
-	}
+	w, err := getByID[Workflow](c, s.store, pfxWorkflow, "workflow", nil)
 	if err != nil {
 		return result{}, err
 	}
