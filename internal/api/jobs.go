@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"strconv"
 	"time"
 )
@@ -124,23 +123,9 @@ func (s *Server) createJob(c *call, tx Tx) (result, error) {
 	return res, nil
 }
 
-// loadJob reads job id (404 if absent).
-func (s *Server) loadJob(r *http.Request, id string) (Job, error) {
-	var j Job
-	err := s.store.View(r.Context(), func(tx Tx) error { return getJSON(tx, rkey(pfxJob, id), &j) })
-	if errors.Is(err, ErrNotFound) {
-		return j, notFound("no job %s", id)
-	}
-	return j, err
-}
-
 // getJob: GET /jobs/{id}.
 func (s *Server) getJob(c *call) (result, error) {
-	id, err := idParam(c.r, "id")
-	if err != nil {
-		return result{}, err
-	}
-	j, err := s.loadJob(c.r, id)
+	j, err := getByID[Job](c, s.store, pfxJob, "job", nil)
 	if err != nil {
 		return result{}, err
 	}
@@ -218,11 +203,7 @@ func (s *Server) listJobs(c *call) (result, error) {
 // interrupted) and the answer waits for that. Cancelling a cancelled job
 // answers the same again; a job that already succeeded or failed is a 409.
 func (s *Server) cancelJob(c *call) (result, error) {
-	id, err := idParam(c.r, "id")
-	if err != nil {
-		return result{}, err
-	}
-	j, err := s.loadJob(c.r, id)
+	j, err := getByID[Job](c, s.store, pfxJob, "job", nil)
 	if err != nil {
 		return result{}, err
 	}
@@ -232,7 +213,7 @@ func (s *Server) cancelJob(c *call) (result, error) {
 		}
 	}
 	if j.Status != JobCancelled {
-		return result{}, conflict("job %s already %s", id, j.Status)
+		return result{}, conflict("job %s already %s", j.ID, j.Status)
 	}
 	return ok(j)
 }
