@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"os"
 	"runtime/debug"
+	"strconv"
 )
 
 // Garbage-collector defaults for `edge run`, used unless GOGC / GOMEMLIMIT
@@ -22,17 +23,15 @@ const (
 
 // tuneRuntime applies the defaults and logs what is in effect.
 func tuneRuntime(log *slog.Logger) {
-	gc, limit := "GOGC from the environment", "GOMEMLIMIT from the environment"
-	if os.Getenv("GOGC") == "" {
+	gc, limit := os.Getenv("GOGC"), "GOMEMLIMIT from the environment"
+	if gc == "" {
 		debug.SetGCPercent(defaultGCPercent)
-		gc = "default"
+		gc = strconv.Itoa(defaultGCPercent) + " (default)"
 	}
 	if os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(defaultMemoryLimit)
 		limit = "default"
 	}
-	pct := debug.SetGCPercent(-1)
-	debug.SetGCPercent(pct)
-	log.Info("go runtime", "gc_percent", pct, "gc_percent_source", gc,
+	log.Info("go runtime", "gogc", gc,
 		"memory_limit_bytes", debug.SetMemoryLimit(-1), "memory_limit_source", limit)
 }

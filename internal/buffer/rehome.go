@@ -88,9 +88,13 @@ func (q *queue) rehome() (moved bool, err error) {
 		return false, nil
 	}
 	if q.opts.Route == nil {
-		q.log.Warn("buffer: the partition count changed and no Route is set: records stay where they are",
-			"was", stored, "now", n)
-		return false, q.storeCount()
+		// Nothing can be moved; the count is not stored either, so a later
+		// Open with a Route still moves what is misplaced.
+		if stored != 0 {
+			q.log.Warn("buffer: the partition count changed and no Route is set: records stay where they are",
+				"was", stored, "now", n)
+		}
+		return false, nil
 	}
 	scan := max(stored, highest+1, n)
 	metas := map[int]*partMeta{}
