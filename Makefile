@@ -4,7 +4,7 @@ BIN     := $(CURDIR)/bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build run test test-go vet fmt-check bench reliability clean
+.PHONY: all build run test test-deps test-go vet fmt-check bench reliability clean
 
 all: build
 
@@ -18,7 +18,11 @@ run: build
 	./scripts/run-local.sh
 
 ## test: formatting, vet, every Go test (unit, integration, crash, the e2e reliability suite), deployment checks
-test: fmt-check vet test-go deploy-check
+test: test-deps fmt-check vet test-go deploy-check
+
+## test-deps: the Debian packages the tests run for real (PostgreSQL, Redis, fuse3, Chromium)
+test-deps:
+	./scripts/test-deps.sh
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
