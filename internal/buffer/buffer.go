@@ -49,20 +49,26 @@ const (
 
 // Record is one buffered client request.
 type Record struct {
-	ID             string      // delivery id (UUIDv7), unique
-	Partition      int         // partition the Key maps to
-	Seq            uint64      // position in the partition, assigned by Append (starts at 1)
-	Key            string      // partition key (X-Process-ID)
-	IdempotencyKey string      // client's Idempotency-Key, "" if none
-	Method         string      // HTTP method
-	Path           string      // URL path as received
-	RawQuery       string      // URL query, without '?'
-	Header         http.Header // filtered client headers to forward
-	Body           []byte
-	ReceivedAt     time.Time
-	Attempts       int       // attempts made so far (persisted by Nack)
-	NextAttemptAt  time.Time // zero: at once
-	LastError      string    // error of the last attempt, "" if none
+	ID             string // delivery id (UUIDv7), unique
+	Partition      int    // partition the Key maps to
+	Seq            uint64 // position in the partition, assigned by Append (starts at 1)
+	Key            string // partition key (X-Process-ID)
+	IdempotencyKey string // client's Idempotency-Key as sent, "" if none (forwarded to the backend)
+	// IdempotencyScope is what Append dedupes on: an opaque digest the
+	// ingress computes from the credential hash, method, path, partition key
+	// and the client's Idempotency-Key, so that the same key under another
+	// scope is a different key. "" = no idempotency (never deduped). It is
+	// not stored with the record.
+	IdempotencyScope string
+	Method           string      // HTTP method
+	Path             string      // URL path as received
+	RawQuery         string      // URL query, without '?'
+	Header           http.Header // filtered client headers to forward
+	Body             []byte
+	ReceivedAt       time.Time
+	Attempts         int       // attempts made so far (persisted by Nack)
+	NextAttemptAt    time.Time // zero: at once
+	LastError        string    // error of the last attempt, "" if none
 }
 
 // Outcome is the final result of a delivery, kept for Options.OutcomeTTL.
@@ -97,11 +103,15 @@ type DeadLetter struct {
 
 // AppendResult tells what Append did with one record.
 type AppendResult struct {
-	// Duplicate is true when the record's IdempotencyKey was appended before
-	// (within Options.IdempotencyTTL): nothing was stored and ID is the
-	// delivery id of the first record.
+	// Duplicate is true when the record's IdempotencyScope was appended
+	// before (within Options.IdempotencyTTL) with the same body and query:
+	// nothing was stored and ID is the delivery id of the first record.
 	Duplicate bool
-	ID        string
+	// Conflict is true when the record's IdempotencyScope was appended
+	// before with another body or query: nothing was stored and ID is the
+	// delivery id of the first record (the ingress answers 422).
+	Conflict bool
+	ID       string
 }
 
 // PartitionStats are the gauges of one partition.
@@ -117,14 +127,25 @@ type Stats struct {
 	Bytes       int64 // encoded size of all queued records (what MaxBytes bounds)
 	Partitions  []PartitionStats
 	Quarantined int // corrupt records set aside since the queue was created
+
+	// DiskBytes is the real size of the queue's directory (allocated
+	// blocks, as du counts them), measured at most once a second.
+	DiskBytes int64
+	// DiskBudget is what DiskBytes should stay under: MaxBytes +
+	// OutcomeMaxBytes + DiskOverhead.
+	DiskBudget int64
+	// OutcomeBytes is the encoded size of the kept outcomes (what
+	// OutcomeMaxBytes bounds).
+	OutcomeBytes int64
 }
 
 // Queue is the durable queue. All methods are safe for concurrent use.
 type Queue interface {
 	// Append stores recs durably, assigning each its Seq, and returns when
-	// they are on disk. Records whose IdempotencyKey was already appended
-	// (or appear twice in one call) are not stored: their result says
-	// Duplicate with the first record's id. ErrFull: nothing was stored.
+	// they are on disk. Records whose IdempotencyScope was already appended
+	// (or appears twice in one call) are not stored: their result says
+	// Duplicate (same body and query) or Conflict (another body or query)
+	// with the first record's id. ErrFull: nothing was stored.
 	Append(ctx context.Context, recs []*Record) ([]AppendResult, error)
 
 	// Read returns up to max queued records of partition p with Seq > after,
@@ -147,7 +168,9 @@ type Queue interface {
 	Nack(ctx context.Context, rec *Record) error
 
 	// Ack removes rec from the queue and keeps out (Status delivered or
-	// rejected) for Options.OutcomeTTL.
+	// rejected) for Options.OutcomeTTL. Ack does not wait for a sync: after
+	// a crash an acknowledged record may be delivered again (the backend
+	// dedupes by X-Request-ID), never lost.
 	Ack(ctx context.Context, rec *Record, out Outcome) error
 
 	// DeadLetter moves rec from the queue to the dead letters with out
@@ -197,8 +220,11 @@ type Options struct {
 	Fsync          *bool         // fsync before Append returns; nil = true
 	IdempotencyTTL time.Duration // how long Idempotency-Keys are remembered; 0 = 24h
 	OutcomeTTL     time.Duration // how long outcomes are kept; 0 = 24h
-	MaxOutcomeBody int           // response body bytes kept per outcome; 0 = 64 KiB
-	Logger         *slog.Logger  // quarantined records, GC runs, write errors; nil = discard
+	// OutcomeMaxBytes bounds the encoded size of kept outcomes: the oldest
+	// are dropped first. 0 = 256 MiB.
+	OutcomeMaxBytes int64
+	MaxOutcomeBody  int          // response body bytes kept per outcome; 0 = 64 KiB
+	Logger          *slog.Logger // quarantined records, GC runs, write errors; nil = discard
 
 	// Route maps a record's key to its partition under a partition count
 	// (the edge passes partition.OfString). When the count differs from the

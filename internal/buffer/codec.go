@@ -1,6 +1,7 @@
 package buffer
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -19,7 +20,8 @@ import (
 //	d <p> <seq>   dead letter              → encoded dead letter (record + outcome)
 //	i <id>        id index (queued, dead)  → state byte, p, seq
 //	o <id>        outcome (TTL OutcomeTTL) → encoded outcome
-//	k <idem key>  idempotency (TTL)        → delivery id
+//	k <idem key>  unscoped idempotency key of earlier versions (TTL; no longer read)
+//	K <scope>     scoped idempotency key (TTL IdempotencyTTL) → encoded idem entry
 //	P <p> <key>   parked key               → id of the dead letter parking it
 //	x <orig key>  quarantined value        → the raw bytes as found
 //	m <p>         partition counters       → encoded partMeta
@@ -31,6 +33,7 @@ const (
 	prefixIndex      byte = 'i'
 	prefixOutcome    byte = 'o'
 	prefixIdem       byte = 'k'
+	prefixIdemScoped byte = 'K'
 	prefixParked     byte = 'P'
 	prefixQuarantine byte = 'x'
 	prefixMeta       byte = 'm'
@@ -579,4 +582,45 @@ func decodeGlobalMeta(v []byte) (globalMeta, error) {
 		return globalMeta{}, corruptf("global meta")
 	}
 	return m, nil
+}
+
+// Idempotency entry, version 1: version byte, string delivery id, then the
+// digestLen-byte digest of the first record's query and body.
+
+const idemV1 byte = 1
+
+// digestLen is the length of a request digest (a truncated SHA-256).
+const digestLen = 16
+
+// requestDigest is what tells a replay (same digest) from a conflicting
+// reuse of an idempotency scope (another query or body).
+func requestDigest(r *Record) [digestLen]byte {
+	h := sha256.New()
+	var n [binary.MaxVarintLen64]byte
+	h.Write(n[:binary.PutUvarint(n[:], uint64(len(r.RawQuery)))])
+	h.Write([]byte(r.RawQuery))
+	h.Write(r.Body)
+	var d [digestLen]byte
+	copy(d[:], h.Sum(nil))
+	return d
+}
+
+func encodeIdem(id string, digest [digestLen]byte) []byte {
+	b := make([]byte, 0, 1+binary.MaxVarintLen64+len(id)+digestLen)
+	b = append(b, idemV1)
+	b = appendString(b, id)
+	return append(b, digest[:]...)
+}
+
+func decodeIdem(v []byte) (id string, digest [digestLen]byte, err error) {
+	if len(v) == 0 || v[0] != idemV1 {
+		return "", digest, corruptf("idempotency entry: bad version")
+	}
+	d := decoder{b: v[1:]}
+	id = d.string("idempotency id")
+	if d.err != nil || len(d.b) != digestLen || id == "" {
+		return "", digest, corruptf("idempotency entry")
+	}
+	copy(digest[:], d.b)
+	return id, digest, nil
 }

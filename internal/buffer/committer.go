@@ -46,7 +46,8 @@ const (
 type appendItem struct {
 	p        int
 	id       string
-	idem     string
+	scope    string          // IdempotencyScope, "" = none
+	digest   [digestLen]byte // of the record's query and body, when scope != ""
 	value    []byte
 	received time.Time
 	rec      *Record // what Append was given: copied to the tail once durable
@@ -82,7 +83,7 @@ type op struct {
 func (o *op) estimate() int64 {
 	n := int64(128 + len(o.outcome))
 	for _, it := range o.items {
-		n += int64(len(it.value) + len(it.id) + len(it.idem) + 64)
+		n += int64(len(it.value) + len(it.id) + len(it.scope) + 64)
 	}
 	for _, c := range o.corrupt {
 		n += int64(len(c.key) + len(c.value) + 32)
@@ -534,42 +535,52 @@ func getCopy(txn *badger.Txn, k []byte) ([]byte, bool, error) {
 func (q *queue) planAppend(o *op, s *segment, st *stage) (func(), error) {
 	o.results = make([]AppendResult, len(o.items))
 	o.seqs = make([]uint64, len(o.items))
+	type first struct {
+		id     string
+		digest [digestLen]byte
+	}
 	var (
-		local map[string]string
+		local map[string]first
 		add   int64
 	)
 	for i, it := range o.items {
-		if it.idem != "" {
-			if id, ok := local[it.idem]; ok {
-				o.results[i] = AppendResult{Duplicate: true, ID: id}
-				continue
+		if it.scope != "" {
+			f, ok := local[it.scope]
+			if !ok {
+				v, found, err := getCopy(s.txn, stringKey(prefixIdemScoped, it.scope))
+				if err != nil {
+					return nil, err
+				}
+				if found {
+					id, digest, err := decodeIdem(v)
+					if err != nil {
+						return nil, fmt.Errorf("buffer: idempotency entry: %w", err)
+					}
+					f, ok = first{id, digest}, true
+				}
 			}
-			v, found, err := getCopy(s.txn, stringKey(prefixIdem, it.idem))
-			if err != nil {
-				return nil, err
-			}
-			if found {
-				o.results[i] = AppendResult{Duplicate: true, ID: string(v)}
+			if ok {
+				o.results[i] = AppendResult{Duplicate: f.digest == it.digest, Conflict: f.digest != it.digest, ID: f.id}
 				continue
 			}
 			if local == nil {
-				local = map[string]string{}
+				local = map[string]first{}
 			}
-			local[it.idem] = it.id
+			local[it.scope] = first{it.id, it.digest}
 		}
 		o.results[i] = AppendResult{ID: it.id}
 		add += int64(len(it.value))
 	}
 	dups := false
 	for _, r := range o.results {
-		dups = dups || r.Duplicate
+		dups = dups || r.Duplicate || r.Conflict
 	}
 	if add > 0 && s.total+add > q.opts.MaxBytes {
 		return nil, ErrFull
 	}
 	next := map[int]uint64{}
 	for i, it := range o.items {
-		if o.results[i].Duplicate {
+		if o.results[i].Duplicate || o.results[i].Conflict {
 			continue
 		}
 		seq, ok := next[it.p]
@@ -580,13 +591,13 @@ func (q *queue) planAppend(o *op, s *segment, st *stage) (func(), error) {
 		o.seqs[i] = seq
 		st.set(q.tune.valueThreshold, seqKey(prefixQueue, it.p, seq), it.value, 0)
 		st.set(q.tune.valueThreshold, stringKey(prefixIndex, it.id), encodeIndex(indexQueued, it.p, seq), 0)
-		if it.idem != "" {
-			st.set(q.tune.valueThreshold, stringKey(prefixIdem, it.idem), []byte(it.id), q.opts.IdempotencyTTL)
+		if it.scope != "" {
+			st.set(q.tune.valueThreshold, stringKey(prefixIdemScoped, it.scope), encodeIdem(it.id, it.digest), q.opts.IdempotencyTTL)
 		}
 	}
 	apply := func() {
 		for i, it := range o.items {
-			if o.results[i].Duplicate {
+			if o.results[i].Duplicate || o.results[i].Conflict {
 				continue
 			}
 			ps := s.part(q, it.p)
@@ -893,6 +904,8 @@ func (q *queue) Append(ctx context.Context, recs []*Record) ([]AppendResult, err
 			return nil, fmt.Errorf("buffer: append %s: key longer than %d bytes", r.ID, maxKeyLen)
 		case len(r.IdempotencyKey) > maxIdemLen:
 			return nil, fmt.Errorf("buffer: append %s: idempotency key longer than %d bytes", r.ID, maxIdemLen)
+		case len(r.IdempotencyScope) > maxIdemLen:
+			return nil, fmt.Errorf("buffer: append %s: idempotency scope longer than %d bytes", r.ID, maxIdemLen)
 		}
 		if r.ReceivedAt.IsZero() {
 			r.ReceivedAt = time.Now()
@@ -901,7 +914,10 @@ func (q *queue) Append(ctx context.Context, recs []*Record) ([]AppendResult, err
 		if len(v) > MaxRecordBytes {
 			return nil, fmt.Errorf("buffer: append %s: record of %d bytes exceeds %d", r.ID, len(v), MaxRecordBytes)
 		}
-		o.items[i] = appendItem{p: r.Partition, id: r.ID, idem: r.IdempotencyKey, value: v, received: r.ReceivedAt, rec: r}
+		o.items[i] = appendItem{p: r.Partition, id: r.ID, scope: r.IdempotencyScope, value: v, received: r.ReceivedAt, rec: r}
+		if r.IdempotencyScope != "" {
+			o.items[i].digest = requestDigest(r)
+		}
 	}
 	if err := q.submit(ctx, o); err != nil {
 		return nil, err
@@ -913,7 +929,7 @@ func (q *queue) Append(ctx context.Context, recs []*Record) ([]AppendResult, err
 		return nil, o.err
 	}
 	for i, r := range recs {
-		if !o.results[i].Duplicate {
+		if !o.results[i].Duplicate && !o.results[i].Conflict {
 			r.Seq = o.seqs[i]
 		}
 	}

@@ -17,11 +17,18 @@ import (
 
 // Defaults of Options fields.
 const (
-	DefaultMaxBytes       int64 = 1 << 30
-	DefaultIdempotencyTTL       = 24 * time.Hour
-	DefaultOutcomeTTL           = 24 * time.Hour
-	DefaultMaxOutcomeBody       = 64 << 10
+	DefaultMaxBytes        int64 = 1 << 30
+	DefaultIdempotencyTTL        = 24 * time.Hour
+	DefaultOutcomeTTL            = 24 * time.Hour
+	DefaultMaxOutcomeBody        = 64 << 10
+	DefaultOutcomeMaxBytes int64 = 256 << 20
 )
+
+// DiskOverhead is what the queue's directory may hold beyond MaxBytes +
+// OutcomeMaxBytes: Badger's memtables and their write-ahead logs, the
+// value log file being written, the manifest, idempotency keys and the
+// garbage compactions have not reclaimed yet. Stats.DiskBudget includes it.
+const DiskOverhead int64 = 96 << 20
 
 // MaxRecordBytes bounds the encoded size of one record (body, headers and
 // fields). Append refuses a larger record with an error.
@@ -142,7 +149,11 @@ type queue struct {
 	parts       []partState
 	totalBytes  int64
 	quarantined int64
-	lastErr     error
+	// outcomeBytes is the encoded size of the kept outcomes (guarded by mu).
+	outcomeBytes int64
+
+	disk    diskGauge // the directory's real size, measured at most once a second
+	lastErr error
 
 	notify []chan struct{}
 	tails  []tail // newest durable records per partition, for readers that keep up
@@ -169,7 +180,7 @@ func (o *Options) resolve() (fsync bool, err error) {
 	if o.Partitions < 1 || o.Partitions > maxPartitions {
 		return false, fmt.Errorf("buffer: Options.Partitions = %d, want 1..%d", o.Partitions, maxPartitions)
 	}
-	if o.MaxBytes < 0 || o.IdempotencyTTL < 0 || o.OutcomeTTL < 0 || o.MaxOutcomeBody < 0 {
+	if o.MaxBytes < 0 || o.IdempotencyTTL < 0 || o.OutcomeTTL < 0 || o.MaxOutcomeBody < 0 || o.OutcomeMaxBytes < 0 {
 		return false, errors.New("buffer: negative Options value")
 	}
 	if o.MaxBytes == 0 {
@@ -180,6 +191,9 @@ func (o *Options) resolve() (fsync bool, err error) {
 	}
 	if o.OutcomeTTL == 0 {
 		o.OutcomeTTL = DefaultOutcomeTTL
+	}
+	if o.OutcomeMaxBytes == 0 {
+		o.OutcomeMaxBytes = DefaultOutcomeMaxBytes
 	}
 	if o.MaxOutcomeBody == 0 {
 		o.MaxOutcomeBody = DefaultMaxOutcomeBody
@@ -727,9 +741,12 @@ func (q *queue) Lookup(id string) (Delivery, error) {
 func (q *queue) Stats() Stats {
 	q.mu.Lock()
 	s := Stats{
-		Bytes:       q.totalBytes,
-		Partitions:  make([]PartitionStats, len(q.parts)),
-		Quarantined: int(q.quarantined),
+		Bytes:        q.totalBytes,
+		Partitions:   make([]PartitionStats, len(q.parts)),
+		Quarantined:  int(q.quarantined),
+		DiskBytes:    q.disk.size(q.opts.Path),
+		DiskBudget:   q.diskBudget(),
+		OutcomeBytes: q.outcomeBytes,
 	}
 	type want struct {
 		p    int

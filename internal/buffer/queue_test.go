@@ -390,20 +390,20 @@ func TestOldest(t *testing.T) {
 func TestIdempotency(t *testing.T) {
 	q := openTest(t, t.TempDir(), 2)
 	a := newRecord(0, "k", 10)
-	a.IdempotencyKey = "idem-1"
+	a.IdempotencyScope = "idem-1"
 	res := mustAppend(t, q, a)
 	if res[0].Duplicate || res[0].ID != a.ID {
 		t.Fatalf("first: %+v", res)
 	}
 	b := newRecord(1, "k2", 10)
-	b.IdempotencyKey = "idem-1"
+	b.IdempotencyScope = "idem-1"
 	res = mustAppend(t, q, b)
 	if !res[0].Duplicate || res[0].ID != a.ID || b.Seq != 0 {
 		t.Fatalf("second: %+v (seq %d)", res, b.Seq)
 	}
 	// Twice in one call.
 	c, d := newRecord(0, "k", 1), newRecord(0, "k", 1)
-	c.IdempotencyKey, d.IdempotencyKey = "idem-2", "idem-2"
+	c.IdempotencyScope, d.IdempotencyScope = "idem-2", "idem-2"
 	res = mustAppend(t, q, c, d)
 	if res[0].Duplicate || !res[1].Duplicate || res[1].ID != c.ID {
 		t.Fatalf("same call: %+v", res)
@@ -415,10 +415,54 @@ func TestIdempotency(t *testing.T) {
 	if err := q.Ack(context.Background(), a, Outcome{Status: StatusDelivered, ResponseStatus: 200}); err != nil {
 		t.Fatal(err)
 	}
-	e := newRecord(0, "k", 1)
-	e.IdempotencyKey = "idem-1"
+	e := newRecord(0, "k", 10)
+	e.IdempotencyScope = "idem-1"
 	if res := mustAppend(t, q, e); !res[0].Duplicate || res[0].ID != a.ID {
 		t.Fatalf("after ack: %+v", res)
+	}
+}
+
+// TestIdempotencyScoped: the queue dedupes on IdempotencyScope alone: the
+// same client key under another scope is a new record (the bug: keys were
+// global, so another client's request with the same Idempotency-Key got the
+// first client's answer), the same scope with another body or query is a
+// Conflict naming the first id, and a record without a scope is never
+// deduped, whatever its IdempotencyKey.
+func TestIdempotencyScoped(t *testing.T) {
+	q := openTest(t, t.TempDir(), 1)
+	a := newRecord(0, "k", 10)
+	a.IdempotencyKey, a.IdempotencyScope = "key-1", "scope-A"
+	mustAppend(t, q, a)
+
+	b := newRecord(0, "k", 10)
+	b.IdempotencyKey, b.IdempotencyScope = "key-1", "scope-B"
+	if res := mustAppend(t, q, b); res[0].Duplicate || res[0].Conflict || res[0].ID != b.ID || b.Seq == 0 {
+		t.Fatalf("same key, other scope: %+v", res)
+	}
+	c := newRecord(0, "k", 10)
+	c.IdempotencyKey = "key-1" // no scope: no idempotency
+	if res := mustAppend(t, q, c); res[0].Duplicate || res[0].Conflict || c.Seq == 0 {
+		t.Fatalf("no scope: %+v", res)
+	}
+	d := newRecord(0, "k", 11)
+	d.IdempotencyKey, d.IdempotencyScope = "key-1", "scope-A"
+	if res := mustAppend(t, q, d); res[0].Duplicate || !res[0].Conflict || res[0].ID != a.ID || d.Seq != 0 {
+		t.Fatalf("other body: %+v", res)
+	}
+	e := newRecord(0, "k", 10)
+	e.RawQuery = "a=2"
+	e.IdempotencyKey, e.IdempotencyScope = "key-1", "scope-A"
+	if res := mustAppend(t, q, e); !res[0].Conflict || res[0].ID != a.ID {
+		t.Fatalf("other query: %+v", res)
+	}
+	// Within one call: the second with another body conflicts.
+	f, g := newRecord(0, "k", 3), newRecord(0, "k", 4)
+	f.IdempotencyScope, g.IdempotencyScope = "scope-C", "scope-C"
+	if res := mustAppend(t, q, f, g); res[0].Conflict || !res[1].Conflict || res[1].ID != f.ID {
+		t.Fatalf("same call: %+v", res)
+	}
+	if n := len(mustRead(t, q, 0, 0, 100)); n != 4 {
+		t.Fatalf("%d records stored, want 4 (a, b, c, f)", n)
 	}
 }
 
@@ -436,7 +480,7 @@ func TestIdempotencyConcurrent(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			r := newRecord(0, "k", 30)
-			r.IdempotencyKey = "same-key"
+			r.IdempotencyScope = "same-key"
 			<-start
 			res, err := q.Append(context.Background(), []*Record{r})
 			if err != nil {
@@ -521,7 +565,7 @@ func TestRestart(t *testing.T) {
 	var recs []*Record
 	for i := range 10 {
 		r := newRecord(i%2, fmt.Sprintf("k%d", i), 100)
-		r.IdempotencyKey = fmt.Sprintf("idem-%s", r.ID)
+		r.IdempotencyScope = fmt.Sprintf("idem-%s", r.ID)
 		recs = append(recs, r)
 	}
 	mustAppend(t, q, recs...)
@@ -557,6 +601,7 @@ func TestRestart(t *testing.T) {
 
 	q = openTest(t, dir, 2)
 	after := q.Stats()
+	before.DiskBytes, after.DiskBytes = 0, 0 // the store's files change on reopen
 	if fmt.Sprint(before) != fmt.Sprint(after) {
 		t.Fatalf("stats changed over restart:\nbefore %+v\nafter  %+v", before, after)
 	}
@@ -576,8 +621,8 @@ func TestRestart(t *testing.T) {
 	if p, _ := q.Parked(1); p[recs[1].Key] != recs[1].ID {
 		t.Fatalf("park lost: %v", p)
 	}
-	dup := newRecord(0, "k", 1)
-	dup.IdempotencyKey = recs[4].IdempotencyKey
+	dup := newRecord(0, "k", 100)
+	dup.IdempotencyScope = recs[4].IdempotencyScope
 	if res := mustAppend(t, q, dup); !res[0].Duplicate || res[0].ID != recs[4].ID {
 		t.Fatalf("idempotency lost: %+v", res)
 	}

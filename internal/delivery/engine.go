@@ -446,7 +446,7 @@ func (e *Engine) Partitions() []PartitionView {
 // State is the scrape-time view for the metrics package.
 func (e *Engine) State() metrics.State {
 	st := e.q.Stats()
-	s := metrics.State{BufferBytes: st.Bytes, Partitions: make([]metrics.PartitionState, len(e.gates))}
+	s := metrics.State{BufferBytes: st.Bytes, DiskBytes: st.DiskBytes, Partitions: make([]metrics.PartitionState, len(e.gates))}
 	for p, g := range e.gates {
 		ready, br := g.snapshot()
 		ps := metrics.PartitionState{Ready: ready, BreakerOpen: br == BreakerOpen}

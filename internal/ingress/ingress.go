@@ -6,6 +6,8 @@ package ingress
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -225,7 +227,8 @@ func (h *Handler) serveBuffer(w http.ResponseWriter, r *http.Request, key string
 	}
 	rec := &buffer.Record{
 		ID: id.String(), Partition: p, Key: key, IdempotencyKey: r.Header.Get("Idempotency-Key"),
-		Method: r.Method, Path: r.URL.Path, RawQuery: r.URL.RawQuery, Header: h.forwardHeader(r),
+		IdempotencyScope: idempotencyScope(r, key),
+		Method:           r.Method, Path: r.URL.Path, RawQuery: r.URL.RawQuery, Header: h.forwardHeader(r),
 		Body: body, ReceivedAt: start,
 	}
 	var results <-chan delivery.Result
@@ -427,4 +430,19 @@ func methodLabel(m string) string {
 		return m
 	}
 	return "OTHER"
+}
+
+// idempotencyScope is the scope an Idempotency-Key matches in: a digest of
+// the credentials (Authorization, X-API-Key; none = anonymous), method,
+// path, partition key and the key itself. "" when the client sent no key.
+func idempotencyScope(r *http.Request, key string) string {
+	ik := r.Header.Get("Idempotency-Key")
+	if ik == "" {
+		return ""
+	}
+	h := sha256.New()
+	for _, f := range []string{r.Header.Get("Authorization"), r.Header.Get("X-API-Key"), r.Method, r.URL.EscapedPath(), key, ik} {
+		fmt.Fprintf(h, "%d:%s", len(f), f)
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }

@@ -33,6 +33,7 @@ type PartitionState struct {
 // State is the scrape-time view of the edge.
 type State struct {
 	BufferBytes int64
+	DiskBytes   int64 // real size of the buffer directory (edge_disk_bytes)
 	Partitions  []PartitionState
 }
 
@@ -87,6 +88,7 @@ func Partition(p int) string { return strconv.Itoa(p) }
 var (
 	descRecords   = prometheus.NewDesc("edge_buffer_records", "Requests queued on disk, by partition.", []string{"partition"}, nil)
 	descBytes     = prometheus.NewDesc("edge_buffer_bytes", "Bytes of queued requests (what [buffer] max_bytes bounds).", nil, nil)
+	descDisk      = prometheus.NewDesc("edge_disk_bytes", "Real size of the buffer directory on disk (queued records, outcomes, idempotency keys, store overhead).", nil, nil)
 	descOldest    = prometheus.NewDesc("edge_buffer_oldest_age_seconds", "Age of the oldest queued request, by partition (0 when empty).", []string{"partition"}, nil)
 	descReady     = prometheus.NewDesc("edge_backend_ready", "1 when the partition's backend passes its readiness probe.", []string{"partition"}, nil)
 	descBreaker   = prometheus.NewDesc("edge_breaker_open", "1 while the partition's circuit breaker is open.", []string{"partition"}, nil)
@@ -96,7 +98,7 @@ var (
 type stateCollector struct{ state StateFunc }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descRecords, descBytes, descOldest, descReady, descBreaker, descDeadCount} {
+	for _, d := range []*prometheus.Desc{descRecords, descBytes, descDisk, descOldest, descReady, descBreaker, descDeadCount} {
 		ch <- d
 	}
 }
@@ -104,6 +106,7 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	s := c.state()
 	ch <- prometheus.MustNewConstMetric(descBytes, prometheus.GaugeValue, float64(s.BufferBytes))
+	ch <- prometheus.MustNewConstMetric(descDisk, prometheus.GaugeValue, float64(s.DiskBytes))
 	now := time.Now()
 	for i, p := range s.Partitions {
 		l := Partition(i)

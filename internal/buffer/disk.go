@@ -1,0 +1,60 @@
+package buffer
+
+import (
+	"io/fs"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// diskGaugeEvery is how often diskGauge walks the directory at most.
+const diskGaugeEvery = time.Second
+
+// diskGauge caches the real size of a directory: Stats is called on every
+// metrics scrape and by the budget check, a walk costs a stat per file.
+type diskGauge struct {
+	mu   sync.Mutex
+	at   time.Time
+	last int64
+}
+
+// size returns dir's size, measured again when the last measure is older
+// than diskGaugeEvery.
+func (g *diskGauge) size(dir string) int64 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.at.IsZero() && time.Since(g.at) < diskGaugeEvery {
+		return g.last
+	}
+	g.last, g.at = dirSize(dir), time.Now()
+	return g.last
+}
+
+// dirSize returns the disk space the files under dir take: allocated
+// blocks, as du counts them (a sparse or preallocated file counts what it
+// occupies, not its length). Files that vanish during the walk are skipped.
+func dirSize(dir string) int64 {
+	var n int64
+	_ = filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil {
+			return nil
+		}
+		if st, ok := info.Sys().(*syscall.Stat_t); ok {
+			n += st.Blocks * 512
+		} else {
+			n += info.Size()
+		}
+		return nil
+	})
+	return n
+}
+
+// diskBudget is what the directory should stay under.
+func (q *queue) diskBudget() int64 {
+	return q.opts.MaxBytes + q.opts.OutcomeMaxBytes + DiskOverhead
+}
