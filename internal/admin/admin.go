@@ -4,6 +4,7 @@
 package admin
 
 import (
+	"context"
 	"crypto/subtle"
 	"errors"
 	"net/http"
@@ -20,10 +21,23 @@ import (
 	"github.com/flowedge/flowedge/internal/httpx"
 )
 
+// Deliveries is what the admin API needs of the delivery engine: look a
+// delivery up, describe partitions, and list, replay and discard dead
+// letters (a replay goes through the engine, which re-queues the record and
+// hands it to its partition, so nothing is left stuck).
+type Deliveries interface {
+	Lookup(id string) (delivery.View, error)
+	Partitions() []delivery.PartitionView
+	ReadyPartitions() (ready, total int)
+	DeadLetters(p int, cursor string, limit int) ([]buffer.DeadLetter, string, error)
+	Replay(ctx context.Context, id string) (*buffer.Record, error)
+	Discard(ctx context.Context, id string) error
+	Err() error // the queue's last write error (disk full, I/O)
+}
+
 // Options configure the admin handler.
 type Options struct {
-	Queue    buffer.Queue     // required
-	Engine   *delivery.Engine // required
+	Deliveries Deliveries // required
 	Gatherer prometheus.Gatherer
 	Token    string // "" = /edge/v1 open
 	Version  string
@@ -90,8 +104,8 @@ func (h *Handler) readiness(w http.ResponseWriter, _ *http.Request) {
 	switch {
 	case h.draining.Load():
 		httpx.WriteJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "draining"})
-	case h.opt.Queue.Err() != nil:
-		httpx.WriteJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "buffer error", "error": h.opt.Queue.Err().Error()})
+	case h.opt.Deliveries.Err() != nil:
+		httpx.WriteJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "buffer error", "error": h.opt.Deliveries.Err().Error()})
 	default:
 		httpx.WriteJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 	}
@@ -109,13 +123,13 @@ type check struct {
 func (h *Handler) health(w http.ResponseWriter, _ *http.Request) {
 	checks := map[string]check{}
 	status, code := "healthy", http.StatusOK
-	if err := h.opt.Queue.Err(); err != nil {
+	if err := h.opt.Deliveries.Err(); err != nil {
 		checks["buffer"] = check{Status: "error", Error: err.Error()}
 		status, code = "unhealthy", http.StatusServiceUnavailable
 	} else {
 		checks["buffer"] = check{Status: "ok"}
 	}
-	ready, total := h.opt.Engine.ReadyPartitions()
+	ready, total := h.opt.Deliveries.ReadyPartitions()
 	bc := check{Status: "ok", Ready: &ready, Total: &total}
 	if ready < total {
 		bc.Status = "degraded"
@@ -146,7 +160,7 @@ func (h *Handler) notFoundOr500(w http.ResponseWriter, r *http.Request, err erro
 }
 
 func (h *Handler) delivery(w http.ResponseWriter, r *http.Request) {
-	v, err := h.opt.Engine.Lookup(r.PathValue("id"))
+	v, err := h.opt.Deliveries.Lookup(r.PathValue("id"))
 	if err != nil {
 		h.notFoundOr500(w, r, err, "delivery")
 		return
@@ -155,7 +169,7 @@ func (h *Handler) delivery(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) partitions(w http.ResponseWriter, _ *http.Request) {
-	httpx.WriteJSON(w, http.StatusOK, map[string]any{"partitions": h.opt.Engine.Partitions()})
+	httpx.WriteJSON(w, http.StatusOK, map[string]any{"partitions": h.opt.Deliveries.Partitions()})
 }
 
 // DeadLetterView is a dead letter as /edge/v1/dead-letters shows it.
@@ -193,7 +207,7 @@ func (h *Handler) deadLetters(w http.ResponseWriter, r *http.Request) {
 		}
 		limit = n
 	}
-	list, next, err := h.opt.Queue.DeadLetters(p, q.Get("cursor"), limit)
+	list, next, err := h.opt.Deliveries.DeadLetters(p, q.Get("cursor"), limit)
 	if err != nil {
 		h.problem(w, r, http.StatusBadRequest, err.Error())
 		return
@@ -212,7 +226,7 @@ func (h *Handler) deadLetters(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) replay(w http.ResponseWriter, r *http.Request) {
-	rec, err := h.opt.Engine.Replay(r.Context(), r.PathValue("id"))
+	rec, err := h.opt.Deliveries.Replay(r.Context(), r.PathValue("id"))
 	if err != nil {
 		h.notFoundOr500(w, r, err, "dead letter")
 		return
@@ -221,7 +235,7 @@ func (h *Handler) replay(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) discard(w http.ResponseWriter, r *http.Request) {
-	if err := h.opt.Engine.Discard(r.Context(), r.PathValue("id")); err != nil {
+	if err := h.opt.Deliveries.Discard(r.Context(), r.PathValue("id")); err != nil {
 		h.notFoundOr500(w, r, err, "dead letter")
 		return
 	}

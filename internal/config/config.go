@@ -47,6 +47,9 @@ const (
 	OnDeadSkip = "skip" // later requests for a dead-lettered key flow on
 	OnDeadPark = "park" // later requests for the key wait for replay/discard
 
+	ProtocolRequest = "request" // one HTTP request per record
+	ProtocolBatch   = "batch"   // multipart/mixed batches to [delivery] batch_path
+
 	ModeBuffer = "buffer" // durable append, asynchronous delivery
 	ModeProxy  = "proxy"  // synchronous pass-through to the partition's backend
 
@@ -109,6 +112,7 @@ type Backends struct {
 	Timeout         Duration `toml:"timeout"`          // per delivery attempt; default 10s
 	BreakerFailures int      `toml:"breaker_failures"` // consecutive failed attempts that open the breaker; default 5
 	BreakerCooldown Duration `toml:"breaker_cooldown"` // how long an open breaker stays open; default 1m
+	H2C             bool     `toml:"h2c"`              // request-mode delivery over cleartext HTTP/2; default false (HTTP/1.1 keep-alive)
 }
 
 // Buffer is the durable queue.
@@ -140,6 +144,10 @@ type Delivery struct {
 	Ordering    string `toml:"ordering"`      // OrderingKey (default), OrderingPartition or OrderingNone
 	MaxInFlight int    `toml:"max_in_flight"` // concurrent attempts per partition; default 64; ordering "partition" means 1
 	OnDead      string `toml:"on_dead"`       // OnDeadSkip (default) or OnDeadPark
+	Protocol    string `toml:"protocol"`      // ProtocolRequest (default) or ProtocolBatch
+	BatchPath   string `toml:"batch_path"`    // the backends' batch endpoint; default "/_edge/batch"
+	BatchMax    int    `toml:"batch_max"`     // records per batch; default 64
+	BatchBytes  int    `toml:"batch_bytes"`   // encoded size bound of a batch; default 1 MiB
 }
 
 // Route sets the mode for requests whose path starts with Prefix.
@@ -220,6 +228,10 @@ func Default() Config {
 			Ordering:    OrderingKey,
 			MaxInFlight: 64,
 			OnDead:      OnDeadSkip,
+			Protocol:    ProtocolRequest,
+			BatchPath:   "/_edge/batch",
+			BatchMax:    64,
+			BatchBytes:  1 << 20,
 		},
 		Log: Log{
 			Level:  "info",

@@ -254,6 +254,16 @@ func (c Config) validateDelivery(v *validator) {
 		v.add("delivery.max_in_flight", "must be >= 1, got %d", d.MaxInFlight)
 	}
 	v.oneOf("delivery.on_dead", d.OnDead, OnDeadSkip, OnDeadPark)
+	v.oneOf("delivery.protocol", d.Protocol, ProtocolRequest, ProtocolBatch)
+	if !strings.HasPrefix(d.BatchPath, "/") || strings.ContainsAny(d.BatchPath, "?# ") {
+		v.add("delivery.batch_path", "must be a path starting with /, got %q", d.BatchPath)
+	}
+	if d.BatchMax < 1 || d.BatchMax > 10000 {
+		v.add("delivery.batch_max", "must be 1..10000, got %d", d.BatchMax)
+	}
+	if d.BatchBytes < 4096 {
+		v.add("delivery.batch_bytes", "must be >= 4096, got %d", d.BatchBytes)
+	}
 }
 
 func (c Config) validateRoutes(v *validator) {

@@ -1,25 +1,36 @@
-// Package delivery sends buffered requests to the backend that owns their
-// partition, and keeps doing so until each reaches a final outcome.
+// Package delivery owns every buffered request from intake to its final
+// outcome: it appends it to the durable queue (Submit), sends it to the
+// backend that owns its partition, retries it, and records the outcome.
 //
 // Guarantees:
-//   - A record leaves the queue only after its backend answered with a final
-//     status (2xx/3xx, a final 4xx, 501) or it went to the dead letters
-//     (421 at once; retries exhausted by max_attempts or max_duration).
+//   - Submit returns a ticket only once the record is durable (or a
+//     duplicate/conflict of one that is). A record leaves the queue only
+//     after its backend answered with a final status (2xx/3xx, a final 4xx,
+//     501), it was dropped as rejected on a 429 relayed to a waiting client,
+//     or it went to the dead letters (421 at once; retries exhausted by
+//     MaxAttempts or MaxDuration).
 //   - Ordering "key" (default): a record for key K is never sent before every
 //     earlier record for K reached a final outcome or the dead letters;
 //     different keys of one partition go concurrently up to MaxInFlight.
 //     "partition": strict FIFO per partition. "none": no ordering.
-//   - Retries use exponential backoff with full jitter and honour a capped
-//     Retry-After. A partition whose backend fails its readiness probe, or
-//     whose breaker is open, waits without burning attempts. A partition is
+//   - Failure isolation: a failed attempt backs off its own key (exponential
+//     backoff, full jitter, capped Retry-After); other keys of the partition
+//     go on. A partition waits without burning attempts while its backend
+//     fails its readiness probe or its breaker is open; the breaker opens
+//     only on evidence that the backend is down (see gate). A partition is
 //     never re-routed to another backend.
+//   - Protocol "batch" sends up to BatchMax records of distinct keys in one
+//     multipart/mixed request (see batch.go), with the same outcome rules per
+//     record; a backend that answers 404/405/415 to a batch is sent single
+//     requests from then on.
 //   - On Stop, no new attempt starts; attempts under way may finish within
-//     the grace period; everything else is handed back to the queue, which
-//     still holds it.
+//     the grace period; everything else stays in the queue.
 //
-// One goroutine per partition owns that partition's in-memory window (see
-// loop.go); each dispatched record gets a worker goroutine that runs its
-// attempts through go-retryablehttp (attempt.go).
+// One goroutine per partition (loop.go) owns that partition's in-memory
+// state: the window of records read from the queue, which are in flight,
+// which wait for their next attempt and which keys are parked. A fixed set of
+// worker goroutines per partition sends the jobs the loop hands them over
+// one keep-alive connection pool (send.go).
 package delivery
 
 import (
@@ -37,13 +48,26 @@ import (
 	"github.com/flowedge/flowedge/internal/metrics"
 )
 
-// Orderings and dead-letter policies.
+// Orderings, dead-letter policies and protocols.
 const (
-	OrderKey       = "key"
-	OrderPartition = "partition"
-	OrderNone      = "none"
-	OnDeadSkip     = "skip"
-	OnDeadPark     = "park"
+	OrderKey          = "key"
+	OrderPartition    = "partition"
+	OrderNone         = "none"
+	OnDeadSkip        = "skip"
+	OnDeadPark        = "park"
+	ProtocolRequest   = "request"
+	ProtocolBatch     = "batch"
+	DefaultBatchPath  = "/_edge/batch"
+	maxConcurrentJobs = 4 // batches in flight per partition (protocol "batch")
+)
+
+// Errors of Submit. Callers test them with errors.Is.
+var (
+	// ErrFull: the queue is full (and when_full = "block" waited in vain).
+	ErrFull = buffer.ErrFull
+	// ErrConflict: the Idempotency-Key was used in the same scope with a
+	// different request body.
+	ErrConflict = errors.New("delivery: idempotency key reused with a different request")
 )
 
 // Options configure an Engine. Zero values mean the defaults in comments.
@@ -53,13 +77,19 @@ type Options struct {
 	BackendURL func(p int) string // base URL of partition p's backend; required
 
 	Ordering    string // key (default) | partition | none
-	MaxInFlight int    // per partition; 0 = 64
+	MaxInFlight int    // records in flight per partition; 0 = 64
 	OnDead      string // skip (default) | park
+
+	Protocol   string // request (default) | batch
+	BatchPath  string // "" = /_edge/batch
+	BatchMax   int    // records per batch; 0 = 64
+	BatchBytes int    // encoded size of a batch; 0 = 1 MiB
+	H2C        bool   // request mode over cleartext HTTP/2
 
 	Timeout         time.Duration // per attempt; 0 = 10s
 	ProbePath       string        // readiness path; "" = no probing, always ready
 	ProbeInterval   time.Duration // 0 = 2s
-	BreakerFailures int           // consecutive failures that open the breaker; 0 = 5
+	BreakerFailures int           // evidence that opens the breaker (see gate); 0 = 5
 	BreakerCooldown time.Duration // 0 = 1m
 
 	InitialBackoff time.Duration // 0 = 100ms
@@ -68,12 +98,17 @@ type Options struct {
 	MaxDuration    time.Duration // give up (dead letter) after this age; 0 = 24h
 	MaxAttempts    int           // give up after this many attempts; 0 = unlimited
 
+	// BlockWhenFull makes Submit wait up to BlockTimeout (0 = 5s) for room
+	// when the queue is full; false answers ErrFull at once.
+	BlockWhenFull bool
+	BlockTimeout  time.Duration
+
 	// MaxResponseBody bounds the backend answer kept for relaying; a longer
 	// body is cut there (and X-Edge-Truncated: true is set). 0 = 10 MiB.
 	MaxResponseBody int64
 	// Window bounds the records a partition holds in memory ahead of
-	// delivery; 0 = max(4·MaxInFlight, 256). WindowBytes bounds their
-	// bodies; 0 = 32 MiB.
+	// delivery (records of a key that backs off count); 0 =
+	// max(16·MaxInFlight, 1024). WindowBytes bounds their bodies; 0 = 32 MiB.
 	Window      int
 	WindowBytes int
 
@@ -93,6 +128,18 @@ func (o *Options) setDefaults() {
 	if o.OnDead == "" {
 		o.OnDead = OnDeadSkip
 	}
+	if o.Protocol == "" {
+		o.Protocol = ProtocolRequest
+	}
+	if o.BatchPath == "" {
+		o.BatchPath = DefaultBatchPath
+	}
+	if o.BatchMax <= 0 {
+		o.BatchMax = 64
+	}
+	if o.BatchBytes <= 0 {
+		o.BatchBytes = 1 << 20
+	}
 	if o.MaxInFlight <= 0 {
 		o.MaxInFlight = 64
 	}
@@ -109,11 +156,12 @@ func (o *Options) setDefaults() {
 	def(&o.MaxBackoff, 30*time.Second)
 	def(&o.MaxRetryAfter, o.MaxBackoff)
 	def(&o.MaxDuration, 24*time.Hour)
+	def(&o.BlockTimeout, 5*time.Second)
 	if o.MaxResponseBody <= 0 {
 		o.MaxResponseBody = 10 << 20
 	}
 	if o.Window <= 0 {
-		o.Window = max(4*o.MaxInFlight, 256)
+		o.Window = max(16*o.MaxInFlight, 1024)
 	}
 	if o.WindowBytes <= 0 {
 		o.WindowBytes = 32 << 20
@@ -123,7 +171,7 @@ func (o *Options) setDefaults() {
 	}
 }
 
-// Result is a delivery's final result, as handed to a relay waiter.
+// Result is a delivery's final result, as handed to a waiting ticket.
 type Result struct {
 	ID         string
 	Status     buffer.Status // delivered, rejected or dead
@@ -136,17 +184,16 @@ type Result struct {
 // Engine delivers the queue's records. Create it with New, run it with
 // Start, end it with Stop.
 type Engine struct {
-	opt     Options
-	q       buffer.Queue
-	log     *slog.Logger
-	loops   []*loop
-	gates   []*gate
-	clients []*http.Client // one per partition, so a give-up's CloseIdleConnections stays local
+	opt    Options
+	q      buffer.Queue
+	log    *slog.Logger
+	pol    policy
+	loops  []*loop
+	client *http.Client // request mode; its pool is sized to the concurrency
+	batchC *http.Client // batch mode (HTTP/1.1)
 
 	waitMu  sync.Mutex
-	waiters map[string][]chan Result
-
-	live sync.Map // id → *liveState, records a worker holds
+	waiters map[string][]*Ticket
 
 	stopCtx   context.Context // cancelled by Stop: no new attempts
 	stopNow   context.CancelFunc
@@ -174,27 +221,44 @@ func New(opt Options) (*Engine, error) {
 	default:
 		return nil, fmt.Errorf("delivery: unknown on_dead %q", opt.OnDead)
 	}
+	switch opt.Protocol {
+	case "", ProtocolRequest, ProtocolBatch:
+	default:
+		return nil, fmt.Errorf("delivery: unknown protocol %q", opt.Protocol)
+	}
 	opt.setDefaults()
 	e := &Engine{
 		opt:     opt,
 		q:       opt.Queue,
 		log:     opt.Logger,
-		waiters: make(map[string][]chan Result),
+		waiters: make(map[string][]*Ticket),
+		pol: policy{initial: opt.InitialBackoff, max: opt.MaxBackoff, maxRetryAfter: opt.MaxRetryAfter,
+			maxDuration: opt.MaxDuration, maxAttempts: opt.MaxAttempts},
 		probeHTTP: &http.Client{
 			Timeout:   min(opt.Timeout, opt.ProbeInterval),
-			Transport: newTransport(2, opt.Timeout),
+			Transport: newTransport(2*opt.Partitions, opt.Timeout),
 		},
 	}
+	conns := opt.MaxInFlight * opt.Partitions
+	e.client = &http.Client{
+		Timeout: opt.Timeout,
+		// A backend's redirect is its answer: relay it, do not follow it.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	tr := newTransport(conns, opt.Timeout)
+	if opt.H2C {
+		// Cleartext HTTP/2 with prior knowledge (net/http's own h2c since
+		// Go 1.24): many streams over few connections.
+		var p http.Protocols
+		p.SetUnencryptedHTTP2(true)
+		tr.Protocols = &p
+	}
+	e.client.Transport = tr
+	e.batchC = &http.Client{Timeout: opt.Timeout, Transport: newTransport(maxConcurrentJobs*opt.Partitions, opt.Timeout),
+		CheckRedirect: e.client.CheckRedirect}
 	e.stopCtx, e.stopNow = context.WithCancel(context.Background())
 	e.stopping = e.stopCtx.Done()
 	for p := range opt.Partitions {
-		e.gates = append(e.gates, newGate(opt.BreakerFailures, opt.BreakerCooldown, opt.ProbePath == ""))
-		e.clients = append(e.clients, &http.Client{
-			Timeout:   opt.Timeout,
-			Transport: newTransport(opt.MaxInFlight, opt.Timeout),
-			// A backend's redirect is its answer: relay it, do not follow it.
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		})
 		e.loops = append(e.loops, newLoop(e, p))
 	}
 	return e, nil
@@ -211,11 +275,13 @@ func newTransport(conns int, timeout time.Duration) *http.Transport {
 		IdleConnTimeout:       90 * time.Second,
 		ResponseHeaderTimeout: timeout,
 		ExpectContinueTimeout: time.Second,
+		WriteBufferSize:       32 << 10,
+		ReadBufferSize:        32 << 10,
 	}
 }
 
-// Start runs the partition loops and readiness probes until Stop. ctx
-// carries values only; use Stop to end the engine.
+// Start runs the partition loops, their workers and the readiness probes
+// until Stop. ctx carries values only; use Stop to end the engine.
 func (e *Engine) Start(ctx context.Context) {
 	if !e.started.CompareAndSwap(false, true) {
 		return
@@ -226,20 +292,16 @@ func (e *Engine) Start(ctx context.Context) {
 			e.wg.Add(1)
 			go func() {
 				defer e.wg.Done()
-				probeLoop(e.ctx, e.stopping, e.probeHTTP, e.opt.BackendURL(p)+e.opt.ProbePath, e.opt.ProbeInterval, e.gates[p])
+				probeLoop(e.ctx, e.stopping, e.probeHTTP, e.opt.BackendURL(p)+e.opt.ProbePath, e.opt.ProbeInterval, l.gate)
 			}()
 		}
-		e.wg.Add(1)
-		go func() {
-			defer e.wg.Done()
-			l.run(e.ctx)
-		}()
+		l.start(e.ctx)
 	}
 }
 
 // Stop stops dispatching, lets attempts under way finish for up to grace,
-// then cancels the rest (handed back: they stay queued) and waits for every
-// goroutine. Safe to call twice.
+// then cancels the rest (they stay queued) and waits for every goroutine.
+// Safe to call twice.
 func (e *Engine) Stop(grace time.Duration) {
 	e.stopOnce.Do(func() {
 		e.stopNow()
@@ -256,58 +318,198 @@ func (e *Engine) Stop(grace time.Duration) {
 		}
 		e.cancel()
 		<-done
-		for _, c := range e.clients {
-			c.CloseIdleConnections()
-		}
+		e.client.CloseIdleConnections()
+		e.batchC.CloseIdleConnections()
 		e.probeHTTP.CloseIdleConnections()
 	})
 }
 
-// Wait registers interest in delivery id's final result before the record is
-// appended. The channel receives at most one Result; call cancel when no
-// longer waiting.
-func (e *Engine) Wait(id string) (<-chan Result, func()) {
-	ch := make(chan Result, 1)
+// Ticket is the engine's receipt for a submitted request. A ticket that
+// waits for the outcome must be ended with Wait or Release.
+type Ticket struct {
+	// ID is the delivery id: the record's, or for a Duplicate the first
+	// record's.
+	ID string
+	// Duplicate is true when the request repeats one appended before under
+	// the same idempotency scope: nothing was stored.
+	Duplicate bool
+
+	e      *Engine
+	ch     chan Result // buffered 1; receives the result once
+	queued bool        // registered in e.waiters
+}
+
+// Submit stores rec durably (waiting for room when the queue is full and
+// Options.BlockWhenFull) and returns its ticket: the ticket can wait for the
+// outcome. A repeat under the same idempotency scope returns the first
+// record's ticket (Duplicate); a repeat with a different body ErrConflict.
+// Errors: ErrFull, ErrConflict, the queue's write errors, ctx's error.
+func (e *Engine) Submit(ctx context.Context, rec *buffer.Record) (*Ticket, error) {
+	if rec.Partition < 0 || rec.Partition >= len(e.loops) {
+		return nil, fmt.Errorf("delivery: submit %s: partition %d out of range", rec.ID, rec.Partition)
+	}
+	t := e.watch(rec.ID)
+	res, err := e.appendOne(ctx, rec)
+	if err != nil {
+		t.Release()
+		return nil, err
+	}
+	if res.Conflict {
+		t.Release()
+		return nil, fmt.Errorf("submit %s (first %s): %w", rec.ID, res.ID, ErrConflict)
+	}
+	if !res.Duplicate {
+		return t, nil
+	}
+	// Seen before: follow the first delivery instead.
+	t.Release()
+	t = e.watch(res.ID)
+	t.Duplicate = true
+	if r, ok := e.finalResult(res.ID); ok {
+		e.publish(r)
+	}
+	return t, nil
+}
+
+// appendOne appends rec, waiting for room when the queue is full and
+// BlockWhenFull is set.
+func (e *Engine) appendOne(ctx context.Context, rec *buffer.Record) (buffer.AppendResult, error) {
+	var deadline <-chan time.Time
+	for {
+		freed := e.q.Freed()
+		res, err := e.q.Append(ctx, []*buffer.Record{rec})
+		if err == nil {
+			return res[0], nil
+		}
+		if !errors.Is(err, buffer.ErrFull) || !e.opt.BlockWhenFull {
+			return buffer.AppendResult{}, err
+		}
+		if deadline == nil {
+			t := time.NewTimer(e.opt.BlockTimeout)
+			defer t.Stop()
+			deadline = t.C
+		}
+		select {
+		case <-freed:
+		case <-deadline:
+			return buffer.AppendResult{}, err
+		case <-ctx.Done():
+			return buffer.AppendResult{}, ctx.Err()
+		}
+	}
+}
+
+// watch registers a ticket waiting for id's result.
+func (e *Engine) watch(id string) *Ticket {
+	t := &Ticket{ID: id, e: e, ch: make(chan Result, 1), queued: true}
 	e.waitMu.Lock()
-	e.waiters[id] = append(e.waiters[id], ch)
+	e.waiters[id] = append(e.waiters[id], t)
 	e.waitMu.Unlock()
-	return ch, func() {
-		e.waitMu.Lock()
-		defer e.waitMu.Unlock()
-		list := e.waiters[id]
+	return t
+}
+
+// Wait waits for the delivery's final result until ctx ends. ok is false
+// when ctx ended first; the ticket is released either way. A result that
+// came in while the ticket was being released is still returned, so a
+// waiter is never told "queued" about a request that was dropped.
+func (t *Ticket) Wait(ctx context.Context) (Result, bool) {
+	select {
+	case r := <-t.ch:
+		return r, true
+	case <-ctx.Done():
+		return t.Release()
+	}
+}
+
+// Release stops waiting. If the result had already been handed to this
+// ticket it is returned (ok true). Safe to call twice.
+func (t *Ticket) Release() (Result, bool) {
+	if t == nil || t.e == nil {
+		return Result{}, false
+	}
+	e := t.e
+	e.waitMu.Lock()
+	if t.queued {
+		t.queued = false
+		list := e.waiters[t.ID]
 		for i, c := range list {
-			if c == ch {
+			if c == t {
 				list = append(list[:i], list[i+1:]...)
 				break
 			}
 		}
 		if len(list) == 0 {
-			delete(e.waiters, id)
+			delete(e.waiters, t.ID)
 		} else {
-			e.waiters[id] = list
+			e.waiters[t.ID] = list
 		}
+	}
+	e.waitMu.Unlock()
+	select {
+	case r := <-t.ch:
+		return r, true
+	default:
+		return Result{}, false
 	}
 }
 
+// publish hands r to every ticket waiting for it.
 func (e *Engine) publish(r Result) {
 	e.waitMu.Lock()
 	list := e.waiters[r.ID]
 	delete(e.waiters, r.ID)
-	e.waitMu.Unlock()
-	for _, ch := range list {
-		ch <- r // buffered, one result per channel
+	for _, t := range list {
+		t.queued = false
+		t.ch <- r // buffered, one result per ticket
 	}
+	e.waitMu.Unlock()
+}
+
+// claim hands r to id's waiting tickets if there are any, atomically with
+// their release: true means a client was given r.
+func (e *Engine) claim(r Result) bool {
+	e.waitMu.Lock()
+	defer e.waitMu.Unlock()
+	list := e.waiters[r.ID]
+	if len(list) == 0 {
+		return false
+	}
+	delete(e.waiters, r.ID)
+	for _, t := range list {
+		t.queued = false
+		t.ch <- r
+	}
+	return true
+}
+
+// finalResult returns id's result if it is final already.
+func (e *Engine) finalResult(id string) (Result, bool) {
+	for _, l := range e.loops {
+		if o, ok := l.final(id); ok {
+			return resultOf(o), true
+		}
+	}
+	d, err := e.q.Lookup(id)
+	if err != nil || d.Outcome == nil {
+		return Result{}, false
+	}
+	return resultOf(d.Outcome), true
+}
+
+func resultOf(o *buffer.Outcome) Result {
+	return Result{ID: o.ID, Status: o.Status, StatusCode: o.ResponseStatus,
+		Header: o.ResponseHeader, Body: o.ResponseBody, Reason: o.LastError}
 }
 
 // Replay moves dead letter id back into its partition's queue at its
-// original place and lifts its key's park.
+// original place, lifts its key's park and hands it to the partition's loop.
 func (e *Engine) Replay(ctx context.Context, id string) (*buffer.Record, error) {
 	rec, err := e.q.Replay(ctx, id)
 	if err != nil {
 		return nil, fmt.Errorf("replay %s: %w", id, err)
 	}
 	if rec.Partition >= 0 && rec.Partition < len(e.loops) {
-		e.loops[rec.Partition].inject(ctx, rec)
+		e.loops[rec.Partition].send(ctx, e.loops[rec.Partition].replays, rec)
 	}
 	return rec, nil
 }
@@ -335,20 +537,15 @@ func (e *Engine) Discard(ctx context.Context, id string) error {
 		return nil
 	}
 	if p >= 0 && p < len(e.loops) {
-		e.loops[p].unpark(ctx, key, id)
+		l := e.loops[p]
+		l.send(ctx, l.unparks, &buffer.Record{ID: id, Key: key})
 	}
 	return nil
 }
 
-// liveState is what a worker knows of the record it holds.
-type liveState struct {
-	mu        sync.Mutex
-	rec       *buffer.Record
-	attempts  int
-	nextAt    time.Time
-	lastError string
-	inAttempt bool
-	final     *buffer.Outcome // set once the outcome is known, before it is acked
+// DeadLetters lists dead letters (see buffer.Queue.DeadLetters).
+func (e *Engine) DeadLetters(p int, cursor string, limit int) ([]buffer.DeadLetter, string, error) {
+	return e.q.DeadLetters(p, cursor, limit)
 }
 
 // View is a delivery as /edge/v1/deliveries/{id} shows it.
@@ -365,27 +562,14 @@ type View struct {
 	FinishedAt     *time.Time    `json:"finished_at"`
 }
 
-// Lookup tells where delivery id stands: in flight (a worker holds it),
-// queued, or final. buffer.ErrNotFound when unknown or expired.
+// Lookup tells where delivery id stands: held by a partition (queued, in
+// flight, waiting for its next attempt), or from the queue (queued, final,
+// dead). buffer.ErrNotFound when unknown or expired.
 func (e *Engine) Lookup(id string) (View, error) {
-	if v, ok := e.live.Load(id); ok {
-		s := v.(*liveState)
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		view := View{ID: id, Partition: s.rec.Partition, Key: s.rec.Key, Status: buffer.StatusQueued,
-			Attempts: s.attempts, LastError: s.lastError, ReceivedAt: s.rec.ReceivedAt}
-		if o := s.final; o != nil {
-			t := o.FinishedAt
-			view.Status, view.ResponseStatus, view.FinishedAt = o.Status, o.ResponseStatus, &t
-			return view, nil
+	for _, l := range e.loops {
+		if v, ok := l.view(id); ok {
+			return v, nil
 		}
-		if s.inAttempt {
-			view.Status = buffer.StatusInFlight
-		} else if !s.nextAt.IsZero() {
-			t := s.nextAt
-			view.NextAttemptAt = &t
-		}
-		return view, nil
 	}
 	d, err := e.q.Lookup(id)
 	if err != nil {
@@ -416,8 +600,11 @@ type PartitionView struct {
 	Backend          string  `json:"backend"`
 	Ready            bool    `json:"ready"`
 	Breaker          string  `json:"breaker"`
+	Protocol         string  `json:"protocol"`
 	Queued           int     `json:"queued"`
 	InFlight         int     `json:"in_flight"`
+	Waiting          int     `json:"waiting"` // records backing off (their keys wait)
+	ParkedKeys       int     `json:"parked_keys"`
 	DeadLetters      int     `json:"dead_letters"`
 	OldestAgeSeconds float64 `json:"oldest_age_seconds"`
 }
@@ -427,10 +614,10 @@ func (e *Engine) Partitions() []PartitionView {
 	st := e.q.Stats()
 	out := make([]PartitionView, len(e.loops))
 	now := time.Now()
-	for p := range e.loops {
-		ready, br := e.gates[p].snapshot()
-		v := PartitionView{Partition: p, Backend: e.opt.BackendURL(p), Ready: ready, Breaker: br,
-			InFlight: int(e.loops[p].inFlight.Load())}
+	for p, l := range e.loops {
+		ready, br := l.gate.snapshot()
+		v := PartitionView{Partition: p, Backend: e.opt.BackendURL(p), Ready: ready, Breaker: br, Protocol: l.protocol()}
+		v.InFlight, v.Waiting, v.ParkedKeys = l.counts()
 		if p < len(st.Partitions) {
 			ps := st.Partitions[p]
 			v.Queued, v.DeadLetters = ps.Records, ps.DeadLetters
@@ -446,9 +633,9 @@ func (e *Engine) Partitions() []PartitionView {
 // State is the scrape-time view for the metrics package.
 func (e *Engine) State() metrics.State {
 	st := e.q.Stats()
-	s := metrics.State{BufferBytes: st.Bytes, DiskBytes: st.DiskBytes, Partitions: make([]metrics.PartitionState, len(e.gates))}
-	for p, g := range e.gates {
-		ready, br := g.snapshot()
+	s := metrics.State{BufferBytes: st.Bytes, DiskBytes: st.DiskBytes, Partitions: make([]metrics.PartitionState, len(e.loops))}
+	for p, l := range e.loops {
+		ready, br := l.gate.snapshot()
 		ps := metrics.PartitionState{Ready: ready, BreakerOpen: br == BreakerOpen}
 		if p < len(st.Partitions) {
 			ps.Records, ps.Oldest, ps.DeadLetters = st.Partitions[p].Records, st.Partitions[p].Oldest, st.Partitions[p].DeadLetters
@@ -458,38 +645,25 @@ func (e *Engine) State() metrics.State {
 	return s
 }
 
-// Ready reports whether any partition can deliver (used by health).
+// ReadyPartitions reports how many partitions can deliver (used by health).
 func (e *Engine) ReadyPartitions() (ready, total int) {
-	for _, g := range e.gates {
-		if r, br := g.snapshot(); r && br != BreakerOpen {
+	for _, l := range e.loops {
+		if r, br := l.gate.snapshot(); r && br != BreakerOpen {
 			ready++
 		}
 	}
-	return ready, len(e.gates)
+	return ready, len(e.loops)
 }
 
 // PartitionReady reports whether partition p's backend is ready and its
 // breaker not open, and the breaker state.
 func (e *Engine) PartitionReady(p int) (bool, string) {
-	if p < 0 || p >= len(e.gates) {
+	if p < 0 || p >= len(e.loops) {
 		return false, BreakerClosed
 	}
-	ready, br := e.gates[p].snapshot()
+	ready, br := e.loops[p].gate.snapshot()
 	return ready && br != BreakerOpen, br
 }
 
-// Outcome returns delivery id's final outcome if it is known: from the
-// worker that holds it (answered, ack under way) or from the queue.
-func (e *Engine) Outcome(id string) (*buffer.Outcome, bool) {
-	if v, ok := e.live.Load(id); ok {
-		s := v.(*liveState)
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		return s.final, s.final != nil
-	}
-	d, err := e.q.Lookup(id)
-	if err != nil || d.Outcome == nil {
-		return nil, false
-	}
-	return d.Outcome, true
-}
+// Err is the queue's last write error (health reports it).
+func (e *Engine) Err() error { return e.q.Err() }

@@ -335,16 +335,7 @@ func TestEngineMaxAttemptsDeadLetter(t *testing.T) {
 	e := startEngine(t, q, parts, srv, func(o *Options) { o.MaxAttempts = 3 })
 
 	r := testRecord("K", parts, "payload")
-	ch, cancel := e.Wait(r.ID)
-	defer cancel()
-	appendRecs(t, q, r)
-
-	var res Result
-	select {
-	case res = <-ch:
-	case <-time.After(10 * time.Second):
-		t.Fatal("no result published")
-	}
+	res := submitWait(t, e, r)
 	if res.ID != r.ID || res.Status != buffer.StatusDead || res.StatusCode != http.StatusServiceUnavailable || res.Reason == "" {
 		t.Fatalf("result = %+v, want dead with status 503 and a reason", res)
 	}
@@ -421,8 +412,9 @@ func TestEngineStopHandsBack(t *testing.T) {
 	}
 }
 
-// TestEngineBreakerRecovers: failures open the partition's breaker; after
-// the cooldown one probe attempt goes through and its success closes it.
+// TestEngineBreakerRecovers: 5xx evidence opens the partition's breaker
+// (threshold 1 distinct key here); after the cooldown one probe attempt goes
+// through and its success closes it.
 func TestEngineBreakerRecovers(t *testing.T) {
 	const parts = 1
 	var (
@@ -445,7 +437,7 @@ func TestEngineBreakerRecovers(t *testing.T) {
 	e, err := New(Options{
 		Queue: q, Partitions: parts, BackendURL: func(int) string { return srv.URL },
 		InitialBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond, Timeout: 5 * time.Second,
-		BreakerFailures: 2, BreakerCooldown: 20 * time.Millisecond,
+		BreakerFailures: 1, BreakerCooldown: 20 * time.Millisecond,
 	})
 	if err != nil {
 		t.Fatalf("New: %v", err)
@@ -463,16 +455,8 @@ func TestEngineBreakerRecovers(t *testing.T) {
 	})
 
 	r := testRecord("K", parts, "x")
-	ch, cancel := e.Wait(r.ID)
-	defer cancel()
-	appendRecs(t, q, r)
-	select {
-	case res := <-ch:
-		if res.Status != buffer.StatusDelivered || res.StatusCode != http.StatusOK {
-			t.Fatalf("result = %+v, want delivered 200", res)
-		}
-	case <-time.After(3 * time.Second):
-		t.Fatal("record never delivered after the breaker's cooldown (partition stuck in the gate)")
+	if res := submitWait(t, e, r); res.Status != buffer.StatusDelivered || res.StatusCode != http.StatusOK {
+		t.Fatalf("result = %+v, want delivered 200", res)
 	}
 	mu.Lock()
 	got := slices.Clone(attempts)
@@ -483,4 +467,20 @@ func TestEngineBreakerRecovers(t *testing.T) {
 	if ok, br := e.PartitionReady(0); !ok || br != BreakerClosed {
 		t.Errorf("PartitionReady = (%v, %q), want (true, closed)", ok, br)
 	}
+}
+
+// submitWait submits rec through the engine and waits for its result.
+func submitWait(t *testing.T, e *Engine, rec *buffer.Record) Result {
+	t.Helper()
+	tk, err := e.Submit(context.Background(), rec)
+	if err != nil {
+		t.Fatalf("Submit: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	res, ok := tk.Wait(ctx)
+	if !ok {
+		t.Fatalf("no result for %s within 10s", rec.ID)
+	}
+	return res
 }

@@ -3,6 +3,7 @@ package delivery
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"testing"
 	"time"
 )
@@ -56,10 +57,18 @@ func assertSnapshot(t *testing.T, g *gate, ready bool, breaker string) {
 	}
 }
 
-func report(t *testing.T, g *gate, probe bool, result int) {
+func reportT(t *testing.T, g *gate, probe bool, result int) {
 	t.Helper()
-	bounded(t, "report", func() { g.report(probe, result) })
+	bounded(t, "report", func() { g.report(probe, result, "k") })
 }
+
+// Old names of the evidence the breaker tests feed: a failure here is a
+// connection error (the backend's own), a success a normal answer.
+const (
+	resultFailure = evidenceDown
+	resultSuccess = evidenceUp
+	resultNeutral = evidenceNone
+)
 
 func setReady(t *testing.T, g *gate, ready bool) {
 	t.Helper()
@@ -92,39 +101,39 @@ func recv(t *testing.T, ch <-chan waitResult) waitResult {
 }
 
 func TestGateOpensAfterThreshold(t *testing.T) {
-	g := newGate(3, time.Hour, true)
+	g := newGate(3, time.Hour, true, slog.New(slog.DiscardHandler))
 	assertSnapshot(t, g, true, BreakerClosed)
 	mustPass(t, g, false)
 
-	report(t, g, false, resultFailure)
-	report(t, g, false, resultFailure)
+	reportT(t, g, false, resultFailure)
+	reportT(t, g, false, resultFailure)
 	assertSnapshot(t, g, true, BreakerClosed)
 	mustPass(t, g, false)
 
-	report(t, g, false, resultFailure)
+	reportT(t, g, false, resultFailure)
 	assertSnapshot(t, g, true, BreakerOpen)
 	assertBlocks(t, g)
 }
 
 func TestGateSuccessResetsCount(t *testing.T) {
-	g := newGate(3, time.Hour, true)
-	report(t, g, false, resultFailure)
-	report(t, g, false, resultFailure)
-	report(t, g, false, resultSuccess)
-	report(t, g, false, resultFailure)
-	report(t, g, false, resultFailure)
+	g := newGate(3, time.Hour, true, slog.New(slog.DiscardHandler))
+	reportT(t, g, false, resultFailure)
+	reportT(t, g, false, resultFailure)
+	reportT(t, g, false, resultSuccess)
+	reportT(t, g, false, resultFailure)
+	reportT(t, g, false, resultFailure)
 	assertSnapshot(t, g, true, BreakerClosed)
 	mustPass(t, g, false)
 	// A neutral result is no verdict: it neither resets nor counts.
-	report(t, g, false, resultNeutral)
+	reportT(t, g, false, resultNeutral)
 	assertSnapshot(t, g, true, BreakerClosed)
-	report(t, g, false, resultFailure)
+	reportT(t, g, false, resultFailure)
 	assertSnapshot(t, g, true, BreakerOpen)
 }
 
 func TestGateHalfOpenSingleProbe(t *testing.T) {
-	g := newGate(1, 20*time.Millisecond, true)
-	report(t, g, false, resultFailure)
+	g := newGate(1, 20*time.Millisecond, true, slog.New(slog.DiscardHandler))
+	reportT(t, g, false, resultFailure)
 	assertSnapshot(t, g, true, BreakerOpen)
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -154,7 +163,7 @@ func TestGateHalfOpenSingleProbe(t *testing.T) {
 	assertBlocks(t, g)
 
 	// Probe success closes the breaker and releases the other waiter.
-	report(t, g, true, resultSuccess)
+	reportT(t, g, true, resultSuccess)
 	if r := recv(t, other); r.err != nil || r.probe {
 		t.Fatalf("second waiter = %+v, want (false, nil)", r)
 	}
@@ -163,9 +172,9 @@ func TestGateHalfOpenSingleProbe(t *testing.T) {
 }
 
 func TestGateProbeFailureReopens(t *testing.T) {
-	g := newGate(2, 10*time.Millisecond, true)
-	report(t, g, false, resultFailure)
-	report(t, g, false, resultFailure)
+	g := newGate(2, 10*time.Millisecond, true, slog.New(slog.DiscardHandler))
+	reportT(t, g, false, resultFailure)
+	reportT(t, g, false, resultFailure)
 	mustPass(t, g, true) // blocks for the cooldown, then takes the probe
 	assertSnapshot(t, g, true, BreakerHalfOpen)
 
@@ -174,7 +183,7 @@ func TestGateProbeFailureReopens(t *testing.T) {
 		g.cooldown = time.Hour // keep the reopened breaker open for the assertions
 		g.mu.Unlock()
 	})
-	report(t, g, true, resultFailure)
+	reportT(t, g, true, resultFailure)
 	assertSnapshot(t, g, true, BreakerOpen)
 	assertBlocks(t, g)
 
@@ -187,20 +196,20 @@ func TestGateProbeFailureReopens(t *testing.T) {
 	})
 	assertSnapshot(t, g, true, BreakerHalfOpen)
 	mustPass(t, g, true)
-	report(t, g, true, resultSuccess)
+	reportT(t, g, true, resultSuccess)
 	assertSnapshot(t, g, true, BreakerClosed)
 }
 
 func TestGateNeutralProbeHandsTokenOn(t *testing.T) {
-	g := newGate(1, time.Millisecond, true)
-	report(t, g, false, resultFailure)
+	g := newGate(1, time.Millisecond, true, slog.New(slog.DiscardHandler))
+	reportT(t, g, false, resultFailure)
 	mustPass(t, g, true)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	other := waitAsync(g, ctx)
 	// An abandoned probe gives the token to another waiter; the breaker
 	// stays half-open.
-	report(t, g, true, resultNeutral)
+	reportT(t, g, true, resultNeutral)
 	if r := recv(t, other); r.err != nil || !r.probe {
 		t.Fatalf("waiter after abandoned probe = %+v, want the probe token", r)
 	}
@@ -208,7 +217,7 @@ func TestGateNeutralProbeHandsTokenOn(t *testing.T) {
 }
 
 func TestGateReadiness(t *testing.T) {
-	g := newGate(5, time.Hour, false)
+	g := newGate(5, time.Hour, false, slog.New(slog.DiscardHandler))
 	assertSnapshot(t, g, false, BreakerClosed)
 	assertBlocks(t, g)
 
@@ -242,8 +251,8 @@ func TestGateReadiness(t *testing.T) {
 
 func TestGateUnreadyOpenBreaker(t *testing.T) {
 	// Unready and open: readiness alone does not let waiters through.
-	g := newGate(1, time.Hour, true)
-	report(t, g, false, resultFailure)
+	g := newGate(1, time.Hour, true, slog.New(slog.DiscardHandler))
+	reportT(t, g, false, resultFailure)
 	setReady(t, g, false)
 	assertSnapshot(t, g, false, BreakerOpen)
 	setReady(t, g, true)
@@ -252,11 +261,43 @@ func TestGateUnreadyOpenBreaker(t *testing.T) {
 }
 
 func TestGateWaitCancelled(t *testing.T) {
-	g := newGate(5, time.Hour, false)
+	g := newGate(5, time.Hour, false, slog.New(slog.DiscardHandler))
 	ctx, cancel := context.WithCancel(context.Background())
 	w := waitAsync(g, ctx)
 	cancel()
 	if r := recv(t, w); !errors.Is(r.err, context.Canceled) {
 		t.Fatalf("cancelled wait = %+v, want context.Canceled", r)
 	}
+}
+
+// TestGatePoisonKeyNeverOpens pins the bug where five requests the backend
+// always answered 503 opened the partition breaker again and again and an
+// unrelated key waited 7 minutes: 5xx from one key is that key's problem.
+func TestGatePoisonKeyNeverOpens(t *testing.T) {
+	g := newGate(3, time.Hour, true, slog.New(slog.DiscardHandler))
+	for range 20 {
+		g.report(false, evidenceKey, "poison")
+	}
+	assertSnapshot(t, g, true, BreakerClosed)
+	// 429 is the caller's throttle, not an outage.
+	for range 20 {
+		g.report(false, evidenceNone, "throttled")
+	}
+	assertSnapshot(t, g, true, BreakerClosed)
+	mustPass(t, g, false)
+}
+
+// TestGateDistinctKeysOpen: 5xx from several distinct keys with no normal
+// answer between them is evidence the backend is down; a normal answer
+// clears it.
+func TestGateDistinctKeysOpen(t *testing.T) {
+	g := newGate(3, time.Hour, true, slog.New(slog.DiscardHandler))
+	g.report(false, evidenceKey, "a")
+	g.report(false, evidenceKey, "b")
+	g.report(false, evidenceUp, "c")
+	g.report(false, evidenceKey, "a")
+	g.report(false, evidenceKey, "b")
+	assertSnapshot(t, g, true, BreakerClosed)
+	g.report(false, evidenceKey, "d")
+	assertSnapshot(t, g, true, BreakerOpen)
 }

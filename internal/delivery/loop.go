@@ -3,62 +3,136 @@ package delivery
 import (
 	"container/heap"
 	"context"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/flowedge/flowedge/internal/buffer"
 )
 
-// item is one record held in a partition's window.
+// Item states.
+const (
+	stateQueued   = iota // ready for an attempt once its key's turn comes
+	stateInFlight        // a worker holds it
+	stateWaiting         // backing off until rec.NextAttemptAt
+)
+
+// item is one record held in a partition's window. rec's Attempts,
+// NextAttemptAt and LastError are the delivery's facts; they, state and
+// final are guarded by the loop's mu (readers: Lookup), and written only by
+// the loop goroutine or the worker that holds the item.
 type item struct {
-	rec        *buffer.Record
-	dispatched bool
+	rec   *buffer.Record
+	state int
+	final *buffer.Outcome // set once the outcome is known, until the loop drops the item
 }
 
-// done is a worker's report to its loop.
-type done struct {
-	it     *item
-	dead   bool // went to the dead letters
-	handed bool // handed back (shutdown): still queued, not final
+// job is what a worker sends in one go: one record, or a batch of records
+// of distinct keys.
+type job struct {
+	items []*item
+	probe bool // holds the gate's half-open probe token
+	batch bool
 }
 
-type unparkMsg struct{ key, id string }
+// Fates of an item after a job, reported by the worker to the loop.
+const (
+	fateFinal   = iota // acknowledged (delivered or rejected)
+	fateDead           // in the dead letters
+	fateRetry          // backing off until rec.NextAttemptAt
+	fateRequeue        // not attempted (batch fallback): send again at once
+	fateHanded         // abandoned on stop: still queued on disk
+)
 
-// loop owns one partition's in-memory state: the window of records read from
-// the queue and not yet final, grouped per ordering key in Seq order. Only
-// the head of an ordering key's list may be in flight, which gives per-key
-// order; a min-heap by Seq of candidate heads gives oldest-first dispatch.
-// Everything here is touched by the loop goroutine only, except inFlight
-// (read by /edge/v1/partitions) and the channels.
+type report struct {
+	job   *job
+	fates []int
+}
+
+// loop owns one partition's in-memory state: the window of records read
+// from the queue and not yet final, grouped per ordering key in Seq order.
+// Only the head of an ordering key's list may be in flight or backing off,
+// which gives per-key order; a min-heap by Seq of candidate heads gives
+// oldest-first dispatch, a min-heap by time holds heads backing off.
+// Everything but mu's fields and the counters is touched by the loop
+// goroutine only.
 type loop struct {
-	e *Engine
-	p int
+	e    *Engine
+	p    int
+	gate *gate
+
+	mu   sync.Mutex
+	live map[string]*item // id → item, every record in the window
+
+	inFlightN atomic.Int32 // records in flight (partitions API)
+	waitingN  atomic.Int32 // records backing off
+	parkedN   atomic.Int32 // parked keys
+	batchOff  atomic.Bool  // the backend refused batches: request mode
 
 	cursor      uint64             // highest Seq read from the queue
 	atEnd       bool               // the last Read returned everything there was
 	keys        map[string][]*item // ordering key → records in Seq order
 	ready       seqHeap            // candidate heads (checked again when popped)
+	delayed     timeHeap           // heads backing off
 	parked      map[string]string  // key → id of the dead letter parking it
 	parkedItems map[string][]*item // heads waiting on a parked key
 	held        int                // records in the window
 	heldBytes   int
-	inFlight    atomic.Int32
+	inFlight    int // records in jobs under way
+	jobsOut     int // jobs under way
 
-	done    chan done
+	jobs    chan *job
+	reports chan report
 	replays chan *buffer.Record
-	unparks chan unparkMsg
+	unparks chan *buffer.Record // ID and Key of the dead letter whose park is lifted
 }
 
 func newLoop(e *Engine, p int) *loop {
+	log := e.log.With("partition", p, "backend", e.opt.BackendURL(p))
 	return &loop{
 		e: e, p: p,
+		gate:        newGate(e.opt.BreakerFailures, e.opt.BreakerCooldown, e.opt.ProbePath == "", log),
+		live:        make(map[string]*item),
 		keys:        make(map[string][]*item),
 		parked:      make(map[string]string),
 		parkedItems: make(map[string][]*item),
-		done:        make(chan done, e.opt.MaxInFlight),
+		jobs:        make(chan *job, e.opt.MaxInFlight),
+		reports:     make(chan report, e.opt.MaxInFlight),
 		replays:     make(chan *buffer.Record, 16),
-		unparks:     make(chan unparkMsg, 16),
+		unparks:     make(chan *buffer.Record, 16),
 	}
+}
+
+// start runs the loop and its workers under the engine's WaitGroup.
+func (l *loop) start(ctx context.Context) {
+	for range l.e.opt.MaxInFlight {
+		l.e.wg.Add(1)
+		go func() {
+			defer l.e.wg.Done()
+			for j := range l.jobs {
+				l.reports <- l.run(ctx, j)
+			}
+		}()
+	}
+	l.e.wg.Add(1)
+	go func() {
+		defer l.e.wg.Done()
+		defer close(l.jobs)
+		l.loop(ctx)
+	}()
+}
+
+// protocol is the protocol the partition speaks now.
+func (l *loop) protocol() string {
+	if l.e.opt.Protocol == ProtocolBatch && !l.batchOff.Load() {
+		return ProtocolBatch
+	}
+	return ProtocolRequest
+}
+
+// counts returns records in flight, records backing off and parked keys.
+func (l *loop) counts() (inFlight, waiting, parked int) {
+	return int(l.inFlightN.Load()), int(l.waitingN.Load()), int(l.parkedN.Load())
 }
 
 // orderKey is the key that serialises rec under the engine's ordering.
@@ -73,12 +147,13 @@ func (l *loop) orderKey(rec *buffer.Record) string {
 	}
 }
 
-func (l *loop) run(ctx context.Context) {
-	log := l.e.log.With("partition", l.p)
+func (l *loop) loop(ctx context.Context) {
+	log := l.gate.log
 	for {
 		parked, err := l.e.q.Parked(l.p)
 		if err == nil {
 			l.parked = parked
+			l.parkedN.Store(int32(len(parked)))
 			break
 		}
 		log.Error("reading parked keys", "err", err)
@@ -88,22 +163,34 @@ func (l *loop) run(ctx context.Context) {
 	}
 	stopping := l.e.stopping
 	var retryRead <-chan time.Time
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
 	for {
+		var gateCh <-chan struct{}
+		var wake time.Time
 		if stopping != nil {
 			if err := l.fill(); err != nil {
 				log.Error("reading queue", "err", err)
 				retryRead = time.After(time.Second)
 			}
-			l.dispatch(ctx)
-		} else if l.inFlight.Load() == 0 {
+			gateCh, wake = l.dispatch(time.Now())
+		} else if l.jobsOut == 0 {
 			return // stopped and every worker reported back
+		}
+		if l.delayed.Len() > 0 && (wake.IsZero() || l.delayed[0].rec.NextAttemptAt.Before(wake)) {
+			wake = l.delayed[0].rec.NextAttemptAt
+		}
+		var tick <-chan time.Time
+		if !wake.IsZero() && stopping != nil {
+			timer.Reset(max(time.Until(wake), 0))
+			tick = timer.C
 		}
 		notify := l.e.q.Notify(l.p)
 		select {
 		case <-ctx.Done():
 			// Workers end with ctx too; wait for their reports so none leaks.
-			for l.inFlight.Load() > 0 {
-				l.complete(<-l.done)
+			for l.jobsOut > 0 {
+				l.complete(<-l.reports)
 			}
 			return
 		case <-stopping:
@@ -112,12 +199,20 @@ func (l *loop) run(ctx context.Context) {
 			l.atEnd = false
 		case <-retryRead:
 			retryRead = nil
-		case d := <-l.done:
-			l.complete(d)
+		case r := <-l.reports:
+			l.complete(r)
 		case rec := <-l.replays:
 			l.addReplayed(rec)
 		case m := <-l.unparks:
-			l.lift(m.key, m.id)
+			l.lift(m.Key, m.ID)
+		case <-gateCh:
+		case <-tick:
+		}
+		if tick != nil && !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
 		}
 	}
 }
@@ -147,12 +242,20 @@ func (l *loop) fill() error {
 	return nil
 }
 
-// add puts it into its key's list in Seq order (behind a head in flight).
+// add puts it into its key's list in Seq order (behind a head that is in
+// flight or backing off).
 func (l *loop) add(it *item) {
+	l.mu.Lock()
+	if _, dup := l.live[it.rec.ID]; dup {
+		l.mu.Unlock()
+		return
+	}
+	l.live[it.rec.ID] = it
+	l.mu.Unlock()
 	k := l.orderKey(it.rec)
 	list := l.keys[k]
 	i := len(list)
-	for i > 0 && list[i-1].rec.Seq > it.rec.Seq && !list[i-1].dispatched {
+	for i > 0 && list[i-1].rec.Seq > it.rec.Seq && list[i-1].state == stateQueued {
 		i--
 	}
 	list = append(list, nil)
@@ -162,61 +265,158 @@ func (l *loop) add(it *item) {
 	l.held++
 	l.heldBytes += len(it.rec.Body)
 	if i == 0 {
-		heap.Push(&l.ready, it)
+		l.candidate(it)
 	}
 }
 
-// dispatch starts workers for eligible heads, oldest first.
-func (l *loop) dispatch(ctx context.Context) {
-	for int(l.inFlight.Load()) < l.e.opt.MaxInFlight && l.ready.Len() > 0 {
-		it := heap.Pop(&l.ready).(*item)
-		if it.dispatched {
-			continue
-		}
-		if list := l.keys[l.orderKey(it.rec)]; len(list) == 0 || list[0] != it {
-			continue // no longer the head; pushed again when it is
-		}
-		if _, ok := l.parked[it.rec.Key]; ok {
-			l.parkedItems[it.rec.Key] = append(l.parkedItems[it.rec.Key], it)
-			continue
-		}
-		it.dispatched = true
-		l.inFlight.Add(1)
-		l.e.wg.Add(1)
-		go func() {
-			defer l.e.wg.Done()
-			l.done <- l.e.deliver(ctx, l.p, it)
-		}()
+// candidate makes a queued head eligible: at once, or when its persisted
+// backoff (from before a restart) ends.
+func (l *loop) candidate(it *item) {
+	if it.rec.Attempts > 0 && time.Now().Before(it.rec.NextAttemptAt) {
+		l.setState(it, stateWaiting)
+		heap.Push(&l.delayed, it)
+		return
+	}
+	heap.Push(&l.ready, it)
+}
+
+func (l *loop) setState(it *item, s int) {
+	l.mu.Lock()
+	old := it.state
+	it.state = s
+	l.mu.Unlock()
+	if old == stateWaiting {
+		l.waitingN.Add(-1)
+	}
+	if s == stateWaiting {
+		l.waitingN.Add(1)
 	}
 }
 
-// complete removes a finished record and promotes its key's next record.
-func (l *loop) complete(d done) {
-	l.inFlight.Add(-1)
-	k := l.orderKey(d.it.rec)
+// dispatch hands jobs to the workers while there is room and the gate lets
+// them through. When the gate holds, it returns what to wait for.
+func (l *loop) dispatch(now time.Time) (gateCh <-chan struct{}, wake time.Time) {
+	for l.delayed.Len() > 0 && !l.delayed[0].rec.NextAttemptAt.After(now) {
+		it := heap.Pop(&l.delayed).(*item)
+		if it.state == stateWaiting {
+			l.setState(it, stateQueued)
+			heap.Push(&l.ready, it)
+		}
+	}
+	opt := &l.e.opt
+	maxJobs := opt.MaxInFlight
+	batch := l.protocol() == ProtocolBatch
+	if batch {
+		maxJobs = min(maxConcurrentJobs, opt.MaxInFlight)
+	}
+	for l.ready.Len() > 0 && l.inFlight < opt.MaxInFlight && l.jobsOut < maxJobs {
+		ok, probe, ch, w := l.gate.admit(now)
+		if !ok {
+			return ch, w
+		}
+		limit := 1
+		if batch && !probe {
+			limit = min(opt.BatchMax, opt.MaxInFlight-l.inFlight)
+		}
+		j := &job{probe: probe}
+		size := 0
+		for len(j.items) < limit && l.ready.Len() > 0 {
+			it := l.ready[0]
+			if !l.eligible(it) {
+				heap.Pop(&l.ready)
+				continue
+			}
+			sz := encodedSize(it.rec)
+			if batch && len(j.items) > 0 && size+sz > opt.BatchBytes {
+				break
+			}
+			heap.Pop(&l.ready)
+			size += sz
+			j.items = append(j.items, it)
+		}
+		if len(j.items) == 0 {
+			if probe {
+				l.gate.report(true, evidenceNone, "")
+			}
+			break
+		}
+		// A record too large for a batch on its own goes as a request.
+		j.batch = batch && size <= opt.BatchBytes
+		for _, it := range j.items {
+			l.setState(it, stateInFlight)
+		}
+		l.inFlight += len(j.items)
+		l.inFlightN.Add(int32(len(j.items)))
+		l.jobsOut++
+		l.jobs <- j // buffered to the worker count: never blocks
+	}
+	return nil, time.Time{}
+}
+
+// eligible says whether a popped candidate may be sent now; a head of a
+// parked key is set aside until the park is lifted.
+func (l *loop) eligible(it *item) bool {
+	if it.state != stateQueued {
+		return false
+	}
+	if list := l.keys[l.orderKey(it.rec)]; len(list) == 0 || list[0] != it {
+		return false // no longer the head; pushed again when it is
+	}
+	if _, ok := l.parked[it.rec.Key]; ok {
+		l.parkedItems[it.rec.Key] = append(l.parkedItems[it.rec.Key], it)
+		return false
+	}
+	return true
+}
+
+// complete takes a worker's report.
+func (l *loop) complete(r report) {
+	l.jobsOut--
+	l.inFlight -= len(r.job.items)
+	l.inFlightN.Add(-int32(len(r.job.items)))
+	for i, it := range r.job.items {
+		switch r.fates[i] {
+		case fateFinal, fateDead:
+			l.remove(it, r.fates[i] == fateDead)
+		case fateRetry:
+			l.setState(it, stateWaiting)
+			heap.Push(&l.delayed, it)
+		default: // requeue, handed
+			l.setState(it, stateQueued)
+			heap.Push(&l.ready, it)
+		}
+	}
+}
+
+// remove drops a final record and promotes its key's next record.
+func (l *loop) remove(it *item, dead bool) {
+	l.setState(it, stateQueued)
+	l.mu.Lock()
+	delete(l.live, it.rec.ID)
+	l.mu.Unlock()
+	k := l.orderKey(it.rec)
 	list := l.keys[k]
-	for i, it := range list {
-		if it == d.it {
+	for i, x := range list {
+		if x == it {
 			list = append(list[:i], list[i+1:]...)
 			break
 		}
 	}
 	l.held--
-	l.heldBytes -= len(d.it.rec.Body)
-	if d.handed {
-		// Still queued on disk; it is read again after a restart.
-		d.it.dispatched = false
-	}
-	if d.dead && l.e.opt.OnDead == OnDeadPark {
-		l.parked[d.it.rec.Key] = d.it.rec.ID
+	l.heldBytes -= len(it.rec.Body)
+	if dead && l.e.opt.OnDead == OnDeadPark {
+		if _, ok := l.parked[it.rec.Key]; !ok {
+			l.parkedN.Add(1)
+		}
+		l.parked[it.rec.Key] = it.rec.ID
 	}
 	if len(list) == 0 {
 		delete(l.keys, k)
 		return
 	}
 	l.keys[k] = list
-	if !list[0].dispatched {
-		heap.Push(&l.ready, list[0])
+	if list[0].state == stateQueued {
+		l.candidate(list[0])
 	}
 }
 
@@ -236,27 +436,55 @@ func (l *loop) lift(key, id string) {
 		return
 	}
 	delete(l.parked, key)
+	l.parkedN.Add(-1)
 	for _, it := range l.parkedItems[key] {
 		heap.Push(&l.ready, it)
 	}
 	delete(l.parkedItems, key)
 }
 
-// inject hands a replayed record to the loop.
-func (l *loop) inject(ctx context.Context, rec *buffer.Record) {
+// send hands rec to the loop on ch.
+func (l *loop) send(ctx context.Context, ch chan *buffer.Record, rec *buffer.Record) {
 	select {
-	case l.replays <- rec:
+	case ch <- rec:
 	case <-ctx.Done():
 	case <-l.e.stopping:
 	}
 }
 
-func (l *loop) unpark(ctx context.Context, key, id string) {
-	select {
-	case l.unparks <- unparkMsg{key, id}:
-	case <-ctx.Done():
-	case <-l.e.stopping:
+// view is what the loop knows of id.
+func (l *loop) view(id string) (View, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	it, ok := l.live[id]
+	if !ok {
+		return View{}, false
 	}
+	r := it.rec
+	v := View{ID: id, Partition: l.p, Key: r.Key, Status: buffer.StatusQueued,
+		Attempts: r.Attempts, LastError: r.LastError, ReceivedAt: r.ReceivedAt}
+	switch {
+	case it.final != nil:
+		t := it.final.FinishedAt
+		v.Status, v.ResponseStatus, v.FinishedAt, v.LastError = it.final.Status, it.final.ResponseStatus, &t, it.final.LastError
+	case it.state == stateInFlight:
+		v.Status = buffer.StatusInFlight
+	case it.state == stateWaiting:
+		t := r.NextAttemptAt
+		v.NextAttemptAt = &t
+	}
+	return v, true
+}
+
+// final returns id's outcome if a worker has settled it and the loop still
+// holds it.
+func (l *loop) final(id string) (*buffer.Outcome, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if it, ok := l.live[id]; ok && it.final != nil {
+		return it.final, true
+	}
+	return nil, false
 }
 
 // seqHeap is a min-heap of items by Seq.
@@ -267,6 +495,22 @@ func (h seqHeap) Less(i, j int) bool { return h[i].rec.Seq < h[j].rec.Seq }
 func (h seqHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
 func (h *seqHeap) Push(x any)        { *h = append(*h, x.(*item)) }
 func (h *seqHeap) Pop() any {
+	old := *h
+	n := len(old)
+	it := old[n-1]
+	old[n-1] = nil
+	*h = old[:n-1]
+	return it
+}
+
+// timeHeap is a min-heap of items by NextAttemptAt.
+type timeHeap []*item
+
+func (h timeHeap) Len() int           { return len(h) }
+func (h timeHeap) Less(i, j int) bool { return h[i].rec.NextAttemptAt.Before(h[j].rec.NextAttemptAt) }
+func (h timeHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *timeHeap) Push(x any)        { *h = append(*h, x.(*item)) }
+func (h *timeHeap) Pop() any {
 	old := *h
 	n := len(old)
 	it := old[n-1]

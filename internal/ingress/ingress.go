@@ -7,6 +7,7 @@ package ingress
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -14,10 +15,13 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/hashicorp/go-retryablehttp"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/flowedge/flowedge/internal/buffer"
 	"github.com/flowedge/flowedge/internal/delivery"
@@ -32,10 +36,23 @@ const (
 	ModeProxy  = "proxy"
 )
 
+// Length limits of the headers that become part of a record. Longer values
+// are the client's error (400), never an outage answer.
+const (
+	MaxKeyBytes            = 1024 // partition key header
+	MaxIdempotencyKeyBytes = 1024 // Idempotency-Key
+)
+
+// Submitter is what ingress needs of the delivery engine: store a request
+// and get its ticket, and whether a partition can answer proxied requests.
+type Submitter interface {
+	Submit(ctx context.Context, rec *buffer.Record) (*delivery.Ticket, error)
+	PartitionReady(p int) (ready bool, breaker string)
+}
+
 // Options configure a Handler. Zero values mean the defaults in comments.
 type Options struct {
-	Queue      buffer.Queue                     // required
-	Engine     *delivery.Engine                 // required
+	Deliveries Submitter                        // required
 	Partitions int                              // required, >= 1
 	BackendURL func(int) string                 // required: base URL of a partition's backend
 	ModeFor    func(method, path string) string // nil: GET/HEAD/OPTIONS proxy, others buffer
@@ -47,9 +64,10 @@ type Options struct {
 	MaxQueryBytes int           // 1024 → 414
 	Accept        bool          // respond = "accept": 202 right after the durable append
 	RelayTimeout  time.Duration // 2s: how long a relay waits for the outcome
-	BlockWhenFull bool          // when_full = "block": hold the client while the queue is full
-	BlockTimeout  time.Duration // 5s
 	ProxyTimeout  time.Duration // 10s per proxied attempt
+	// BatchPath is the backends' batch endpoint: a client request for it is
+	// answered 404, so only the edge speaks for a batch. "" = /_edge/batch.
+	BatchPath string
 
 	Metrics *metrics.Edge // nil = none
 	Logger  *slog.Logger  // nil = discard
@@ -60,12 +78,14 @@ type Handler struct {
 	opt   Options
 	log   *slog.Logger
 	proxy *http.Client
+	reqs  sync.Map // "code method mode" → prometheus.Counter (cached children)
+	durs  [2]prometheus.Observer
 }
 
 // New builds a Handler.
 func New(opt Options) (*Handler, error) {
-	if opt.Queue == nil || opt.Engine == nil || opt.BackendURL == nil || opt.Partitions < 1 {
-		return nil, errors.New("ingress: Queue, Engine, BackendURL and Partitions >= 1 are required")
+	if opt.Deliveries == nil || opt.BackendURL == nil || opt.Partitions < 1 {
+		return nil, errors.New("ingress: Deliveries, BackendURL and Partitions >= 1 are required")
 	}
 	if opt.KeyHeader == "" {
 		opt.KeyHeader = "X-Process-ID"
@@ -82,11 +102,11 @@ func New(opt Options) (*Handler, error) {
 	if opt.RelayTimeout <= 0 {
 		opt.RelayTimeout = 2 * time.Second
 	}
-	if opt.BlockTimeout <= 0 {
-		opt.BlockTimeout = 5 * time.Second
-	}
 	if opt.ProxyTimeout <= 0 {
 		opt.ProxyTimeout = 10 * time.Second
+	}
+	if opt.BatchPath == "" {
+		opt.BatchPath = delivery.DefaultBatchPath
 	}
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)
@@ -101,6 +121,10 @@ func New(opt Options) (*Handler, error) {
 			ResponseHeaderTimeout: opt.ProxyTimeout,
 		},
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	if m := opt.Metrics; m != nil {
+		h.durs[0] = m.RequestDuration.WithLabelValues(ModeBuffer)
+		h.durs[1] = m.RequestDuration.WithLabelValues(ModeProxy)
 	}
 	return h, nil
 }
@@ -141,29 +165,85 @@ func (h *Handler) modeFor(r *http.Request) string {
 	return ModeBuffer
 }
 
+// observe counts a request, with the metric children cached per label set.
+func (h *Handler) observe(status int, method, mode string, d time.Duration) {
+	m := h.opt.Metrics
+	if m == nil {
+		return
+	}
+	method = methodLabel(method)
+	k := strconv.Itoa(status) + " " + method + " " + mode
+	c, ok := h.reqs.Load(k)
+	if !ok {
+		c, _ = h.reqs.LoadOrStore(k, m.Requests.WithLabelValues(strconv.Itoa(status), method, mode))
+	}
+	c.(prometheus.Counter).Inc()
+	if mode == ModeProxy {
+		h.durs[1].Observe(d.Seconds())
+	} else {
+		h.durs[0].Observe(d.Seconds())
+	}
+}
+
+// requestTarget returns the escaped path and raw query exactly as the
+// client sent them (RequestURI), never a decoded form, so %2F, %3F, %25
+// and %2e%2e reach the backend unchanged.
+func requestTarget(r *http.Request) (path, query string) {
+	uri := r.RequestURI
+	if !strings.HasPrefix(uri, "/") {
+		// Absolute form (or a test request without RequestURI).
+		path, query = r.URL.EscapedPath(), r.URL.RawQuery
+		if path == "" {
+			path = "/"
+		}
+		return path, query
+	}
+	path, query, _ = strings.Cut(uri, "?")
+	return path, query
+}
+
 // ServeHTTP checks limits, finds the partition and hands the request to its mode.
 func (h *Handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	w := &statusWriter{ResponseWriter: rw}
 	mode := h.modeFor(r)
-	defer func() {
-		if m := h.opt.Metrics; m != nil {
-			m.Requests.WithLabelValues(strconv.Itoa(w.status), methodLabel(r.Method), mode).Inc()
-			m.RequestDuration.WithLabelValues(mode).Observe(time.Since(start).Seconds())
-		}
-	}()
+	defer func() { h.observe(w.status, r.Method, mode, time.Since(start)) }()
 
+	switch r.Method {
+	case http.MethodConnect, http.MethodTrace:
+		// Not client traffic for a backend: never stored or forwarded.
+		w.Header().Set("Allow", "GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE")
+		httpx.WriteProblem(w, httpx.Problem{Status: http.StatusMethodNotAllowed,
+			Detail: r.Method + " is not forwarded by the edge"})
+		return
+	}
+	path, query := requestTarget(r)
+	if r.URL.Path == h.opt.BatchPath || path == h.opt.BatchPath {
+		// Only the edge speaks for a batch.
+		httpx.WriteProblem(w, httpx.Problem{Status: http.StatusNotFound, Detail: "no such route"})
+		return
+	}
 	if len(r.RequestURI) > h.opt.MaxURLBytes {
 		httpx.WriteProblem(w, httpx.Problem{Status: http.StatusRequestURITooLong,
 			Detail: fmt.Sprintf("URL is %d bytes; the limit is %d", len(r.RequestURI), h.opt.MaxURLBytes)})
 		return
 	}
-	if len(r.URL.RawQuery) > h.opt.MaxQueryBytes {
+	if len(query) > h.opt.MaxQueryBytes {
 		httpx.WriteProblem(w, httpx.Problem{Status: http.StatusRequestURITooLong,
-			Detail: fmt.Sprintf("query is %d bytes; the limit is %d", len(r.URL.RawQuery), h.opt.MaxQueryBytes)})
+			Detail: fmt.Sprintf("query is %d bytes; the limit is %d", len(query), h.opt.MaxQueryBytes)})
 		return
 	}
 	key := r.Header.Get(h.opt.KeyHeader)
+	if len(key) > MaxKeyBytes {
+		httpx.WriteProblem(w, httpx.Problem{Status: http.StatusBadRequest,
+			Detail: fmt.Sprintf("%s is %d bytes; the limit is %d", h.opt.KeyHeader, len(key), MaxKeyBytes)})
+		return
+	}
+	if ik := r.Header.Get("Idempotency-Key"); len(ik) > MaxIdempotencyKeyBytes {
+		httpx.WriteProblem(w, httpx.Problem{Status: http.StatusBadRequest,
+			Detail: fmt.Sprintf("Idempotency-Key is %d bytes; the limit is %d", len(ik), MaxIdempotencyKeyBytes)})
+		return
+	}
 	if key == "" {
 		if !h.opt.SpreadMissing {
 			httpx.WriteProblem(w, httpx.Problem{Status: http.StatusBadRequest,
@@ -176,7 +256,7 @@ func (h *Handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		h.tooLarge(w)
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.opt.MaxBodyBytes))
+	body, err := readBody(w, r, h.opt.MaxBodyBytes)
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
@@ -188,10 +268,23 @@ func (h *Handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	}
 	p := partition.OfString(key, h.opt.Partitions)
 	if mode == ModeProxy {
-		h.serveProxy(w, r, key, p, body)
+		h.serveProxy(w, r, key, p, path, query, body)
 		return
 	}
-	h.serveBuffer(w, r, key, p, body, start)
+	h.serveBuffer(w, r, key, p, path, query, body, start)
+}
+
+// readBody reads the whole body, sized by Content-Length when it is known.
+func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+	rd := http.MaxBytesReader(w, r.Body, limit)
+	if n := r.ContentLength; n >= 0 {
+		b := make([]byte, n)
+		if _, err := io.ReadFull(rd, b); err != nil {
+			return nil, err
+		}
+		return b, nil
+	}
+	return io.ReadAll(rd)
 }
 
 func (h *Handler) tooLarge(w http.ResponseWriter) {
@@ -199,130 +292,118 @@ func (h *Handler) tooLarge(w http.ResponseWriter) {
 		Detail: fmt.Sprintf("request body exceeds %d bytes", h.opt.MaxBodyBytes)})
 }
 
+// dropHeaders are client headers the backend must never get as sent: the
+// edge sets its own (forwarding, request id, attempt, idempotency key).
+var dropHeaders = []string{"X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "X-Forwarded-Port",
+	"X-Forwarded-Prefix", "Forwarded", "X-Real-Ip", "X-Edge-Attempt", "X-Request-Id", "Idempotency-Key",
+	"Content-Length", "Host"}
+
 // forwardHeader returns the client's headers as a backend should see them:
 // hop-by-hop and client-made forwarding headers removed, fresh
-// X-Forwarded-For/-Proto/-Host set.
+// X-Forwarded-For/-Proto/-Host, X-Real-IP and Forwarded set.
 func (h *Handler) forwardHeader(r *http.Request) http.Header {
-	hdr := r.Header.Clone()
-	httpx.RemoveHopByHop(hdr)
-	for _, k := range []string{"X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded",
-		"X-Edge-Attempt", "X-Request-ID", "Idempotency-Key", "Content-Length"} {
-		hdr.Del(k)
+	hdr := make(http.Header, len(r.Header)+4)
+	for k, vs := range r.Header {
+		hdr[k] = vs // values are not modified, only replaced
 	}
-	hdr.Set("X-Forwarded-For", httpx.ClientIP(r))
+	httpx.RemoveHopByHop(hdr)
+	for _, k := range dropHeaders {
+		delete(hdr, k)
+	}
+	ip := httpx.ClientIP(r)
 	proto := "http"
 	if r.TLS != nil {
 		proto = "https"
 	}
-	hdr.Set("X-Forwarded-Proto", proto)
-	hdr.Set("X-Forwarded-Host", r.Host)
+	hdr["X-Forwarded-For"] = []string{ip}
+	hdr["X-Forwarded-Proto"] = []string{proto}
+	hdr["X-Forwarded-Host"] = []string{r.Host}
+	hdr["X-Real-Ip"] = []string{ip}
+	forIP := ip
+	if strings.Contains(ip, ":") {
+		forIP = `"[` + ip + `]"`
+	}
+	hdr["Forwarded"] = []string{"for=" + forIP + ";proto=" + proto}
 	return hdr
 }
 
-func (h *Handler) serveBuffer(w http.ResponseWriter, r *http.Request, key string, p int, body []byte, start time.Time) {
+func (h *Handler) serveBuffer(w http.ResponseWriter, r *http.Request, key string, p int, path, query string, body []byte, start time.Time) {
 	id, err := uuid.NewV7()
 	if err != nil {
 		httpx.WriteProblem(w, httpx.Problem{Status: http.StatusInternalServerError, Detail: "cannot make a delivery id"})
 		return
 	}
+	ik := r.Header.Get("Idempotency-Key")
 	rec := &buffer.Record{
-		ID: id.String(), Partition: p, Key: key, IdempotencyKey: r.Header.Get("Idempotency-Key"),
-		IdempotencyScope: idempotencyScope(r, key),
-		Method:           r.Method, Path: r.URL.Path, RawQuery: r.URL.RawQuery, Header: h.forwardHeader(r),
+		ID: id.String(), Partition: p, Key: key, IdempotencyKey: ik,
+		IdempotencyScope: idempotencyScope(r, path, key, ik),
+		Method:           r.Method, Path: path, RawQuery: query, Header: h.forwardHeader(r),
 		Body: body, ReceivedAt: start,
 	}
-	var results <-chan delivery.Result
-	cancel := func() {}
-	if !h.opt.Accept {
-		results, cancel = h.opt.Engine.Wait(rec.ID)
-	}
-	defer func() { cancel() }()
-
-	res, err := h.append(r.Context(), rec)
+	tk, err := h.opt.Deliveries.Submit(r.Context(), rec)
 	if err != nil {
-		cancel()
-		h.appendFailed(w, err)
+		h.submitFailed(w, err)
 		return
 	}
-	deliveryID := rec.ID
-	if res.Duplicate {
-		// Seen before: answer as the first delivery did, appending nothing.
-		cancel()
-		deliveryID = res.ID
-		if !h.opt.Accept {
-			results, cancel = h.opt.Engine.Wait(deliveryID)
-		}
-		if o, ok := h.opt.Engine.Outcome(deliveryID); ok {
-			w.Header().Set("Idempotent-Replayed", "true")
-			h.writeOutcome(w, deliveryID, resultOf(o))
-			return
-		}
+	w.Header().Set("X-Delivery-ID", tk.ID)
+	if tk.Duplicate {
 		w.Header().Set("Idempotent-Replayed", "true")
 	}
-	w.Header().Set("X-Delivery-ID", deliveryID)
 	if h.opt.Accept {
-		writeQueued(w, deliveryID)
+		if res, ok := tk.Release(); ok {
+			h.writeOutcome(w, tk.ID, res) // already final (an idempotent repeat)
+			return
+		}
+		writeQueued(w, tk.ID)
 		return
 	}
-	t := time.NewTimer(h.opt.RelayTimeout)
-	defer t.Stop()
-	select {
-	case res := <-results:
-		h.writeOutcome(w, deliveryID, res)
-	case <-t.C:
-		writeQueued(w, deliveryID)
-	case <-r.Context().Done():
+	ctx, cancel := context.WithTimeout(r.Context(), h.opt.RelayTimeout)
+	defer cancel()
+	res, ok := tk.Wait(ctx)
+	switch {
+	case ok:
+		h.writeOutcome(w, tk.ID, res)
+	case r.Context().Err() != nil:
 		// The client left; the request is durable and will be delivered.
+	default:
+		writeQueued(w, tk.ID)
 	}
 }
 
-// append stores rec, waiting for room when the queue is full and
-// when_full = "block".
-func (h *Handler) append(ctx context.Context, rec *buffer.Record) (buffer.AppendResult, error) {
-	var deadline <-chan time.Time
-	for {
-		freed := h.opt.Queue.Freed()
-		res, err := h.opt.Queue.Append(ctx, []*buffer.Record{rec})
-		if err == nil {
-			return res[0], nil
-		}
-		if !errors.Is(err, buffer.ErrFull) || !h.opt.BlockWhenFull {
-			return buffer.AppendResult{}, err
-		}
-		if deadline == nil {
-			t := time.NewTimer(h.opt.BlockTimeout)
-			defer t.Stop()
-			deadline = t.C
-		}
-		select {
-		case <-freed:
-		case <-deadline:
-			return buffer.AppendResult{}, err
-		case <-ctx.Done():
-			return buffer.AppendResult{}, ctx.Err()
-		}
+func (h *Handler) submitFailed(w http.ResponseWriter, err error) {
+	if errors.Is(err, delivery.ErrConflict) {
+		httpx.WriteProblem(w, httpx.Problem{Status: http.StatusUnprocessableEntity,
+			Title:  "Idempotency-Key reused",
+			Detail: "this Idempotency-Key was used for another request body; use a new key for a new request"})
+		return
 	}
-}
-
-func (h *Handler) appendFailed(w http.ResponseWriter, err error) {
 	w.Header().Set("Retry-After", "1")
 	detail := "the edge could not store the request; nothing was accepted, retry later"
 	if errors.Is(err, buffer.ErrFull) {
 		detail = "the edge's queue is full; nothing was accepted, retry later"
-	} else {
+	} else if !errors.Is(err, context.Canceled) {
 		h.log.Error("append failed", "err", err)
 	}
 	httpx.WriteProblem(w, httpx.Problem{Status: http.StatusServiceUnavailable, Detail: detail})
 }
 
+// writeQueued writes the fixed 202 answer without an encoder.
 func writeQueued(w http.ResponseWriter, id string) {
-	httpx.WriteJSON(w, http.StatusAccepted, map[string]string{"delivery_id": id, "status": "queued"})
+	h := w.Header()
+	h["Content-Type"] = jsonType
+	b := make([]byte, 0, len(queuedHead)+len(id)+len(queuedTail))
+	b = append(append(append(b, queuedHead...), id...), queuedTail...)
+	h["Content-Length"] = []string{strconv.Itoa(len(b))}
+	w.WriteHeader(http.StatusAccepted)
+	_, _ = w.Write(b)
 }
 
-func resultOf(o *buffer.Outcome) delivery.Result {
-	return delivery.Result{ID: o.ID, Status: o.Status, StatusCode: o.ResponseStatus,
-		Header: o.ResponseHeader, Body: o.ResponseBody, Reason: o.LastError}
-}
+var jsonType = []string{"application/json"}
+
+const (
+	queuedHead = `{"delivery_id":"`
+	queuedTail = `","status":"queued"}` + "\n"
+)
 
 // writeOutcome relays a final result: the backend's own answer, or 502 for a
 // dead letter.
@@ -346,17 +427,17 @@ func (h *Handler) writeOutcome(w http.ResponseWriter, id string, res delivery.Re
 
 // serveProxy answers a request synchronously from its partition's backend,
 // with quick retries for idempotent methods only.
-func (h *Handler) serveProxy(w http.ResponseWriter, r *http.Request, key string, p int, body []byte) {
-	ready, _ := h.opt.Engine.PartitionReady(p)
+func (h *Handler) serveProxy(w http.ResponseWriter, r *http.Request, key string, p int, path, query string, body []byte) {
+	ready, _ := h.opt.Deliveries.PartitionReady(p)
 	if !ready {
 		w.Header().Set("Retry-After", "2")
 		httpx.WriteProblem(w, httpx.Problem{Status: http.StatusServiceUnavailable,
 			Detail: fmt.Sprintf("the backend of partition %d is not ready", p)})
 		return
 	}
-	url := h.opt.BackendURL(p) + r.URL.Path
-	if r.URL.RawQuery != "" {
-		url += "?" + r.URL.RawQuery
+	url := h.opt.BackendURL(p) + path
+	if query != "" {
+		url += "?" + query
 	}
 	var rawBody any
 	if len(body) > 0 {
@@ -434,15 +515,18 @@ func methodLabel(m string) string {
 
 // idempotencyScope is the scope an Idempotency-Key matches in: a digest of
 // the credentials (Authorization, X-API-Key; none = anonymous), method,
-// path, partition key and the key itself. "" when the client sent no key.
-func idempotencyScope(r *http.Request, key string) string {
-	ik := r.Header.Get("Idempotency-Key")
+// escaped path, partition key and the key itself. "" when the client sent
+// no key. One client can never read or pre-claim another's answer.
+func idempotencyScope(r *http.Request, path, key, ik string) string {
 	if ik == "" {
 		return ""
 	}
 	h := sha256.New()
-	for _, f := range []string{r.Header.Get("Authorization"), r.Header.Get("X-API-Key"), r.Method, r.URL.EscapedPath(), key, ik} {
-		fmt.Fprintf(h, "%d:%s", len(f), f)
+	for _, f := range []string{r.Header.Get("Authorization"), r.Header.Get("X-API-Key"), r.Method, path, key, ik} {
+		var n [8]byte
+		binary.BigEndian.PutUint64(n[:], uint64(len(f)))
+		h.Write(n[:])
+		io.WriteString(h, f)
 	}
 	return hex.EncodeToString(h.Sum(nil))
 }

@@ -94,6 +94,13 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger, version str
 		MaxRetryAfter:   cfg.Retry.MaxRetryAfter.Duration,
 		MaxDuration:     cfg.Retry.MaxDuration.Duration,
 		MaxAttempts:     cfg.Retry.MaxAttempts,
+		Protocol:        cfg.Delivery.Protocol,
+		BatchPath:       cfg.Delivery.BatchPath,
+		BatchMax:        cfg.Delivery.BatchMax,
+		BatchBytes:      cfg.Delivery.BatchBytes,
+		H2C:             cfg.Backends.H2C,
+		BlockWhenFull:   cfg.Buffer.WhenFull == "block",
+		BlockTimeout:    cfg.Buffer.BlockTimeout.Duration,
 		Metrics:         m,
 		Logger:          log.With("component", "delivery"),
 	})
@@ -102,8 +109,7 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger, version str
 	}
 	e.engine = eng
 	ing, err := ingress.New(ingress.Options{
-		Queue:         q,
-		Engine:        eng,
+		Deliveries:    eng,
 		Partitions:    cfg.Partition.Count,
 		BackendURL:    cfg.BackendURL,
 		ModeFor:       cfg.ModeFor,
@@ -114,8 +120,7 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger, version str
 		MaxQueryBytes: cfg.Server.MaxQueryBytes,
 		Accept:        cfg.Server.Respond == "accept",
 		RelayTimeout:  cfg.Server.RelayTimeout.Duration,
-		BlockWhenFull: cfg.Buffer.WhenFull == "block",
-		BlockTimeout:  cfg.Buffer.BlockTimeout.Duration,
+		BatchPath:     cfg.Delivery.BatchPath,
 		ProxyTimeout:  cfg.Backends.Timeout.Duration,
 		Metrics:       m,
 		Logger:        log.With("component", "ingress"),
@@ -124,7 +129,7 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger, version str
 		return fail(err)
 	}
 	e.ingress = ing
-	e.admin = admin.New(admin.Options{Queue: q, Engine: eng, Gatherer: reg, Token: cfg.Admin.Token, Version: version})
+	e.admin = admin.New(admin.Options{Deliveries: eng, Gatherer: reg, Token: cfg.Admin.Token, Version: version})
 
 	pubLn, err := net.Listen("tcp", cfg.Server.Address)
 	if err != nil {
@@ -164,7 +169,7 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger, version str
 		}()
 	}
 	log.Info("edge started", "public", e.PublicAddr, "admin", e.AdminAddr, "partitions", cfg.Partition.Count,
-		"buffer", cfg.Buffer.Path, "respond", cfg.Server.Respond, "ordering", cfg.Delivery.Ordering)
+		"buffer", cfg.Buffer.Path, "respond", cfg.Server.Respond, "ordering", cfg.Delivery.Ordering, "protocol", cfg.Delivery.Protocol)
 	return e, nil
 }
 

@@ -1,0 +1,173 @@
+package delivery
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"mime"
+	"mime/multipart"
+	"net/http"
+	"net/textproto"
+	"net/url"
+	"strconv"
+	"sync"
+
+	"github.com/flowedge/flowedge/internal/buffer"
+)
+
+// Batch delivery: POST {backend}{BatchPath}, Content-Type multipart/mixed,
+// one application/http part per record holding the complete HTTP/1.1
+// request the edge would have sent alone (original escaped target, headers
+// with X-Request-ID and X-Edge-Attempt, body). The answer is 200
+// multipart/mixed with one application/http response per part, in order.
+// A batch never holds two records of one key (the loop sends only heads of
+// ordering keys), so a failed part can never be overtaken by a later one
+// of its key.
+
+// partOverhead estimates a part's framing and the headers the edge adds.
+const partOverhead = 256
+
+// encodedSize estimates rec's size inside a batch.
+func encodedSize(rec *buffer.Record) int {
+	n := partOverhead + len(rec.Method) + len(rec.Path) + len(rec.RawQuery) + len(rec.Body) + len(rec.Key) + len(rec.IdempotencyKey)
+	for k, vs := range rec.Header {
+		for _, v := range vs {
+			n += len(k) + len(v) + 4
+		}
+	}
+	return n
+}
+
+var batchBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+var partHeader = textproto.MIMEHeader{"Content-Type": {"application/http"}}
+
+// EncodeBatch writes the multipart/mixed body of a batch of recs to w and
+// returns its Content-Type. host is the backend's host (the Host line).
+func EncodeBatch(w io.Writer, host string, recs []*buffer.Record) (string, error) {
+	mw := multipart.NewWriter(w)
+	for _, rec := range recs {
+		pw, err := mw.CreatePart(partHeader)
+		if err != nil {
+			return "", fmt.Errorf("batch part %s: %w", rec.ID, err)
+		}
+		bw := bufio.NewWriter(pw)
+		bw.WriteString(rec.Method)
+		bw.WriteByte(' ')
+		bw.WriteString(target(rec))
+		bw.WriteString(" HTTP/1.1\r\nHost: ")
+		bw.WriteString(host)
+		bw.WriteString("\r\n")
+		for k, vs := range outboundHeader(rec) {
+			if k == "Content-Length" || k == "Host" {
+				continue
+			}
+			for _, v := range vs {
+				bw.WriteString(k)
+				bw.WriteString(": ")
+				bw.WriteString(v)
+				bw.WriteString("\r\n")
+			}
+		}
+		bw.WriteString("Content-Length: ")
+		bw.WriteString(strconv.Itoa(len(rec.Body)))
+		bw.WriteString("\r\n\r\n")
+		bw.Write(rec.Body)
+		if err := bw.Flush(); err != nil {
+			return "", fmt.Errorf("batch part %s: %w", rec.ID, err)
+		}
+	}
+	if err := mw.Close(); err != nil {
+		return "", fmt.Errorf("batch: %w", err)
+	}
+	return "multipart/mixed; boundary=" + mw.Boundary(), nil
+}
+
+// sendBatch delivers items in one batch request and returns one answer per
+// item, in order. Parts the backend did not answer (the connection cut after
+// k parts, a malformed part) get an error answer: retryable, as a lost
+// connection is. fallback is true when the backend does not speak batches
+// (404, 405, 415): nothing was attempted, and the partition now sends
+// single requests (logged once).
+func (l *loop) sendBatch(ctx context.Context, items []*item) (answers []answer, fallback bool) {
+	answers = make([]answer, len(items))
+	fail := func(from int, err error) []answer {
+		for i := from; i < len(answers); i++ {
+			answers[i] = answer{err: err}
+		}
+		return answers
+	}
+	base := l.e.opt.BackendURL(l.p)
+	u, err := url.Parse(base + l.e.opt.BatchPath)
+	if err != nil {
+		return fail(0, fmt.Errorf("building batch request: %w", err)), false
+	}
+	recs := make([]*buffer.Record, len(items))
+	for i, it := range items {
+		recs[i] = it.rec
+	}
+	buf := batchBufs.Get().(*bytes.Buffer)
+	buf.Reset()
+	defer batchBufs.Put(buf)
+	ct, err := EncodeBatch(buf, u.Host, recs)
+	if err != nil {
+		return fail(0, err), false
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u.String(), bytes.NewReader(buf.Bytes()))
+	if err != nil {
+		return fail(0, fmt.Errorf("building batch request: %w", err)), false
+	}
+	req.Header.Set("Content-Type", ct)
+	resp, err := l.e.batchC.Do(req)
+	if err != nil {
+		return fail(0, err), false
+	}
+	defer resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusNotFound, http.StatusMethodNotAllowed, http.StatusUnsupportedMediaType:
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		if l.batchOff.CompareAndSwap(false, true) {
+			l.gate.log.Warn("protocol fallback: the backend does not speak batch delivery; sending single requests",
+				"batch_path", l.e.opt.BatchPath, "status", resp.StatusCode)
+		}
+		return nil, true
+	case http.StatusOK:
+	default:
+		// The envelope itself failed: every record gets that answer
+		// (a 5xx is retried per record, like a single request's).
+		a := l.readAnswer(resp, resp.Body)
+		if resp.StatusCode < 500 && resp.StatusCode != http.StatusRequestTimeout && resp.StatusCode != http.StatusTooManyRequests {
+			return fail(0, fmt.Errorf("batch answered %d", resp.StatusCode)), false
+		}
+		for i := range answers {
+			answers[i] = a
+		}
+		return answers, false
+	}
+	mt, params, err := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+	if err != nil || mt != "multipart/mixed" || params["boundary"] == "" {
+		return fail(0, fmt.Errorf("batch answer is not multipart/mixed: %q", resp.Header.Get("Content-Type"))), false
+	}
+	mr := multipart.NewReader(resp.Body, params["boundary"])
+	for i, it := range items {
+		part, err := mr.NextPart()
+		if err != nil {
+			return fail(i, fmt.Errorf("batch answer ended after %d of %d parts: %w", i, len(items), err)), false
+		}
+		br := bufio.NewReader(part)
+		pr, err := http.ReadResponse(br, &http.Request{Method: it.rec.Method})
+		if err != nil {
+			return fail(i, fmt.Errorf("batch answer part %d: %w", i+1, err)), false
+		}
+		a := l.readAnswer(pr, pr.Body)
+		pr.Body.Close()
+		if a.cut && a.err == nil && int64(len(a.body)) < l.e.opt.MaxResponseBody {
+			// A part cut short: the connection broke mid-part.
+			return fail(i, fmt.Errorf("batch answer part %d cut short", i+1)), false
+		}
+		answers[i] = a
+	}
+	return answers, false
+}
