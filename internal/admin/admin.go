@@ -38,9 +38,9 @@ type Deliveries interface {
 // Options configure the admin handler.
 type Options struct {
 	Deliveries Deliveries // required
-	Gatherer prometheus.Gatherer
-	Token    string // "" = /edge/v1 open
-	Version  string
+	Gatherer   prometheus.Gatherer
+	Token      string // "" = /edge/v1 open
+	Version    string
 }
 
 // Handler serves the admin listener.

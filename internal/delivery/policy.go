@@ -133,10 +133,10 @@ func (p policy) decide(resp *http.Response, err error, attempts int, receivedAt,
 // Evidence an attempt gives about the backend itself (not the request),
 // fed to the partition's gate.
 const (
-	evidenceNone   = iota // no verdict on the backend (429, abandoned attempt)
-	evidenceUp            // the backend answered normally
-	evidenceKey           // 5xx or timeout: maybe the request, maybe the backend
-	evidenceDown          // connection error: the backend is not there
+	evidenceNone = iota // no verdict on the backend (429, abandoned attempt)
+	evidenceUp          // the backend answered normally
+	evidenceKey         // 5xx or timeout: maybe the request, maybe the backend
+	evidenceDown        // connection error: the backend is not there
 )
 
 // evidenceOf classifies an attempt for the breaker. A 429 is the caller's
