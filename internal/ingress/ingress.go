@@ -350,8 +350,11 @@ func (h *Handler) serveBuffer(w http.ResponseWriter, r *http.Request, key string
 		w.Header().Set("Idempotent-Replayed", "true")
 	}
 	if h.opt.Accept {
-		if res, ok := tk.Release(); ok {
-			h.writeOutcome(w, tk.ID, res) // already final (an idempotent repeat)
+		// 202 at once, unless the outcome is known already and 202 would
+		// mislead: an idempotent repeat of a finished request, or a record
+		// dropped because its 429 was handed to this ticket.
+		if res, ok := tk.Release(); ok && (tk.Duplicate || res.StatusCode == http.StatusTooManyRequests) {
+			h.writeOutcome(w, tk.ID, res)
 			return
 		}
 		writeQueued(w, tk.ID)

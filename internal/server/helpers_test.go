@@ -31,6 +31,9 @@ type backend struct {
 	effects  map[string][]int    // key → body numbers, first receipt only
 	attempts map[string][]string // X-Request-ID → X-Edge-Attempt values
 	headers  map[string]http.Header
+	uris     map[string]string                                          // X-Request-ID → request target as received
+	batches  int                                                        // batch requests served
+	batch    bool                                                       // serve POST /_edge/batch (the edge's batch delivery)
 	answer   func(w http.ResponseWriter, r *http.Request, hit int) bool // optional: true = answered
 }
 
@@ -41,7 +44,8 @@ func newBackend(t *testing.T, name string) *backend {
 		t.Fatal(err)
 	}
 	b := &backend{t: t, name: name, addr: ln.Addr().String(), hits: map[string]int{}, applied: map[string]bool{},
-		effects: map[string][]int{}, attempts: map[string][]string{}, headers: map[string]http.Header{}}
+		effects: map[string][]int{}, attempts: map[string][]string{}, headers: map[string]http.Header{},
+		uris: map[string]string{}}
 	b.serve(ln)
 	t.Cleanup(b.stop)
 	return b
@@ -90,6 +94,20 @@ func (b *backend) handle(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusOK)
 		return
 	}
+	if r.URL.Path == "/_edge/batch" {
+		b.mu.Lock()
+		on := b.batch
+		if on {
+			b.batches++
+		}
+		b.mu.Unlock()
+		if !on {
+			http.NotFound(w, r)
+			return
+		}
+		serveBatch(b.t, w, r, http.HandlerFunc(b.handle))
+		return
+	}
 	body, _ := io.ReadAll(r.Body)
 	id := r.Header.Get("X-Request-ID")
 	key := r.Header.Get("X-Process-ID")
@@ -98,6 +116,7 @@ func (b *backend) handle(w http.ResponseWriter, r *http.Request) {
 	hit := b.hits[id]
 	b.attempts[id] = append(b.attempts[id], r.Header.Get("X-Edge-Attempt"))
 	b.headers[id] = r.Header.Clone()
+	b.uris[id] = r.RequestURI
 	answer := b.answer
 	b.mu.Unlock()
 	if answer != nil && answer(w, r, hit) {
