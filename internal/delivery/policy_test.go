@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"testing"
@@ -178,5 +179,68 @@ func TestRetryAfterParsing(t *testing.T) {
 	}
 	if d, ok := retryAfter(nil, now); ok || d != 0 {
 		t.Errorf("retryAfter(nil) = (%v, %v), want (0, false)", d, ok)
+	}
+}
+
+func TestDecide(t *testing.T) {
+	now := time.Now()
+	p := policy{initial: 10 * time.Millisecond, max: time.Second, maxRetryAfter: 5 * time.Second, maxDuration: time.Hour, maxAttempts: 3}
+	resp := func(code int, ra string) *http.Response {
+		h := http.Header{}
+		if ra != "" {
+			h.Set("Retry-After", ra)
+		}
+		return &http.Response{StatusCode: code, Header: h}
+	}
+	tests := []struct {
+		name     string
+		resp     *http.Response
+		err      error
+		attempts int
+		age      time.Duration
+		verdict  int
+		minWait  time.Duration
+		maxWait  time.Duration
+	}{
+		{"201 final", resp(201, ""), nil, 1, 0, verdictFinal, 0, 0},
+		{"400 final", resp(400, ""), nil, 1, 0, verdictFinal, 0, 0},
+		{"421 dead at once", resp(421, ""), nil, 1, 0, verdictDead, 0, 0},
+		{"503 retried", resp(503, ""), nil, 1, 0, verdictRetry, 0, 10 * time.Millisecond},
+		{"429 Retry-After honoured", resp(429, "2"), nil, 1, 0, verdictRetry, 2 * time.Second, 2 * time.Second},
+		{"Retry-After capped", resp(503, "3600"), nil, 1, 0, verdictRetry, 5 * time.Second, 5 * time.Second},
+		{"connection error retried", nil, errors.New("connection refused"), 2, 0, verdictRetry, 0, 20 * time.Millisecond},
+		{"max attempts", resp(503, ""), nil, 3, 0, verdictDead, 0, 0},
+		{"max duration", resp(503, ""), nil, 1, 2 * time.Hour, verdictDead, 0, 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			v, wait, reason := p.decide(tc.resp, tc.err, tc.attempts, now.Add(-tc.age), now)
+			if v != tc.verdict || wait < tc.minWait || wait > tc.maxWait {
+				t.Fatalf("decide = (%d, %v, %q), want verdict %d with wait in [%v, %v]", v, wait, reason, tc.verdict, tc.minWait, tc.maxWait)
+			}
+			if v == verdictDead && reason == "" {
+				t.Fatal("dead without a reason")
+			}
+		})
+	}
+}
+
+func TestEvidenceOf(t *testing.T) {
+	for _, tc := range []struct {
+		status int
+		err    error
+		want   int
+	}{
+		{200, nil, evidenceUp}, {404, nil, evidenceUp}, {429, nil, evidenceNone}, {503, nil, evidenceKey},
+		{501, nil, evidenceUp}, {0, errors.New("connection refused"), evidenceDown},
+		{0, context.DeadlineExceeded, evidenceKey},
+	} {
+		var resp *http.Response
+		if tc.status != 0 {
+			resp = &http.Response{StatusCode: tc.status}
+		}
+		if got := evidenceOf(resp, tc.err); got != tc.want {
+			t.Errorf("evidenceOf(%d, %v) = %d, want %d", tc.status, tc.err, got, tc.want)
+		}
 	}
 }
