@@ -616,6 +616,9 @@ func TestOpenAPIConformance(t *testing.T) {
 	s.do(oaCall{method: "GET", path: "/health/health", want: 200})
 	s.do(oaCall{method: "GET", path: "/api/v1/health", want: 200})
 	s.do(oaCall{method: "GET", path: "/metrics", want: 200})
+	s.do(oaCall{method: "POST", path: "/_edge/batch", want: 200, body: "--b\r\nContent-Type: application/http\r\n\r\n" +
+		"GET /health/liveness HTTP/1.1\r\nHost: api\r\n\r\n\r\n--b--\r\n",
+		header: map[string]string{"Content-Type": "multipart/mixed; boundary=b"}})
 
 	// Keys (admin).
 	decode(s.do(oaCall{method: "POST", path: "/api/v1/keys", key: admin, header: map[string]string{"Idempotency-Key": "key-alice"},

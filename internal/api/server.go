@@ -219,6 +219,7 @@ func (s *Server) routes() http.Handler {
 	handle("GET /api/v1/health", public, s.healthReport)
 	metricsHandler := promhttp.HandlerFor(s.opts.Registry, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelError)})
 	mux.Handle("GET /metrics", s.adaptHTTP("GET /metrics", metricsHandler))
+	mux.Handle("POST /_edge/batch", s.adaptHTTP("POST /_edge/batch", http.HandlerFunc(s.edgeBatch)))
 
 	handle("GET /api/v1/processes", member, s.listProcesses)
 	handle("GET /api/v1/processes/{pid}", member, s.getProcess)

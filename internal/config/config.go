@@ -110,7 +110,7 @@ type Backends struct {
 	ProbeInterval   Duration `toml:"probe_interval"`   // readiness probe period; default 2s
 	ProbePath       string   `toml:"probe_path"`       // readiness probe path; default "/health/readiness"
 	Timeout         Duration `toml:"timeout"`          // per delivery attempt; default 10s
-	BreakerFailures int      `toml:"breaker_failures"` // consecutive failed attempts that open the breaker; default 5
+	BreakerFailures int      `toml:"breaker_failures"` // consecutive connection errors, or 5xx/timeouts from this many distinct keys, that open the breaker; default 5
 	BreakerCooldown Duration `toml:"breaker_cooldown"` // how long an open breaker stays open; default 1m
 	H2C             bool     `toml:"h2c"`              // request-mode delivery over cleartext HTTP/2; default false (HTTP/1.1 keep-alive)
 }

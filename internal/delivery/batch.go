@@ -27,7 +27,7 @@ import (
 // of its key.
 
 // partOverhead estimates a part's framing and the headers the edge adds.
-const partOverhead = 256
+const partOverhead = 512
 
 // encodedSize estimates rec's size inside a batch.
 func encodedSize(rec *buffer.Record) int {
