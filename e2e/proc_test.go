@@ -19,6 +19,9 @@ import (
 // the whole suite.
 type binaries struct {
 	edge, api string
+	// protocol is the [delivery] protocol of the edges run from these
+	// binaries: "request" or "batch"; "" = the edge's default (request).
+	protocol string
 }
 
 // buildBinaries builds cmd/edge and cmd/api into dir with the go tool that

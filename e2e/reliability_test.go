@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"net/http"
+	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -14,21 +15,32 @@ import (
 // TestReliability runs every scenario against the real binaries, one
 // scenario at a time (the machine it runs on has few cores), each on a
 // fresh stack of three api-flow backends (four after the resize) and one
-// edge.
+// edge, once with batch delivery and once with request delivery
+// (FLOWEDGE_E2E_PROTOCOL=batch|request runs one).
 func TestReliability(t *testing.T) {
 	if testing.Short() {
 		t.Skip("the end-to-end reliability suite builds the edge and api binaries and runs them for a few minutes under load and faults; it runs without -short (make test, make reliability)")
 	}
-	bins := buildBinaries(t, t.TempDir())
-	t.Run("stickiness", func(t *testing.T) { testStickiness(t, bins) })
-	t.Run("backend-sigkill", func(t *testing.T) { testBackendKill(t, bins) })
-	t.Run("backend-hang", func(t *testing.T) { testBackendHang(t, bins) })
-	t.Run("backend-slow-network", func(t *testing.T) { testBackendSlowNetwork(t, bins) })
-	t.Run("edge-sigkill-x5", func(t *testing.T) { testEdgeKill(t, bins) })
-	t.Run("edge-sigterm", func(t *testing.T) { testEdgeTerm(t, bins) })
-	t.Run("buffer-full", func(t *testing.T) { testBufferFull(t, bins) })
-	t.Run("misrouted-dead-letter-replay", func(t *testing.T) { testMisrouted(t, bins) })
-	t.Run("resize", func(t *testing.T) { testResize(t, bins) })
+	built := buildBinaries(t, t.TempDir())
+	protocols := []string{"batch", "request"}
+	if p := os.Getenv("FLOWEDGE_E2E_PROTOCOL"); p != "" {
+		protocols = []string{p} // one delivery protocol only (batch or request)
+	}
+	for _, proto := range protocols {
+		bins := built
+		bins.protocol = proto
+		t.Run(proto, func(t *testing.T) {
+			t.Run("stickiness", func(t *testing.T) { testStickiness(t, bins) })
+			t.Run("backend-sigkill", func(t *testing.T) { testBackendKill(t, bins) })
+			t.Run("backend-hang", func(t *testing.T) { testBackendHang(t, bins) })
+			t.Run("backend-slow-network", func(t *testing.T) { testBackendSlowNetwork(t, bins) })
+			t.Run("edge-sigkill-x5", func(t *testing.T) { testEdgeKill(t, bins) })
+			t.Run("edge-sigterm", func(t *testing.T) { testEdgeTerm(t, bins) })
+			t.Run("buffer-full", func(t *testing.T) { testBufferFull(t, bins) })
+			t.Run("misrouted-dead-letter-replay", func(t *testing.T) { testMisrouted(t, bins) })
+			t.Run("resize", func(t *testing.T) { testResize(t, bins) })
+		})
+	}
 }
 
 // Bounds shared by the scenarios: generous for a busy 2-core machine,

@@ -213,6 +213,10 @@ func (s *stack) writeEdgeConfig(public, admin string) {
 	for n := range s.count {
 		urls[n] = strconv.Quote(s.backendURL(n))
 	}
+	protocol := s.bins.protocol
+	if protocol == "" {
+		protocol = "request"
+	}
 	maxBytes := ""
 	if s.opt.maxBytes > 0 {
 		maxBytes = fmt.Sprintf("max_bytes = %d", s.opt.maxBytes)
@@ -248,11 +252,14 @@ path = %q
 initial_backoff = "50ms"
 max_backoff = "1s"
 
+[delivery]
+protocol = %q
+
 [log]
 level = "info"
 format = "json"
 `, public, s.opt.respond, s.opt.relayTimeout.String(), admin, s.count, strings.Join(urls, ", "),
-		s.opt.backendTimeout.String(), filepath.Join(s.dir, "edge-buffer"), maxBytes)
+		s.opt.backendTimeout.String(), filepath.Join(s.dir, "edge-buffer"), maxBytes, protocol)
 	s.cfgPath = filepath.Join(s.dir, "edge.toml")
 	if err := os.WriteFile(s.cfgPath, []byte(cfg), 0o644); err != nil {
 		s.t.Fatal(err)
