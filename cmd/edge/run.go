@@ -10,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/google/uuid"
+
 	"github.com/flowedge/flowedge/internal/config"
 	"github.com/flowedge/flowedge/internal/server"
 )
@@ -28,6 +30,9 @@ func cmdRun(args []string) int {
 	}
 	log := newLogger(os.Stderr, cfg.Log)
 	tuneRuntime(log)
+	// Delivery ids (UUIDv7) draw their random bits from a pooled buffer
+	// instead of one crypto/rand read per request.
+	uuid.EnableRandPool()
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()

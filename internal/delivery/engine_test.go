@@ -33,7 +33,7 @@ func testRecord(key string, parts int, body string) *buffer.Record {
 	}
 }
 
-func openQueue(t *testing.T, dir string, parts int) buffer.Queue {
+func openQueue(t testing.TB, dir string, parts int) buffer.Queue {
 	t.Helper()
 	q, err := buffer.Open(buffer.Options{Path: dir, Partitions: parts})
 	if err != nil {
@@ -42,7 +42,7 @@ func openQueue(t *testing.T, dir string, parts int) buffer.Queue {
 	return q
 }
 
-func appendRecs(t *testing.T, q buffer.Queue, recs ...*buffer.Record) {
+func appendRecs(t testing.TB, q buffer.Queue, recs ...*buffer.Record) {
 	t.Helper()
 	res, err := q.Append(context.Background(), recs)
 	if err != nil {
@@ -56,7 +56,7 @@ func appendRecs(t *testing.T, q buffer.Queue, recs ...*buffer.Record) {
 }
 
 // startEngine runs an engine on q against srv; cleanup stops it and closes q.
-func startEngine(t *testing.T, q buffer.Queue, parts int, srv *httptest.Server, mod func(*Options)) *Engine {
+func startEngine(t testing.TB, q buffer.Queue, parts int, srv *httptest.Server, mod func(*Options)) *Engine {
 	t.Helper()
 	opt := Options{
 		Queue:          q,
@@ -79,7 +79,7 @@ func startEngine(t *testing.T, q buffer.Queue, parts int, srv *httptest.Server, 
 }
 
 // waitFor polls cond until it holds; it fails the test after 10s.
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for !cond() {
