@@ -36,8 +36,10 @@ test-go:
 
 ## bench: buffer and end-to-end benchmarks against same-run baselines (see docs/benchmarks.md)
 bench: build
+	./scripts/bench-deps.sh
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./internal/buffer/ ./internal/partition/
-	$(GO) run ./bench/e2e -duration 10s -connections 64 -edge-bin $(BIN)/edge
+	$(GO) test -run '^$$' -bench Deliver -benchtime 5000x ./internal/delivery/
+	$(GO) run ./bench/e2e -duration 10s -connections 64 -edge-bin $(BIN)/edge -api-bin $(BIN)/api
 
 ## reliability: the e2e suite (real binaries, real faults); writes its figures into docs/reliability.md
 reliability:
