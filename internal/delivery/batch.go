@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/textproto"
 	"net/url"
-	"strconv"
 	"sync"
 
 	"github.com/flowedge/flowedge/internal/buffer"
@@ -54,27 +53,7 @@ func EncodeBatch(w io.Writer, host string, recs []*buffer.Record) (string, error
 			return "", fmt.Errorf("batch part %s: %w", rec.ID, err)
 		}
 		bw := bufio.NewWriter(pw)
-		bw.WriteString(rec.Method)
-		bw.WriteByte(' ')
-		bw.WriteString(target(rec))
-		bw.WriteString(" HTTP/1.1\r\nHost: ")
-		bw.WriteString(host)
-		bw.WriteString("\r\n")
-		for k, vs := range outboundHeader(rec) {
-			if k == "Content-Length" || k == "Host" {
-				continue
-			}
-			for _, v := range vs {
-				bw.WriteString(k)
-				bw.WriteString(": ")
-				bw.WriteString(v)
-				bw.WriteString("\r\n")
-			}
-		}
-		bw.WriteString("Content-Length: ")
-		bw.WriteString(strconv.Itoa(len(rec.Body)))
-		bw.WriteString("\r\n\r\n")
-		bw.Write(rec.Body)
+		writeRequest(bw, rec, host)
 		if err := bw.Flush(); err != nil {
 			return "", fmt.Errorf("batch part %s: %w", rec.ID, err)
 		}

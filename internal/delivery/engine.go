@@ -204,6 +204,10 @@ type Engine struct {
 	started   atomic.Bool
 	stopOnce  sync.Once
 	probeHTTP *http.Client
+
+	// netHTTP makes request mode use the shared net/http client instead of
+	// each worker's own connection (benchmarks compare the two).
+	netHTTP bool
 }
 
 // New checks opt and builds an Engine; nothing runs until Start.

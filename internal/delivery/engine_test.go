@@ -58,6 +58,12 @@ func appendRecs(t testing.TB, q buffer.Queue, recs ...*buffer.Record) {
 // startEngine runs an engine on q against srv; cleanup stops it and closes q.
 func startEngine(t testing.TB, q buffer.Queue, parts int, srv *httptest.Server, mod func(*Options)) *Engine {
 	t.Helper()
+	return startEngineTweaked(t, q, parts, srv, mod)
+}
+
+// startEngineTweaked is startEngine with changes to the engine before Start.
+func startEngineTweaked(t testing.TB, q buffer.Queue, parts int, srv *httptest.Server, mod func(*Options), tweak ...func(*Engine)) *Engine {
+	t.Helper()
 	opt := Options{
 		Queue:          q,
 		Partitions:     parts,
@@ -72,6 +78,9 @@ func startEngine(t testing.TB, q buffer.Queue, parts int, srv *httptest.Server, 
 	e, err := New(opt)
 	if err != nil {
 		t.Fatalf("New: %v", err)
+	}
+	for _, f := range tweak {
+		f(e)
 	}
 	e.Start(context.Background())
 	t.Cleanup(func() { e.Stop(time.Second); q.Close() })

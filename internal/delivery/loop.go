@@ -109,8 +109,15 @@ func (l *loop) start(ctx context.Context) {
 		l.e.wg.Add(1)
 		go func() {
 			defer l.e.wg.Done()
+			var w *wire
+			if !l.e.opt.H2C && !l.e.netHTTP {
+				w = newWire(l.e.opt.BackendURL(l.p), l.e.opt.Timeout)
+			}
+			if w != nil {
+				defer w.close()
+			}
 			for j := range l.jobs {
-				l.reports <- l.run(ctx, j)
+				l.reports <- l.run(ctx, j, w)
 			}
 		}()
 	}

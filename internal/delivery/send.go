@@ -33,7 +33,7 @@ type answer struct {
 
 // run sends one job and settles each of its records. It is a worker's whole
 // work: no goroutine, client or context is made per record.
-func (l *loop) run(ctx context.Context, j *job) report {
+func (l *loop) run(ctx context.Context, j *job, w *wire) report {
 	r := report{job: j, fates: make([]int, len(j.items))}
 	l.mu.Lock()
 	for _, it := range j.items {
@@ -53,7 +53,7 @@ func (l *loop) run(ctx context.Context, j *job) report {
 			return r
 		}
 	} else {
-		answers = []answer{l.sendOne(ctx, j.items[0].rec)}
+		answers = []answer{l.sendOne(ctx, j.items[0].rec, w)}
 	}
 	if ctx.Err() != nil {
 		// Abandoned on stop: not a verdict of the backend.
@@ -124,8 +124,12 @@ func outboundHeader(rec *buffer.Record) http.Header {
 	return h
 }
 
-// sendOne delivers rec as one HTTP request.
-func (l *loop) sendOne(ctx context.Context, rec *buffer.Record) answer {
+// sendOne delivers rec as one HTTP request: over the worker's own
+// connection w, or (h2c, https, w nil) the shared net/http client.
+func (l *loop) sendOne(ctx context.Context, rec *buffer.Record, w *wire) answer {
+	if w != nil {
+		return w.send(ctx, rec, l.e.opt.MaxResponseBody, l.readAnswer)
+	}
 	u, err := url.Parse(l.e.opt.BackendURL(l.p) + target(rec))
 	if err != nil {
 		return answer{err: fmt.Errorf("building request: %w", err)}
