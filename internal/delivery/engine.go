@@ -28,9 +28,11 @@
 //
 // One goroutine per partition (loop.go) owns that partition's in-memory
 // state: the window of records read from the queue, which are in flight,
-// which wait for their next attempt and which keys are parked. A fixed set of
-// worker goroutines per partition sends the jobs the loop hands them over
-// one keep-alive connection pool (send.go).
+// which wait for their next attempt and which keys are parked. MaxInFlight
+// worker goroutines per partition send the jobs the loop hands them, each
+// over its own HTTP/1.1 keep-alive connection (conn.go; net/http for h2c),
+// and settle each record's outcome (send.go); the retry policy is a pair of
+// pure functions (policy.go).
 package delivery
 
 import (
@@ -84,7 +86,7 @@ type Options struct {
 	BatchPath  string // "" = /_edge/batch
 	BatchMax   int    // records per batch; 0 = 64
 	BatchBytes int    // encoded size of a batch; 0 = 1 MiB
-	H2C        bool   // request mode over cleartext HTTP/2
+	H2C        bool   // request mode over cleartext HTTP/2 (net/http); false = each worker's own HTTP/1.1 connection
 
 	Timeout         time.Duration // per attempt; 0 = 10s
 	ProbePath       string        // readiness path; "" = no probing, always ready
