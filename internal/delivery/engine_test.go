@@ -493,3 +493,98 @@ func submitWait(t *testing.T, e *Engine, rec *buffer.Record) Result {
 	}
 	return res
 }
+
+// TestSpillBlockedKey pins the stall where a key that keeps failing, with a
+// backlog larger than the partition's in-memory window, filled the window
+// and held up every other key of its partition: the blocked key's later
+// records go back to disk and are read again, in order, once it recovers.
+func TestSpillBlockedKey(t *testing.T) {
+	const parts = 1
+	var broken atomic.Bool
+	broken.Store(true)
+	store := newDedupeStore()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("X-Process-ID") == "poison" && broken.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		store.apply(r)
+		w.WriteHeader(http.StatusCreated)
+	}))
+	t.Cleanup(srv.Close)
+	q := openQueue(t, t.TempDir(), parts)
+	var recs []*buffer.Record
+	for i := range 100 {
+		recs = append(recs, testRecord("poison", parts, fmt.Sprintf("poison/%02d", i)))
+	}
+	others := []string{"a", "b", "c", "d", "e"}
+	for i := range 10 {
+		for _, k := range others {
+			recs = append(recs, testRecord(k, parts, fmt.Sprintf("%s/%02d", k, i)))
+		}
+	}
+	appendRecs(t, q, recs...)
+	startEngine(t, q, parts, srv, func(o *Options) {
+		o.Window = 16
+		o.MaxInFlight = 4
+		o.BreakerFailures = 1000 // this test is about the window, not the breaker
+	})
+	waitFor(t, "the other keys delivered while the poison key fails", func() bool { return store.effects() == 50 })
+	broken.Store(false)
+	waitFor(t, "the poison key delivered once it recovers", func() bool { return store.effects() == 150 })
+	waitFor(t, "queue drained", queueEmpty(q))
+	checkOrder(t, store, others, 10)
+	checkOrder(t, store, []string{"poison"}, 100)
+}
+
+// TestSpillParkedKey: with on_dead = "park", a parked key whose backlog
+// exceeds the window does not hold up other keys; once its dead letter is
+// discarded its records follow in order.
+func TestSpillParkedKey(t *testing.T) {
+	const parts = 1
+	var broken atomic.Bool
+	broken.Store(true)
+	store := newDedupeStore()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("X-Process-ID") == "parked" && broken.Load() {
+			w.WriteHeader(http.StatusMisdirectedRequest) // dead letter at once
+			return
+		}
+		store.apply(r)
+		w.WriteHeader(http.StatusCreated)
+	}))
+	t.Cleanup(srv.Close)
+	q := openQueue(t, t.TempDir(), parts)
+	var recs []*buffer.Record
+	for i := range 60 {
+		recs = append(recs, testRecord("parked", parts, fmt.Sprintf("parked/%02d", i)))
+	}
+	others := []string{"a", "b", "c"}
+	for i := range 10 {
+		for _, k := range others {
+			recs = append(recs, testRecord(k, parts, fmt.Sprintf("%s/%02d", k, i)))
+		}
+	}
+	appendRecs(t, q, recs...)
+	e := startEngine(t, q, parts, srv, func(o *Options) {
+		o.Window = 16
+		o.MaxInFlight = 4
+		o.OnDead = OnDeadPark
+	})
+	waitFor(t, "the other keys delivered while the key is parked", func() bool { return store.effects() == 30 })
+	broken.Store(false)
+	if err := e.Discard(context.Background(), recs[0].ID); err != nil {
+		t.Fatalf("Discard: %v", err)
+	}
+	waitFor(t, "the parked key's records delivered after the discard", func() bool { return store.effects() == 89 })
+	waitFor(t, "queue drained", queueEmpty(q))
+	checkOrder(t, store, others, 10)
+	store.mu.Lock()
+	got := store.perKey["parked"]
+	store.mu.Unlock()
+	for i, b := range got {
+		if want := fmt.Sprintf("parked/%02d", i+1); b != want {
+			t.Fatalf("parked key applied %v..., want parked/01.. in order", got[:min(len(got), 5)])
+		}
+	}
+}

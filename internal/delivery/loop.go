@@ -76,6 +76,8 @@ type loop struct {
 	delayed     timeHeap           // heads backing off
 	parked      map[string]string  // key → id of the dead letter parking it
 	parkedItems map[string][]*item // heads waiting on a parked key
+	spilled     map[string]uint64  // ordering key → lowest Seq of its records dropped back to disk
+	rescans     []string           // spilled keys whose rescan failed: retried by the loop
 	held        int                // records in the window
 	heldBytes   int
 	inFlight    int // records in jobs under way
@@ -96,6 +98,7 @@ func newLoop(e *Engine, p int) *loop {
 		keys:        make(map[string][]*item),
 		parked:      make(map[string]string),
 		parkedItems: make(map[string][]*item),
+		spilled:     make(map[string]uint64),
 		jobs:        make(chan *job, e.opt.MaxInFlight),
 		reports:     make(chan report, e.opt.MaxInFlight),
 		replays:     make(chan *buffer.Record, 16),
@@ -176,6 +179,16 @@ func (l *loop) loop(ctx context.Context) {
 		var gateCh <-chan struct{}
 		var wake time.Time
 		if stopping != nil {
+			if len(l.rescans) > 0 && retryRead == nil {
+				pending := l.rescans
+				l.rescans = nil
+				for _, k := range pending {
+					l.rescan(k) // appends k again if it fails
+				}
+				if len(l.rescans) > 0 {
+					retryRead = time.After(time.Second)
+				}
+			}
 			if err := l.fill(); err != nil {
 				log.Error("reading queue", "err", err)
 				retryRead = time.After(time.Second)
@@ -224,34 +237,117 @@ func (l *loop) loop(ctx context.Context) {
 	}
 }
 
-// fill reads more records while the window has room.
+// fill reads more records while the window has room. A full window whose
+// room is held by keys that cannot move (backing off, parked) spills those
+// keys' later records back to disk (see spill), so other keys go on.
 func (l *loop) fill() error {
 	opt := &l.e.opt
-	for !l.atEnd && l.held < opt.Window && l.heldBytes < opt.WindowBytes {
-		room := opt.Window - l.held
-		recs, err := l.e.q.Read(l.p, l.cursor, room, opt.WindowBytes-l.heldBytes)
+	for !l.atEnd {
+		if l.held >= opt.Window || l.heldBytes >= opt.WindowBytes {
+			if !l.spill() {
+				return nil
+			}
+			continue
+		}
+		room, roomBytes := opt.Window-l.held, opt.WindowBytes-l.heldBytes
+		recs, err := l.e.q.Read(l.p, l.cursor, room, roomBytes)
 		if err != nil {
 			return err
 		}
-		if len(recs) < room {
-			l.atEnd = true
-		}
+		size := 0
 		for _, rec := range recs {
 			if rec.Seq > l.cursor {
 				l.cursor = rec.Seq
 			}
+			size += len(rec.Body)
 			l.add(&item{rec: rec})
 		}
-		if len(recs) == 0 {
+		// Fewer than asked, and not for want of room: nothing more on disk.
+		if len(recs) == 0 || (len(recs) < room && size < roomBytes) {
 			l.atEnd = true
 		}
 	}
 	return nil
 }
 
+// rescanBatch bounds the records a spilled key takes back into the window at
+// a time.
+const rescanBatch = 64
+
+// spill drops from memory the later records of every ordering key whose
+// head cannot be sent now (backing off or parked); they stay queued on disk
+// and are read again, in order, when the key's last record in memory is
+// final (rescan). It reports whether it freed anything.
+func (l *loop) spill() bool {
+	freed := false
+	for k, list := range l.keys {
+		if len(list) < 2 {
+			continue
+		}
+		head := list[0]
+		if _, parked := l.parked[head.rec.Key]; head.state != stateWaiting && !parked {
+			continue
+		}
+		from := list[1].rec.Seq
+		l.mu.Lock()
+		for _, it := range list[1:] {
+			delete(l.live, it.rec.ID)
+			l.held--
+			l.heldBytes -= len(it.rec.Body)
+		}
+		l.mu.Unlock()
+		clear(list[1:])
+		l.keys[k] = list[:1]
+		if old, ok := l.spilled[k]; !ok || from < old {
+			l.spilled[k] = from
+		}
+		freed = true
+	}
+	return freed
+}
+
+// rescan reads back the spilled records of ordering key k (Seq from
+// l.spilled[k] up to the cursor; later ones come through fill), at most
+// rescanBatch at a time.
+func (l *loop) rescan(k string) {
+	after := l.spilled[k] - 1
+	delete(l.spilled, k)
+	added := 0
+	for after < l.cursor {
+		recs, err := l.e.q.Read(l.p, after, 256, l.e.opt.WindowBytes)
+		if err != nil {
+			l.gate.log.Error("reading spilled records again", "err", err)
+			l.spilled[k] = after + 1
+			l.rescans = append(l.rescans, k)
+			return
+		}
+		if len(recs) == 0 {
+			return
+		}
+		for _, rec := range recs {
+			if rec.Seq > l.cursor {
+				return // fill reads it in its turn
+			}
+			after = rec.Seq
+			if l.orderKey(rec) != k {
+				continue
+			}
+			if added == rescanBatch {
+				l.spilled[k] = rec.Seq
+				return
+			}
+			l.add(&item{rec: rec})
+			added++
+		}
+	}
+}
+
 // add puts it into its key's list in Seq order (behind a head that is in
 // flight or backing off).
 func (l *loop) add(it *item) {
+	if from, ok := l.spilled[l.orderKey(it.rec)]; ok && it.rec.Seq >= from {
+		return // on disk; rescan reads it when its key's turn comes
+	}
 	l.mu.Lock()
 	if _, dup := l.live[it.rec.ID]; dup {
 		l.mu.Unlock()
@@ -419,6 +515,9 @@ func (l *loop) remove(it *item, dead bool) {
 	}
 	if len(list) == 0 {
 		delete(l.keys, k)
+		if _, ok := l.spilled[k]; ok {
+			l.rescan(k)
+		}
 		return
 	}
 	l.keys[k] = list
