@@ -27,6 +27,10 @@ type Options struct {
 	Gatherer prometheus.Gatherer
 	Token    string // "" = /edge/v1 open
 	Version  string
+	// HistoryInterval and HistorySize shape the sampled history of the
+	// status page (zero: DefaultHistoryInterval, DefaultHistorySize).
+	HistoryInterval time.Duration
+	HistorySize     int
 }
 
 // Handler serves the admin listener.
@@ -34,11 +38,12 @@ type Handler struct {
 	opt      Options
 	mux      *http.ServeMux
 	draining atomic.Bool
+	hist     *history
 }
 
 // New builds the admin handler.
 func New(opt Options) *Handler {
-	h := &Handler{opt: opt, mux: http.NewServeMux()}
+	h := &Handler{opt: opt, mux: http.NewServeMux(), hist: newHistory(opt.Gatherer, opt.HistoryInterval, opt.HistorySize)}
 	h.mux.HandleFunc("GET /health/liveness", func(w http.ResponseWriter, _ *http.Request) {
 		httpx.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
@@ -52,6 +57,7 @@ func New(opt Options) *Handler {
 	h.mux.Handle("GET /edge/v1/dead-letters", h.auth(h.deadLetters))
 	h.mux.Handle("POST /edge/v1/dead-letters/{id}/replay", h.auth(h.replay))
 	h.mux.Handle("DELETE /edge/v1/dead-letters/{id}", h.auth(h.discard))
+	h.statusRoutes()
 	return h
 }
 
