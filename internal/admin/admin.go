@@ -58,6 +58,7 @@ func New(opt Options) *Handler {
 	h.mux.Handle("POST /edge/v1/dead-letters/{id}/replay", h.auth(h.replay))
 	h.mux.Handle("DELETE /edge/v1/dead-letters/{id}", h.auth(h.discard))
 	h.statusRoutes()
+	h.pprofRoutes()
 	return h
 }
 
