@@ -220,6 +220,7 @@ func (s *Server) routes() http.Handler {
 	metricsHandler := promhttp.HandlerFor(s.opts.Registry, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelError)})
 	mux.Handle("GET /metrics", s.adaptHTTP("GET /metrics", metricsHandler))
 
+	handle("GET /api/v1/auth/check", member, s.authCheck)
 	handle("GET /api/v1/processes", member, s.listProcesses)
 	handle("GET /api/v1/processes/{pid}", member, s.getProcess)
 	handle("POST /api/v1/processes/{pid}/events", member, s.write(pidLock, s.appendEvent))
