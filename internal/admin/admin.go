@@ -27,10 +27,6 @@ type Options struct {
 	Gatherer prometheus.Gatherer
 	Token    string // "" = /edge/v1 open
 	Version  string
-	// HistoryInterval and HistorySize shape the sampled history of the
-	// status page (zero: DefaultHistoryInterval, DefaultHistorySize).
-	HistoryInterval time.Duration
-	HistorySize     int
 }
 
 // Handler serves the admin listener.
@@ -43,7 +39,7 @@ type Handler struct {
 
 // New builds the admin handler.
 func New(opt Options) *Handler {
-	h := &Handler{opt: opt, mux: http.NewServeMux(), hist: newHistory(opt.Gatherer, opt.HistoryInterval, opt.HistorySize)}
+	h := &Handler{opt: opt, mux: http.NewServeMux(), hist: newHistory(opt.Gatherer, 0, 0)}
 	h.mux.HandleFunc("GET /health/liveness", func(w http.ResponseWriter, _ *http.Request) {
 		httpx.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})

@@ -220,13 +220,13 @@ func (s *Server) routes() http.Handler {
 	metricsHandler := promhttp.HandlerFor(s.opts.Registry, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelError)})
 	mux.Handle("GET /metrics", s.adaptHTTP("GET /metrics", metricsHandler))
 
-	handle("GET /api/v1/auth/check", member, s.authCheck)
 	handle("GET /api/v1/processes", member, s.listProcesses)
 	handle("GET /api/v1/processes/{pid}", member, s.getProcess)
 	handle("POST /api/v1/processes/{pid}/events", member, s.write(pidLock, s.appendEvent))
 	handle("GET /api/v1/processes/{pid}/events", member, s.listEvents)
 	handle("GET /api/v1/processes/{pid}/events/{seq}", member, s.getEvent)
 
+	handle("GET /api/v1/auth/check", member, s.authCheck)
 	handle("POST /api/v1/apps", member, s.write(nil, s.createApp))
 	handle("GET /api/v1/apps", member, s.listApps)
 	handle("GET /api/v1/apps/{id}", member, s.getApp)
