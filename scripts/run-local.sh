@@ -19,6 +19,16 @@ RUN=$DATA/run # pid files: the stack's processes, for backend-stop/-start and th
 CONFIG=configs/local/edge.toml
 API_CONFIG=configs/local/api.toml
 BACKENDS=3
+# Ports: the defaults above; the environment may move them (the script's test
+# runs it on free ports). configs/local/edge.toml reads the same variables.
+export FLOWEDGE_PUBLIC_PORT=${FLOWEDGE_PUBLIC_PORT:-8080}
+export FLOWEDGE_ADMIN_PORT=${FLOWEDGE_ADMIN_PORT:-8686}
+export FLOWEDGE_API_PORT_0=${FLOWEDGE_API_PORT_0:-9001}
+export FLOWEDGE_API_PORT_1=${FLOWEDGE_API_PORT_1:-9002}
+export FLOWEDGE_API_PORT_2=${FLOWEDGE_API_PORT_2:-9003}
+api_port() { eval "echo \$FLOWEDGE_API_PORT_$1"; }
+PUBLIC=http://127.0.0.1:$FLOWEDGE_PUBLIC_PORT
+ADMIN=http://127.0.0.1:$FLOWEDGE_ADMIN_PORT
 export FLOW_BOOTSTRAP_KEY="${FLOW_BOOTSTRAP_KEY:-local-dev-key-0000000000}"
 
 die() { echo "run-local: $*" >&2; exit 1; }
@@ -69,8 +79,8 @@ wait_ready() {
 start_backend() {
   local n=$1 name="api-flow-$1"
   launch "$name" "$DATA/$name.log" \
-    "$BIN/api" -config "$API_CONFIG" -listen "127.0.0.1:900$((n+1))" -partition "$n" -partitions "$BACKENDS" -data-dir "$DATA/$name"
-  wait_ready "$name" "http://127.0.0.1:900$((n+1))/health/readiness" "$DATA/$name.log" "$LAUNCHED"
+    "$BIN/api" -config "$API_CONFIG" -listen "127.0.0.1:$(api_port "$n")" -partition "$n" -partitions "$BACKENDS" -data-dir "$DATA/$name"
+  wait_ready "$name" "http://127.0.0.1:$(api_port "$n")/health/readiness" "$DATA/$name.log" "$LAUNCHED"
 }
 
 # stop_pid NAME PID: SIGTERM, wait up to 40 s (each process drains within its
@@ -118,7 +128,7 @@ for b in edge api; do
   [ -x "$BIN/$b" ] || die "$BIN/$b is missing: 'make run' builds it (or 'make build')"
 done
 # A taken port would make a process exit at once: say which, before starting anything.
-for port in 9001 9002 9003 8080 8686; do
+for port in $FLOWEDGE_API_PORT_0 $FLOWEDGE_API_PORT_1 $FLOWEDGE_API_PORT_2 $FLOWEDGE_PUBLIC_PORT $FLOWEDGE_ADMIN_PORT; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     die "127.0.0.1:$port is already in use (another 'make run'?); stop that first"
   fi
@@ -150,25 +160,25 @@ for ((n=0; n<BACKENDS; n++)); do
   start_backend "$n" || stop 1
 done
 launch edge "$DATA/edge.log" "$BIN/edge" run -config "$CONFIG"
-wait_ready edge http://127.0.0.1:8686/health/readiness "$DATA/edge.log" "$LAUNCHED" || stop 1
+wait_ready edge "$ADMIN/health/readiness" "$DATA/edge.log" "$LAUNCHED" || stop 1
 
 cat <<MSG
 flowedge local stack is up:
-  edge public   http://127.0.0.1:8080   (client traffic)          pid $(pid_of edge)  log $DATA/edge.log
-  edge admin    http://127.0.0.1:8686   (status page, /health/*, /metrics, /edge/v1/...)
-  api-flow-0    http://127.0.0.1:9001   data $DATA/api-flow-0    pid $(pid_of api-flow-0)  log $DATA/api-flow-0.log
-  api-flow-1    http://127.0.0.1:9002   data $DATA/api-flow-1    pid $(pid_of api-flow-1)  log $DATA/api-flow-1.log
-  api-flow-2    http://127.0.0.1:9003   data $DATA/api-flow-2    pid $(pid_of api-flow-2)  log $DATA/api-flow-2.log
+  edge public   $PUBLIC   (client traffic)          pid $(pid_of edge)  log $DATA/edge.log
+  edge admin    $ADMIN   (status page, /health/*, /metrics, /edge/v1/...)
+  api-flow-0    http://127.0.0.1:$(api_port 0)   data $DATA/api-flow-0    pid $(pid_of api-flow-0)  log $DATA/api-flow-0.log
+  api-flow-1    http://127.0.0.1:$(api_port 1)   data $DATA/api-flow-1    pid $(pid_of api-flow-1)  log $DATA/api-flow-1.log
+  api-flow-2    http://127.0.0.1:$(api_port 2)   data $DATA/api-flow-2    pid $(pid_of api-flow-2)  log $DATA/api-flow-2.log
   edge queue    $DATA/edge               config $CONFIG
   API key       $FLOW_BOOTSTRAP_KEY
 
 Try, in another terminal:
-  curl -i -X POST http://127.0.0.1:8080/api/v1/processes/order-42/events \\
+  curl -i -X POST $PUBLIC/api/v1/processes/order-42/events \\
        -H 'X-Process-ID: order-42' -H 'Authorization: Bearer $FLOW_BOOTSTRAP_KEY' \\
        -H 'Content-Type: application/json' -d '{"type":"created"}'
-  curl -s http://127.0.0.1:8686/edge/v1/partitions
+  curl -s $ADMIN/edge/v1/partitions
   make backend-stop N=1; make backend-start N=1    # an outage of api-flow-1
-  ./bin/edge top                                    # live view (or open http://127.0.0.1:8686/)
+  ./bin/edge top -admin $ADMIN              # live view (or open $ADMIN/)
 
 Logs are appended (each start is marked). Ctrl-C stops everything.
 MSG
