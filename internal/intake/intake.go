@@ -31,8 +31,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/singleflight"
 	"golang.org/x/time/rate"
 
@@ -76,9 +78,19 @@ type Options struct {
 	Partition func(r *http.Request) int
 	// Client makes the checks (nil: a client with CheckTimeout).
 	Client *http.Client
-	// Logger (nil: discard).
+	// Logger (nil: discard). The guard logs transitions only (the check
+	// becoming unreachable and reachable again), never one line per request.
 	Logger *slog.Logger
+	// Registerer gets edge_intake_refused_total{reason} (nil: not registered).
+	Registerer prometheus.Registerer
 }
+
+// Reasons of edge_intake_refused_total.
+const (
+	RefusedRate      = "rate"       // over the client's intake limit: 429
+	RefusedAuth      = "auth"       // the check answered 401/403
+	RefusedCheckDown = "check_down" // the check unreachable, no verdict, when_down = reject: 503
+)
 
 // Guard is the intake guard. Create it with New; it is safe for
 // concurrent use.
@@ -86,7 +98,9 @@ type Guard struct {
 	opt Options
 	log *slog.Logger
 
-	flight singleflight.Group
+	flight    singleflight.Group
+	checkDown atomic.Bool // the last check failed (for transition logs)
+	refused   *prometheus.CounterVec
 
 	mu       sync.Mutex
 	verdicts map[string]*verdict // credential hash (and partition) → last answer of the check
@@ -129,7 +143,15 @@ func New(opt Options) *Guard {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Guard{opt: opt, log: log, verdicts: map[string]*verdict{}, buckets: map[string]*bucket{}, now: time.Now}
+	g := &Guard{opt: opt, log: log, verdicts: map[string]*verdict{}, buckets: map[string]*bucket{}, now: time.Now,
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "edge_intake_refused_total",
+			Help: "Requests the intake guard refused before storing them, by reason (rate, auth, check_down).",
+		}, []string{"reason"})}
+	if opt.Registerer != nil {
+		opt.Registerer.MustRegister(g.refused)
+	}
+	return g
 }
 
 // Wrap returns next behind the guard. A nil guard returns next.
@@ -149,6 +171,7 @@ func (g *Guard) Wrap(next http.Handler) http.Handler {
 				client = "ip:" + httpx.ClientIP(r)
 			}
 			if wait, ok := g.allow(client); !ok {
+				g.refused.WithLabelValues(RefusedRate).Inc()
 				secs := max(int(math.Ceil(wait.Seconds())), 1)
 				w.Header().Set("Retry-After", strconv.Itoa(secs))
 				httpx.WriteProblem(w, httpx.Problem{Status: http.StatusTooManyRequests,
@@ -160,6 +183,7 @@ func (g *Guard) Wrap(next http.Handler) http.Handler {
 			v, err := g.check(r.Context(), r, cred)
 			switch {
 			case err != nil && g.opt.RejectWhenDown:
+				g.refused.WithLabelValues(RefusedCheckDown).Inc()
 				w.Header().Set("Retry-After", "5")
 				httpx.WriteProblem(w, httpx.Problem{Status: http.StatusServiceUnavailable,
 					Detail: "the credentials cannot be checked now; nothing was stored", RequestID: r.Header.Get("X-Request-ID")})
@@ -167,6 +191,7 @@ func (g *Guard) Wrap(next http.Handler) http.Handler {
 			case err != nil:
 				// admit: the backend authenticates it at delivery.
 			case !v.admit:
+				g.refused.WithLabelValues(RefusedAuth).Inc()
 				for k, vs := range v.header {
 					w.Header()[k] = vs
 				}
@@ -262,7 +287,14 @@ func (g *Guard) check(ctx context.Context, r *http.Request, cred string) (*verdi
 		defer cancel()
 		v, err := g.ask(cctx, target, auth, apiKey)
 		if err != nil {
+			if g.checkDown.CompareAndSwap(false, true) {
+				g.log.Warn("auth check unreachable: cached verdicts apply, else when_down decides", "err", err,
+					"when_down_reject", g.opt.RejectWhenDown)
+			}
 			return nil, err
+		}
+		if g.checkDown.CompareAndSwap(true, false) {
+			g.log.Info("auth check reachable again", "url", target)
 		}
 		g.store(key, v)
 		return v, nil
@@ -273,10 +305,8 @@ func (g *Guard) check(ctx context.Context, r *http.Request, cred string) (*verdi
 			return res.Val.(*verdict), nil
 		}
 		if cached != nil && now.Sub(cached.at) < g.opt.CacheTTL+StaleFor {
-			g.log.Debug("auth check unreachable: using the last verdict", "err", res.Err, "age", now.Sub(cached.at))
 			return cached, nil
 		}
-		g.log.Warn("auth check unreachable and no verdict cached", "err", res.Err, "reject", g.opt.RejectWhenDown)
 		return nil, res.Err
 	case <-ctx.Done():
 		return nil, ctx.Err()

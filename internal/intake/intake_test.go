@@ -142,6 +142,24 @@ func queued(t *testing.T, e *server.Edge) int {
 	return n
 }
 
+// refused reads edge_intake_refused_total{reason} from the admin /metrics.
+func refused(t *testing.T, e *server.Edge, reason string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + e.AdminAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	prefix := `edge_intake_refused_total{reason="` + reason + `"} `
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, prefix) {
+			return strings.TrimPrefix(l, prefix)
+		}
+	}
+	return ""
+}
+
 func keyOn(p, n int) string {
 	for i := 0; ; i++ {
 		if k := fmt.Sprintf("proc-%d", i); partition.OfString(k, n) == p {
@@ -201,6 +219,9 @@ func TestForwardAuthRefusesBadKeyAtIntake(t *testing.T) {
 	}
 	if n := queued(t, e); n != 2 {
 		t.Fatalf("%d records queued, want the 2 admitted ones", n)
+	}
+	if got := refused(t, e, "auth"); got != "5" {
+		t.Errorf(`edge_intake_refused_total{reason="auth"} = %q, want 5`, got)
 	}
 	// Reads are not stored, so not guarded: proxied as they are (to a
 	// backend not ready yet: 503 from the edge, not the check's 401).
@@ -305,5 +326,8 @@ func TestIntakeLimitPerClient(t *testing.T) {
 	}
 	if n := queued(t, e); n != 9 {
 		t.Errorf("%d queued, want 9 (3 per client; refused ones not stored)", n)
+	}
+	if got := refused(t, e, "rate"); got != "2" {
+		t.Errorf(`edge_intake_refused_total{reason="rate"} = %q, want 2`, got)
 	}
 }

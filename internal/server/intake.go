@@ -4,6 +4,8 @@ import (
 	"log/slog"
 	"net/http"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/flowedge/flowedge/internal/config"
 	"github.com/flowedge/flowedge/internal/intake"
 	"github.com/flowedge/flowedge/internal/partition"
@@ -13,7 +15,7 @@ import (
 // are off: Wrap then returns the handler as is). It guards only requests
 // the edge stores (mode buffer); "{N}" in check_url is the partition of the
 // request's key (0 when it has none).
-func intakeGuard(cfg config.Config, log *slog.Logger) *intake.Guard {
+func intakeGuard(cfg config.Config, log *slog.Logger, reg prometheus.Registerer) *intake.Guard {
 	perSecond, _ := cfg.Intake.PerSecond() // validated before Start
 	return intake.New(intake.Options{
 		CheckURL:       cfg.Auth.CheckURL,
@@ -29,6 +31,7 @@ func intakeGuard(cfg config.Config, log *slog.Logger) *intake.Guard {
 			}
 			return 0
 		},
-		Logger: log.With("component", "intake"),
+		Logger:     log.With("component", "intake"),
+		Registerer: reg,
 	})
 }

@@ -142,7 +142,7 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger, version str
 	e.fresh = newFreshConns()
 	e.public = &http.Server{
 		ConnState:         e.fresh.track,
-		Handler:           intakeGuard(cfg, log).Wrap(ing),
+		Handler:           intakeGuard(cfg, log, reg).Wrap(ing),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       cfg.Server.ReadTimeout.Duration,
 		WriteTimeout:      cfg.Server.WriteTimeout.Duration,
