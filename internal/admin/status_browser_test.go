@@ -3,6 +3,7 @@ package admin_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -131,6 +132,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 		post(t, e.PublicAddr, keyFor(2, n, fmt.Sprintf("wait%d", i)))
 	}
 	deadID := post(t, e.PublicAddr, keyFor(1, n, "misrouted"))
+	discardID := post(t, e.PublicAddr, keyFor(1, n, "unwanted"))
 
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
@@ -254,6 +256,29 @@ func TestStatusPageInBrowser(t *testing.T) {
 			t.Fatalf("replayed dead letter %s never reached its backend", deadID)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+
+	// Discard takes two clicks (the first asks "sure?"), then the row goes.
+	discardRow := chromedp.CSS(fmt.Sprintf(`#dead-letters tbody tr[data-id="%s"]`, discardID))
+	discardBtn := chromedp.CSS(fmt.Sprintf(`#dead-letters tbody tr[data-id="%s"] button.discard`, discardID))
+	step("first discard click", chromedp.WaitVisible(discardRow), chromedp.Click(discardBtn))
+	if txt, _ := chromedp.Run(bctx, chromedp.Text(discardBtn)); !strings.Contains(txt, "sure") {
+		t.Errorf("after one click the discard button says %q, want it to ask", txt)
+	}
+	step("second discard click", chromedp.Click(discardBtn), chromedp.WaitNotPresent(discardRow))
+	msg, _ = chromedp.Run(bctx, chromedp.Text(chromedp.CSS(`#message`)))
+	if !strings.Contains(msg, "discarded") {
+		t.Errorf("after discard the page says %q", msg)
+	}
+	dl, _ := http.NewRequest(http.MethodGet, "http://"+e.AdminAddr+"/edge/v1/dead-letters", nil)
+	dl.Header.Set("Authorization", "Bearer "+cfg.Admin.Token)
+	if resp, err := http.DefaultClient.Do(dl); err == nil {
+		var body strings.Builder
+		io.Copy(&body, resp.Body)
+		resp.Body.Close()
+		if strings.Contains(body.String(), discardID) {
+			t.Errorf("discarded dead letter %s still listed: %s", discardID, body.String())
+		}
 	}
 
 	// The lookup shows the delivery.
