@@ -4,7 +4,7 @@ BIN     := $(CURDIR)/bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build run test test-deps test-go vet fmt-check bench reliability clean
+.PHONY: all build run backend-stop backend-start test test-deps test-go vet fmt-check bench reliability clean
 
 all: build
 
@@ -16,6 +16,17 @@ build:
 ## run: local stack — edge public :8080, admin :8686, api-flow-0..2 on :9001..9003, data under ./data
 run: build
 	./scripts/run-local.sh
+
+## backend-stop N / backend-start N: an outage of api-flow-N in a running `make run`
+## (also N=1); the edge holds that partition's writes meanwhile
+ifneq ($(filter backend-stop backend-start,$(firstword $(MAKECMDGOALS))),)
+BACKEND_N := $(word 2,$(MAKECMDGOALS))
+ifneq ($(BACKEND_N),)
+$(eval $(BACKEND_N):;@:)
+endif
+endif
+backend-stop backend-start:
+	@./scripts/run-local.sh $@ $(or $(BACKEND_N),$(N))
 
 ## test: formatting, vet, every Go test (unit, integration, crash, the e2e reliability suite), deployment checks
 test: test-deps fmt-check vet test-go deploy-check

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite runs for real: PostgreSQL and
 # Redis servers (api-flow's production components), fuse3 (the power-cut test
-# filesystem), Chromium (the status page's browser test). Idempotent: packages
+# filesystem), Chromium (the status page's browser test), python3-xxhash (the
+# Python reference of the partition function, docs/partitioning.md). Idempotent: packages
 # already installed are not fetched again. Needs root (or sudo) and Debian's
 # package archive. `make bench` adds its own packages (scripts/bench-deps.sh).
 set -euo pipefail
 
-pkgs=(postgresql redis-server fuse3 chromium "$@")
+pkgs=(postgresql redis-server fuse3 chromium python3-xxhash "$@")
 
 missing=()
 for p in "${pkgs[@]}"; do

@@ -87,7 +87,7 @@ func bufferCheck(path string, asJSON bool, stdout, stderr io.Writer) int {
 	if asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		if err := enc.Encode(rep); err != nil {
+		if err := enc.Encode(newCheckJSON(rep)); err != nil {
 			fmt.Fprintf(stderr, "edge buffer check: %v\n", err)
 			return 1
 		}

@@ -50,9 +50,39 @@ func TestBufferCheck(t *testing.T) {
 		}
 	}
 	code, out, _ = runBufferCmd("check", "-path", dir, "-json")
-	var rep buffer.CheckReport
-	if code != 0 || json.Unmarshal([]byte(out), &rep) != nil || rep.Records != 5 || len(rep.Partitions) != 2 {
+	var rep checkJSON
+	if code != 0 || json.Unmarshal([]byte(out), &rep) != nil || rep.Records != 5 || len(rep.Partitions) != 2 || rep.Oldest == nil {
 		t.Fatalf("json: exit %d, %+v\n%s", code, rep, out)
+	}
+	for _, want := range []string{`"dead_letters": 0`, `"first_seq"`, `"oldest": "`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("json lacks %s (snake_case keys):\n%s", want, out)
+		}
+	}
+}
+
+// TestBufferCheckJSONEmpty: an empty queue's -json report says "oldest":
+// null, not a zero time, and has snake_case keys (a bug: PascalCase keys
+// and "0001-01-01T00:00:00Z").
+func TestBufferCheckJSONEmpty(t *testing.T) {
+	dir := t.TempDir()
+	fillBuffer(t, dir, 0)
+	code, out, errOut := runBufferCmd("check", "-path", dir, "-json")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	var m map[string]any
+	if err := json.Unmarshal([]byte(out), &m); err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := m["oldest"]; !ok || v != nil {
+		t.Errorf("oldest = %v (present %v), want null:\n%s", v, ok, out)
+	}
+	if strings.Contains(out, "0001-01-01") || strings.Contains(out, `"Records"`) {
+		t.Errorf("zero time or PascalCase key in:\n%s", out)
+	}
+	if _, ok := m["dead_letters"]; !ok {
+		t.Errorf("no dead_letters key:\n%s", out)
 	}
 }
 

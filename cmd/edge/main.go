@@ -7,6 +7,7 @@
 //	edge route -config F KEY...      print the partition and backend of keys
 //	edge buffer check|export -path DIR   inspect the durable queue offline
 //	edge dlq list|replay|discard     dead letters of a running edge
+//	edge top [-admin URL]            live terminal view of a running edge
 //	edge version
 //
 // Exit codes: 0 success, 1 runtime failure, 2 usage error, 78 (EX_CONFIG)
@@ -31,6 +32,7 @@ commands:
   route -config F KEY...         print the partition and backend of each KEY
   buffer check|export -path DIR  verify or export the durable queue offline
   dlq list|replay|discard ...    dead letters through a running edge's admin API
+  top [-admin URL] [-token T]    live view of a running edge's partitions (q quits)
   version                        print the version
 
 Run 'edge <command> -h' for the flags of a command.
@@ -59,6 +61,8 @@ func dispatch(args []string) int {
 		return cmdBuffer(rest)
 	case "dlq":
 		return cmdDLQ(rest)
+	case "top":
+		return cmdTop(rest)
 	case "version", "-version", "--version":
 		fmt.Printf("edge %s %s/%s %s\n", version, runtime.GOOS, runtime.GOARCH, runtime.Version())
 		return 0

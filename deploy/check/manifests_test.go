@@ -517,35 +517,28 @@ func TestConfigChecksumFollowsConfig(t *testing.T) {
 	}
 }
 
-// TestDefaultRender pins what the issue asks of the default install.
-func TestDefaultRender(t *testing.T) {
-	var r *render
+// namedRender returns the render of the chart with the given values name.
+func namedRender(t *testing.T, name string) render {
+	t.Helper()
 	for _, x := range renders(t) {
-		if x.name == "default" {
-			r = &x
+		if x.name == name {
+			return x
 		}
 	}
-	if r == nil {
-		t.Fatal("no default render")
+	t.Fatalf("no %s render", name)
+	return render{}
+}
+
+// TestDefaultRender pins the default install: no HPA (a scale-down would
+// strand a removed pod's queue on its PVC), a fixed count of 3 edge pods.
+func TestDefaultRender(t *testing.T) {
+	o := decodeStrict(t, namedRender(t, "default"))
+	if len(o.hpas) != 0 {
+		t.Fatalf("%d HPAs in the default render, want none (autoscaling is off by default)", len(o.hpas))
 	}
-	o := decodeStrict(t, *r)
-	if len(o.hpas) != 1 {
-		t.Fatalf("%d HPAs, want 1", len(o.hpas))
-	}
-	h := o.hpas[0]
 	e := o.edge()
-	if h.Spec.ScaleTargetRef.Kind != "StatefulSet" || h.Spec.ScaleTargetRef.Name != e.Name {
-		t.Errorf("HPA targets %s %s, want StatefulSet %s", h.Spec.ScaleTargetRef.Kind, h.Spec.ScaleTargetRef.Name, e.Name)
-	}
-	if h.Spec.MinReplicas == nil || *h.Spec.MinReplicas != 3 || h.Spec.MaxReplicas != 10 {
-		t.Errorf("HPA min %v max %d, want 3..10", h.Spec.MinReplicas, h.Spec.MaxReplicas)
-	}
-	if len(h.Spec.Metrics) != 1 || h.Spec.Metrics[0].Resource == nil || h.Spec.Metrics[0].Resource.Name != corev1.ResourceCPU ||
-		h.Spec.Metrics[0].Resource.Target.AverageUtilization == nil || *h.Spec.Metrics[0].Resource.Target.AverageUtilization != 70 {
-		t.Errorf("HPA metrics %+v, want CPU 70%%", h.Spec.Metrics)
-	}
-	if e.Spec.Replicas != nil {
-		t.Errorf("edge StatefulSet sets replicas while the HPA owns them")
+	if e.Spec.Replicas == nil || *e.Spec.Replicas != 3 {
+		t.Errorf("edge StatefulSet replicas %v, want 3", e.Spec.Replicas)
 	}
 	for _, name := range []string{"flowedge", "flowedge-edge-admin", "api-flow"} {
 		if o.service(name) == nil {
@@ -665,4 +658,28 @@ func normalize(v any) any {
 	var out any
 	_ = json.Unmarshal(b, &out)
 	return out
+}
+
+// TestAutoscalingRender: with edge.autoscaling.enabled the HPA scales the
+// edge StatefulSet 3..10 on CPU 70% and the StatefulSet leaves replicas to it.
+func TestAutoscalingRender(t *testing.T) {
+	o := decodeStrict(t, namedRender(t, "autoscaling-values"))
+	if len(o.hpas) != 1 {
+		t.Fatalf("%d HPAs, want 1", len(o.hpas))
+	}
+	h := o.hpas[0]
+	e := o.edge()
+	if h.Spec.ScaleTargetRef.Kind != "StatefulSet" || h.Spec.ScaleTargetRef.Name != e.Name {
+		t.Errorf("HPA targets %s %s, want StatefulSet %s", h.Spec.ScaleTargetRef.Kind, h.Spec.ScaleTargetRef.Name, e.Name)
+	}
+	if h.Spec.MinReplicas == nil || *h.Spec.MinReplicas != 3 || h.Spec.MaxReplicas != 10 {
+		t.Errorf("HPA min %v max %d, want 3..10", h.Spec.MinReplicas, h.Spec.MaxReplicas)
+	}
+	if len(h.Spec.Metrics) != 1 || h.Spec.Metrics[0].Resource == nil || h.Spec.Metrics[0].Resource.Name != corev1.ResourceCPU ||
+		h.Spec.Metrics[0].Resource.Target.AverageUtilization == nil || *h.Spec.Metrics[0].Resource.Target.AverageUtilization != 70 {
+		t.Errorf("HPA metrics %+v, want CPU 70%%", h.Spec.Metrics)
+	}
+	if e.Spec.Replicas != nil {
+		t.Errorf("edge StatefulSet sets replicas while the HPA owns them")
+	}
 }

@@ -48,11 +48,12 @@ type Handler struct {
 	opt      Options
 	mux      *http.ServeMux
 	draining atomic.Bool
+	hist     *history
 }
 
 // New builds the admin handler.
 func New(opt Options) *Handler {
-	h := &Handler{opt: opt, mux: http.NewServeMux()}
+	h := &Handler{opt: opt, mux: http.NewServeMux(), hist: newHistory(opt.Gatherer, 0, 0)}
 	h.mux.HandleFunc("GET /health/liveness", func(w http.ResponseWriter, _ *http.Request) {
 		httpx.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
@@ -66,6 +67,8 @@ func New(opt Options) *Handler {
 	h.mux.Handle("GET /edge/v1/dead-letters", h.auth(h.deadLetters))
 	h.mux.Handle("POST /edge/v1/dead-letters/{id}/replay", h.auth(h.replay))
 	h.mux.Handle("DELETE /edge/v1/dead-letters/{id}", h.auth(h.discard))
+	h.statusRoutes()
+	h.pprofRoutes()
 	return h
 }
 

@@ -638,6 +638,8 @@ func TestOpenAPIConformance(t *testing.T) {
 	s.do(oaCall{method: "GET", path: "/api/v1/keys", key: alice, want: 403})
 	s.do(oaCall{method: "DELETE", path: "/api/v1/keys/" + tempID, key: admin, want: 204})
 	s.do(oaCall{method: "DELETE", path: "/api/v1/keys/" + tempID, key: admin, want: 404})
+	s.do(oaCall{method: "GET", path: "/api/v1/auth/check", key: alice, want: 204}) // the edge's forward authentication
+	s.do(oaCall{method: "GET", path: "/api/v1/auth/check", key: "not-a-key", want: 401})
 
 	// Webhooks, delivering to the local receiver (development mode allows it).
 	hookURL := rc.srv.URL + "/hook"

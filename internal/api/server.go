@@ -227,6 +227,7 @@ func (s *Server) routes() http.Handler {
 	handle("GET /api/v1/processes/{pid}/events", member, s.listEvents)
 	handle("GET /api/v1/processes/{pid}/events/{seq}", member, s.getEvent)
 
+	handle("GET /api/v1/auth/check", member, s.authCheck)
 	handle("POST /api/v1/apps", member, s.write(nil, s.createApp))
 	handle("GET /api/v1/apps", member, s.listApps)
 	handle("GET /api/v1/apps/{id}", member, s.getApp)

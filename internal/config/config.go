@@ -72,6 +72,8 @@ type Config struct {
 	Delivery  Delivery  `toml:"delivery"`
 	Routes    []Route   `toml:"routes"` // [[routes]], first match wins; none = method defaults
 	Log       Log       `toml:"log"`
+	Auth      Auth      `toml:"auth"`   // optional forward authentication (guard.go)
+	Intake    Intake    `toml:"intake"` // optional per-client intake limit (guard.go)
 }
 
 // Server is the public listener: client traffic for the backends.
@@ -236,6 +238,11 @@ func Default() Config {
 		Log: Log{
 			Level:  "info",
 			Format: LogFormatJSON,
+		},
+		Auth: Auth{
+			CacheTTL: seconds(30),
+			WhenDown: WhenDownAdmit,
+			Timeout:  seconds(2),
 		},
 	}
 }

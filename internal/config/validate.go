@@ -67,6 +67,7 @@ func (c Config) Validate() error {
 	c.validateDelivery(v)
 	c.validateRoutes(v)
 	c.validateLog(v)
+	c.validateGuard(v)
 	if len(v.problems) == 0 {
 		return nil
 	}

@@ -34,6 +34,8 @@ type Edge struct {
 	public   *http.Server
 	fresh    *freshConns // public connections with no request yet
 	adminSrv *http.Server
+	// stopAdmin ends the admin handler's history sampler.
+	stopAdmin context.CancelFunc
 
 	// PublicAddr and AdminAddr are the addresses the listeners bound
 	// (useful when the config asked for port 0).
@@ -145,7 +147,7 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger, version str
 	e.fresh = newFreshConns()
 	e.public = &http.Server{
 		ConnState:         e.fresh.track,
-		Handler:           ing,
+		Handler:           intakeGuard(cfg, log, reg).Wrap(ing),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       cfg.Server.ReadTimeout.Duration,
 		WriteTimeout:      cfg.Server.WriteTimeout.Duration,
@@ -156,6 +158,13 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger, version str
 	e.adminSrv = &http.Server{Handler: e.admin, ReadHeaderTimeout: 10 * time.Second, ErrorLog: errLog}
 
 	eng.Start(ctx)
+	actx, acancel := context.WithCancel(ctx)
+	e.stopAdmin = acancel
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		e.admin.Run(actx)
+	}()
 	for _, s := range []struct {
 		srv *http.Server
 		ln  net.Listener
@@ -207,6 +216,7 @@ func (e *Edge) Shutdown(ctx context.Context) error {
 		if err := e.adminSrv.Shutdown(ctx); err != nil {
 			e.adminSrv.Close()
 		}
+		e.stopAdmin()
 		e.wg.Wait()
 		if err := e.queue.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("closing buffer: %w", err))
