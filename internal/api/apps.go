@@ -5,6 +5,8 @@ import (
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/flowedge/flowedge/internal/api/store"
 )
 
 // App is a named group that owns workflows (and, later, channels).
@@ -61,8 +63,8 @@ func (s *Server) createApp(c *call, tx Tx) (result, error) {
 	if err != nil {
 		return result{}, err
 	}
-	a := App{ID: newID(), Name: name, Description: desc, CreatedAt: time.Now().UTC()}
-	if err := putJSON(tx, rkey(pfxApp, a.ID), a); err != nil {
+	a := App{ID: store.NewID(), Name: name, Description: desc, CreatedAt: time.Now().UTC()}
+	if err := store.PutJSON(tx, store.Key(store.PfxApp, a.ID), a); err != nil {
 		return result{}, err
 	}
 	return created(a, "/api/v1/apps/"+a.ID)
@@ -70,7 +72,7 @@ func (s *Server) createApp(c *call, tx Tx) (result, error) {
 
 // listApps: GET /api/v1/apps, oldest first.
 func (s *Server) listApps(c *call) (result, error) {
-	out, err := listRecords(c.r, s.store, pfxApp, func(a App) App { return a })
+	out, err := listRecords(c.r, s.store, store.PfxApp, func(a App) App { return a })
 	if err != nil {
 		return result{}, err
 	}
@@ -79,7 +81,7 @@ func (s *Server) listApps(c *call) (result, error) {
 
 // getApp: GET /api/v1/apps/{id}.
 func (s *Server) getApp(c *call) (result, error) {
-	a, err := getByID[App](c, s.store, pfxApp, "app", nil)
+	a, err := getByID[App](c, s.store, store.PfxApp, "app", nil)
 	if err != nil {
 		return result{}, err
 	}
@@ -92,13 +94,13 @@ func (s *Server) deleteApp(c *call, tx Tx) (result, error) {
 	if err != nil {
 		return result{}, err
 	}
-	if found, err := exists(tx, rkey(pfxApp, id)); err != nil {
+	if found, err := store.Exists(tx, store.Key(store.PfxApp, id)); err != nil {
 		return result{}, err
 	} else if !found {
 		return result{}, notFound("no app %s", id)
 	}
 	owns := false
-	if err := tx.Scan(rkey(pfxAppWorkflow, id, ""), nil, func(_, _ []byte) (bool, error) {
+	if err := tx.Scan(store.Key(store.PfxAppWorkflow, id, ""), nil, func(_, _ []byte) (bool, error) {
 		owns = true
 		return false, nil
 	}); err != nil {
@@ -107,7 +109,7 @@ func (s *Server) deleteApp(c *call, tx Tx) (result, error) {
 	if owns {
 		return result{}, conflict("app %s still owns workflows; delete them first", id)
 	}
-	if err := tx.Delete(rkey(pfxApp, id)); err != nil {
+	if err := tx.Delete(store.Key(store.PfxApp, id)); err != nil {
 		return result{}, err
 	}
 	return noContent()

@@ -24,14 +24,14 @@
 // Webhooks (POST/GET/DELETE /api/v1/webhooks) deliver Flow events to HTTP
 // receivers:
 //   - Events: post.created, job.succeeded, job.failed, job.cancelled
-//     (events.go), or "*" for all; each is emitted once, after the change
+//     (package webhook), or "*" for all; each is emitted once, after the change
 //     that raised it has committed.
 //   - Ownership: a webhook belongs to the user of the key that created it,
 //     as a channel does; keys of that user and admin keys see and delete
 //     it, to others it does not exist (404). post.created goes only to the
 //     webhooks of the channel's owner and of admin keys; job events, about
 //     resources every key may read, go to every subscriber.
-//   - URL rules (urlguard.go): absolute http(s), a host, no userinfo, at most
+//   - URL rules (package outbound): absolute http(s), a host, no userinfo, at most
 //     2048 bytes. In production: https only, and neither the host as written
 //     nor any address it resolves to may be loopback, private, link-local
 //     (cloud metadata 169.254.169.254, fd00:ec2::254), CGNAT, multicast,

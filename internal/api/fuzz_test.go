@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"unicode/utf8"
+
+	"github.com/flowedge/flowedge/internal/httpx"
 )
 
 // decoderSeeds are request bodies every decoder fuzz test starts from:
@@ -96,7 +98,7 @@ func FuzzDecodeKey(f *testing.F) {
 		if !checkDecodeErr(t, body, err) {
 			return
 		}
-		if in.Name == "" || (in.Role != RoleAdmin && in.Role != RoleMember) || (in.UserID != "" && !validToken(in.UserID, MaxUserIDBytes)) {
+		if in.Name == "" || (in.Role != RoleAdmin && in.Role != RoleMember) || (in.UserID != "" && !httpx.ValidToken(in.UserID, MaxUserIDBytes)) {
 			t.Fatalf("%q: accepted %+v", body, in)
 		}
 	})

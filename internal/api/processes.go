@@ -9,20 +9,9 @@ import (
 	"strconv"
 	"time"
 	"unicode/utf8"
-)
 
-// processRecord is a process's summary as stored; it also holds the
-// process's counters (LastSeq for events, Jobs for job submissions), so it
-// is only written under the process's lock.
-type processRecord struct {
-	ID            string     `json:"id"`
-	LastSeq       uint64     `json:"last_seq"`
-	LastEventType string     `json:"last_event_type,omitempty"`
-	LastEventAt   *time.Time `json:"last_event_at,omitempty"`
-	Jobs          uint64     `json:"jobs"`
-	CreatedAt     time.Time  `json:"created_at"`
-	UpdatedAt     time.Time  `json:"updated_at"`
-}
+	"github.com/flowedge/flowedge/internal/api/store"
+)
 
 // Process is the state summary of GET /api/v1/processes/{pid}.
 type Process struct {
@@ -37,47 +26,6 @@ type Process struct {
 	QueuedJobs    int        `json:"queued_jobs"`           // jobs waiting behind it
 	CreatedAt     time.Time  `json:"created_at"`
 	UpdatedAt     time.Time  `json:"updated_at"`
-}
-
-// Event is one entry of a process's log.
-type Event struct {
-	ProcessID string          `json:"process_id"`
-	Seq       uint64          `json:"seq"` // 1, 2, 3… per process, in commit order
-	ID        string          `json:"id"`
-	Type      string          `json:"type,omitempty"` // the body's "type" member, if a string
-	Data      json.RawMessage `json:"data"`           // the JSON body as sent (compacted)
-	RequestID string          `json:"request_id,omitempty"`
-	JobID     string          `json:"job_id,omitempty"` // set when a job's event step appended it
-	CreatedAt time.Time       `json:"created_at"`
-}
-
-// loadProcess returns pid's record, or a fresh one if it has none yet.
-func loadProcess(tx Tx, pid string, now time.Time) (processRecord, error) {
-	var p processRecord
-	err := getJSON(tx, rkey(pfxProcess, pid), &p)
-	if errors.Is(err, ErrNotFound) {
-		return processRecord{ID: pid, CreatedAt: now}, nil
-	}
-	return p, err
-}
-
-// appendEventTx appends an event to pid's log with the next sequence
-// number. The caller holds pid's lock.
-func appendEventTx(tx Tx, pid, typ string, data json.RawMessage, requestID, jobID string, now time.Time) (Event, error) {
-	p, err := loadProcess(tx, pid, now)
-	if err != nil {
-		return Event{}, err
-	}
-	p.LastSeq++
-	ev := Event{ProcessID: pid, Seq: p.LastSeq, ID: newID(), Type: typ, Data: data, RequestID: requestID, JobID: jobID, CreatedAt: now}
-	if err := putJSON(tx, seqKey(pfxEvent, pid, ev.Seq), ev); err != nil {
-		return Event{}, err
-	}
-	p.LastEventType, p.LastEventAt, p.UpdatedAt = typ, &now, now
-	if err := putJSON(tx, rkey(pfxProcess, pid), p); err != nil {
-		return Event{}, err
-	}
-	return ev, nil
 }
 
 // eventBody checks an event body (any JSON value) and returns it compacted
@@ -116,7 +64,7 @@ func (s *Server) appendEvent(c *call, tx Tx) (result, error) {
 	if err != nil {
 		return result{}, err
 	}
-	ev, err := appendEventTx(tx, pid, typ, data, c.info.id, "", time.Now().UTC())
+	ev, err := store.AppendEvent(tx, pid, typ, data, c.info.id, "", time.Now().UTC())
 	if err != nil {
 		return result{}, err
 	}
@@ -141,13 +89,13 @@ func (s *Server) listEvents(c *call) (result, error) {
 	}
 	out := list[Event]{Items: []Event{}}
 	err = s.store.View(c.r.Context(), func(tx Tx) error {
-		if found, err := exists(tx, rkey(pfxProcess, pid)); err != nil || !found {
+		if found, err := store.Exists(tx, store.Key(store.PfxProcess, pid)); err != nil || !found {
 			if err == nil {
 				err = notFound("no process %q", pid)
 			}
 			return err
 		}
-		return tx.Scan(seqPrefix(pfxEvent, pid), seqKey(pfxEvent, pid, after+1), func(k, v []byte) (bool, error) {
+		return tx.Scan(store.SeqPrefix(store.PfxEvent, pid), store.SeqKey(store.PfxEvent, pid, after+1), func(k, v []byte) (bool, error) {
 			if len(out.Items) == limit {
 				out.NextCursor = strconv.FormatUint(out.Items[limit-1].Seq, 10)
 				return false, nil
@@ -174,7 +122,7 @@ func (s *Server) getEvent(c *call) (result, error) {
 		return result{}, badRequest("seq: want a positive integer, got %q", c.r.PathValue("seq"))
 	}
 	var ev Event
-	err = s.store.View(c.r.Context(), func(tx Tx) error { return getJSON(tx, seqKey(pfxEvent, pid, seq), &ev) })
+	err = s.store.View(c.r.Context(), func(tx Tx) error { return store.GetJSON(tx, store.SeqKey(store.PfxEvent, pid, seq), &ev) })
 	if errors.Is(err, ErrNotFound) {
 		return result{}, notFound("process %q has no event %d", pid, seq)
 	}
@@ -185,8 +133,8 @@ func (s *Server) getEvent(c *call) (result, error) {
 }
 
 // processView adds what only memory knows (the job queue) to a record.
-func (s *Server) processView(p processRecord) Process {
-	running, queued := s.runner.processState(p.ID)
+func (s *Server) processView(p store.ProcessRecord) Process {
+	running, queued := s.runner.ProcessState(p.ID)
 	return Process{ID: p.ID, Partition: s.opts.Partition, Events: p.LastSeq, LastSeq: p.LastSeq,
 		LastEventType: p.LastEventType, LastEventAt: p.LastEventAt, Jobs: p.Jobs,
 		RunningJob: running, QueuedJobs: queued, CreatedAt: p.CreatedAt, UpdatedAt: p.UpdatedAt}
@@ -195,8 +143,8 @@ func (s *Server) processView(p processRecord) Process {
 // getProcess: GET /api/v1/processes/{pid} → Process.
 func (s *Server) getProcess(c *call) (result, error) {
 	pid := c.r.PathValue("pid")
-	var p processRecord
-	err := s.store.View(c.r.Context(), func(tx Tx) error { return getJSON(tx, rkey(pfxProcess, pid), &p) })
+	var p store.ProcessRecord
+	err := s.store.View(c.r.Context(), func(tx Tx) error { return store.GetJSON(tx, store.Key(store.PfxProcess, pid), &p) })
 	if errors.Is(err, ErrNotFound) {
 		return result{}, notFound("no process %q", pid)
 	}
@@ -218,16 +166,16 @@ func (s *Server) listProcesses(c *call) (result, error) {
 		if err := validPID("cursor", cursor); err != nil {
 			return result{}, err
 		}
-		from = append(rkey(pfxProcess, cursor), 0)
+		from = append(store.Key(store.PfxProcess, cursor), 0)
 	}
 	out := list[Process]{Items: []Process{}}
 	err = s.store.View(c.r.Context(), func(tx Tx) error {
-		return tx.Scan([]byte(pfxProcess), from, func(k, v []byte) (bool, error) {
+		return tx.Scan([]byte(store.PfxProcess), from, func(k, v []byte) (bool, error) {
 			if len(out.Items) == limit {
 				out.NextCursor = out.Items[limit-1].ID
 				return false, nil
 			}
-			var p processRecord
+			var p store.ProcessRecord
 			if err := json.Unmarshal(v, &p); err != nil {
 				return false, fmt.Errorf("store: decode %q: %w", k, err)
 			}

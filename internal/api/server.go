@@ -13,7 +13,11 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/flowedge/flowedge/internal/api/jobs"
+	"github.com/flowedge/flowedge/internal/api/webhook"
+	"github.com/flowedge/flowedge/internal/outbound"
 	"github.com/flowedge/flowedge/internal/partition"
+	"github.com/flowedge/flowedge/internal/ratelimit"
 	"github.com/microcosm-cc/bluemonday"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -88,15 +92,14 @@ type Server struct {
 	log      *slog.Logger
 	metrics  *metrics
 	locks    *locks
-	runner   *runner
+	runner   *jobs.Runner
 	health   *health
 	handler  http.Handler
-	events   eventSink          // webhook dispatcher; nil means events are dropped
-	hooks    *dispatcher        // delivers webhooks (it is events)
-	breakers *breakers          // per-host circuit breakers of outbound calls
-	limiter  *limiter           // per-key rate limits
-	cors     *cors.Cors         // CORS policy of Options.AppURLs
-	text     *bluemonday.Policy // removes HTML from user text
+	hooks    *webhook.Dispatcher // delivers webhooks; nil means events are dropped
+	breakers *outbound.Breakers  // per-host circuit breakers of outbound calls
+	limiter  *ratelimit.Limiter  // per-key rate limits
+	cors     *cors.Cors          // CORS policy of Options.AppURLs
+	text     *bluemonday.Policy  // removes HTML from user text
 	draining atomic.Bool
 
 	closeOnce sync.Once
@@ -138,7 +141,7 @@ func New(opts Options) (*Server, error) {
 		opts.MaxJobRuns = 5
 	}
 	if opts.HTTPClient == nil {
-		opts.HTTPClient = outboundClient(opts.Production, ExternalTimeout, opts.Resolver)
+		opts.HTTPClient = outbound.Client(opts.Production, ExternalTimeout, opts.Resolver)
 	}
 	origins := make([]string, 0, len(opts.AppURLs))
 	for _, u := range opts.AppURLs {
@@ -148,7 +151,7 @@ func New(opts Options) (*Server, error) {
 		}
 		origins = append(origins, o)
 	}
-	lim, err := newLimiter(opts.RateLimits)
+	lim, err := ratelimit.New(opts.RateLimits)
 	if err != nil {
 		return nil, err
 	}
@@ -162,21 +165,25 @@ func New(opts Options) (*Server, error) {
 			return nil, err
 		}
 	}
-	s.runner = newRunner(s)
-	s.breakers = newBreakers(opts.Webhooks.BreakerCooldown)
+	s.breakers = outbound.NewBreakers(opts.Webhooks.BreakerCooldown)
 	s.metrics = newMetrics(opts.Registry, s)
-	s.hooks = newDispatcher(s)
-	s.events = s.hooks
-	if err := s.hooks.reload(ctx); err != nil {
+	s.runner = jobs.New(jobs.Config{Store: s.store, Workers: opts.Workers, MaxRuns: opts.MaxJobRuns,
+		Production: opts.Production, Version: opts.Version, HTTPClient: opts.HTTPClient, Breakers: s.breakers,
+		Lock: s.locks.lock, Emit: s.emit, Log: s.log,
+		Metrics: jobs.Metrics{Events: s.metrics.events, Finished: s.metrics.jobsFinished, Duration: s.metrics.jobDuration}})
+	s.hooks = webhook.New(webhook.Config{Store: s.store, Options: opts.Webhooks, Production: opts.Production,
+		Resolver: opts.Resolver, Breakers: s.breakers, Version: opts.Version, Log: s.log,
+		Deliveries: s.metrics.webhookDeliveries})
+	if err := s.hooks.Reload(ctx); err != nil {
 		return nil, err
 	}
 	s.health = newHealth(s)
-	if err := s.runner.recover(ctx); err != nil {
+	if err := s.runner.Recover(ctx); err != nil {
 		return nil, err
 	}
 	s.handler = s.routes()
-	s.runner.start()
-	s.hooks.start()
+	s.runner.Start()
+	s.hooks.Start()
 	return s, nil
 }
 
@@ -194,7 +201,7 @@ func (s *Server) Drain() { s.draining.Store(true) }
 func (s *Server) Close(ctx context.Context) error {
 	s.closeOnce.Do(func() {
 		s.Drain()
-		s.closeErr = errors.Join(s.runner.stop(ctx), s.hooks.stop(ctx))
+		s.closeErr = errors.Join(s.runner.Stop(ctx), s.hooks.Stop(ctx))
 	})
 	return s.closeErr
 }
@@ -283,10 +290,10 @@ func (s *Server) adapt(pattern string, acc access, h handler) http.Handler {
 		c.info.route = route
 		res, err := s.admit(c, acc)
 		if c.key != nil { // authenticated, even if then forbidden: it counts
-			v := s.limiter.take(c.key.ID, class)
-			v.setHeaders(w.Header())
-			if !v.allowed {
-				err = v.tooManyRequests()
+			v := s.limiter.Take(c.key.ID, class)
+			v.SetHeaders(w.Header())
+			if !v.Allowed {
+				err = tooManyRequests(v)
 			}
 		}
 		for _, name := range ids {
@@ -399,3 +406,7 @@ func pidLock(r *http.Request) string { return r.PathValue("pid") }
 
 // headerPIDLock is the lock of a route keyed by X-Process-ID.
 func headerPIDLock(r *http.Request) string { return r.Header.Get("X-Process-ID") }
+
+// Resolver resolves host names for the outbound URL rules (see package
+// outbound).
+type Resolver = outbound.Resolver

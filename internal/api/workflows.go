@@ -1,19 +1,14 @@
 package api
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"strings"
 	"time"
-)
 
-// Step kinds.
-const (
-	StepDelay = "delay" // wait MS milliseconds
-	StepEvent = "event" // append an event to the job's process
-	StepHTTP  = "http"  // call URL (outbound URL rules, 30s timeout)
+	"github.com/flowedge/flowedge/internal/api/store"
+	"github.com/flowedge/flowedge/internal/outbound"
 )
 
 // Workflow limits.
@@ -22,23 +17,6 @@ const (
 	maxDelayMS    = int64(24 * time.Hour / time.Millisecond)
 	maxStepHeader = 20
 )
-
-// Step is one step of a workflow. Which fields apply depends on Type.
-type Step struct {
-	Type string `json:"type"`
-	// delay
-	MS int64 `json:"ms,omitempty"`
-	// event: EventType names the event (default "workflow.step"); Data is
-	// its body (default: job id, workflow id, step index and job input).
-	EventType string          `json:"event_type,omitempty"`
-	Data      json.RawMessage `json:"data,omitempty"`
-	// http: Method defaults to POST; Body defaults (for methods with a body)
-	// to the job id, workflow id, process id, step index and job input.
-	Method  string            `json:"method,omitempty"`
-	URL     string            `json:"url,omitempty"`
-	Body    json.RawMessage   `json:"body,omitempty"`
-	Headers map[string]string `json:"headers,omitempty"`
-}
 
 // Workflow is a named, ordered list of steps, optionally owned by an app.
 type Workflow struct {
@@ -88,7 +66,7 @@ func (s *Server) validStep(i int, st *Step) error {
 		default:
 			return badRequest("%s: want GET, POST, PUT, PATCH or DELETE, got %q", f("method"), st.Method)
 		}
-		if err := checkOutboundURL(st.URL, s.opts.Production); err != nil {
+		if err := outbound.CheckURL(st.URL, s.opts.Production); err != nil {
 			return badRequest("%s: %v", f("url"), err)
 		}
 		if len(st.Headers) > maxStepHeader {
@@ -131,18 +109,18 @@ func (s *Server) createWorkflow(c *call, tx Tx) (result, error) {
 		if err := validUUID("app_id", in.AppID); err != nil {
 			return result{}, err
 		}
-		if found, err := exists(tx, rkey(pfxApp, in.AppID)); err != nil {
+		if found, err := store.Exists(tx, store.Key(store.PfxApp, in.AppID)); err != nil {
 			return result{}, err
 		} else if !found {
 			return result{}, unprocessable("app_id: no app %s", in.AppID)
 		}
 	}
-	w := Workflow{ID: newID(), Name: name, AppID: in.AppID, Steps: in.Steps, CreatedAt: time.Now().UTC()}
-	if err := putJSON(tx, rkey(pfxWorkflow, w.ID), w); err != nil {
+	w := Workflow{ID: store.NewID(), Name: name, AppID: in.AppID, Steps: in.Steps, CreatedAt: time.Now().UTC()}
+	if err := store.PutJSON(tx, store.Key(store.PfxWorkflow, w.ID), w); err != nil {
 		return result{}, err
 	}
 	if w.AppID != "" {
-		if err := tx.Set(rkey(pfxAppWorkflow, w.AppID, w.ID), nil, 0); err != nil {
+		if err := tx.Set(store.Key(store.PfxAppWorkflow, w.AppID, w.ID), nil, 0); err != nil {
 			return result{}, err
 		}
 	}
@@ -151,7 +129,7 @@ func (s *Server) createWorkflow(c *call, tx Tx) (result, error) {
 
 // listWorkflows: GET /api/v1/workflows, oldest first.
 func (s *Server) listWorkflows(c *call) (result, error) {
-	out, err := listRecords(c.r, s.store, pfxWorkflow, func(w Workflow) Workflow { return w })
+	out, err := listRecords(c.r, s.store, store.PfxWorkflow, func(w Workflow) Workflow { return w })
 	if err != nil {
 		return result{}, err
 	}
@@ -160,7 +138,7 @@ func (s *Server) listWorkflows(c *call) (result, error) {
 
 // getWorkflow: GET /api/v1/workflows/{id}.
 func (s *Server) getWorkflow(c *call) (result, error) {
-	w, err := getByID[Workflow](c, s.store, pfxWorkflow, "workflow", nil)
+	w, err := getByID[Workflow](c, s.store, store.PfxWorkflow, "workflow", nil)
 	if err != nil {
 		return result{}, err
 	}
@@ -175,17 +153,17 @@ func (s *Server) deleteWorkflow(c *call, tx Tx) (result, error) {
 		return result{}, err
 	}
 	var w Workflow
-	if err := getJSON(tx, rkey(pfxWorkflow, id), &w); errors.Is(err, ErrNotFound) {
+	if err := store.GetJSON(tx, store.Key(store.PfxWorkflow, id), &w); errors.Is(err, ErrNotFound) {
 		return result{}, notFound("no workflow %s", id)
 	} else if err != nil {
 		return result{}, err
 	}
 	if w.AppID != "" {
-		if err := tx.Delete(rkey(pfxAppWorkflow, w.AppID, w.ID)); err != nil {
+		if err := tx.Delete(store.Key(store.PfxAppWorkflow, w.AppID, w.ID)); err != nil {
 			return result{}, err
 		}
 	}
-	if err := tx.Delete(rkey(pfxWorkflow, id)); err != nil {
+	if err := tx.Delete(store.Key(store.PfxWorkflow, id)); err != nil {
 		return result{}, err
 	}
 	return noContent()

@@ -14,14 +14,13 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/google/uuid"
-	"github.com/hashicorp/go-retryablehttp"
-
 	"github.com/flowedge/flowedge/internal/buffer"
 	"github.com/flowedge/flowedge/internal/delivery"
 	"github.com/flowedge/flowedge/internal/httpx"
 	"github.com/flowedge/flowedge/internal/metrics"
 	"github.com/flowedge/flowedge/internal/partition"
+	"github.com/google/uuid"
+	"github.com/hashicorp/go-retryablehttp"
 )
 
 // Modes of handling a request.
@@ -106,28 +105,6 @@ func New(opt Options) (*Handler, error) {
 // Close releases the proxy's idle connections.
 func (h *Handler) Close() { h.proxy.CloseIdleConnections() }
 
-// statusWriter remembers the status for metrics.
-type statusWriter struct {
-	http.ResponseWriter
-	status int
-}
-
-func (w *statusWriter) WriteHeader(code int) {
-	if w.status == 0 {
-		w.status = code
-	}
-	w.ResponseWriter.WriteHeader(code)
-}
-
-func (w *statusWriter) Write(b []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	return w.ResponseWriter.Write(b)
-}
-
-func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-
 func (h *Handler) modeFor(r *http.Request) string {
 	if h.opt.ModeFor != nil {
 		return h.opt.ModeFor(r.Method, r.URL.Path)
@@ -142,11 +119,11 @@ func (h *Handler) modeFor(r *http.Request) string {
 // ServeHTTP checks limits, finds the partition and hands the request to its mode.
 func (h *Handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	w := &statusWriter{ResponseWriter: rw}
+	w := &httpx.Recorder{ResponseWriter: rw}
 	mode := h.modeFor(r)
 	defer func() {
 		if m := h.opt.Metrics; m != nil {
-			m.Requests.WithLabelValues(strconv.Itoa(w.status), methodLabel(r.Method), mode).Inc()
+			m.Requests.WithLabelValues(strconv.Itoa(w.Status), methodLabel(r.Method), mode).Inc()
 			m.RequestDuration.WithLabelValues(mode).Observe(time.Since(start).Seconds())
 		}
 	}()
@@ -326,7 +303,7 @@ func resultOf(o *buffer.Outcome) delivery.Result {
 func (h *Handler) writeOutcome(w http.ResponseWriter, id string, res delivery.Result) {
 	w.Header().Set("X-Delivery-ID", id)
 	if res.Status == buffer.StatusDead {
-		httpx.WriteProblem(w, httpx.Problem{Status: http.StatusBadGateway, DeliveryID: id,
+		httpx.WriteProblem(w, httpx.Problem{Status: http.StatusBadGateway, Extra: map[string]any{"delivery_id": id},
 			Title: "Not delivered", Detail: "the request went to the dead letters: " + res.Reason})
 		return
 	}

@@ -1,4 +1,10 @@
-package api
+// Package jobs runs workflow executions (jobs) on a bounded pool of workers.
+//
+// Guarantees: jobs of one process run one at a time, in submission order;
+// a job queued or running when the process died is queued again at start
+// (Recover) and resumes at its first unfinished step; an event step's event
+// and the step's success commit together, so it is never appended twice.
+package jobs
 
 import (
 	"bytes"
@@ -7,12 +13,56 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/flowedge/flowedge/internal/api/store"
+	"github.com/flowedge/flowedge/internal/api/webhook"
+	"github.com/flowedge/flowedge/internal/outbound"
+	"github.com/prometheus/client_golang/prometheus"
 )
+
+// Config is what a Runner needs. Store, HTTPClient, Breakers and Metrics
+// are required; the zero value of the others means the default named on
+// them.
+type Config struct {
+	// Store holds the jobs and the process logs event steps append to.
+	Store store.Store
+	// Workers is how many jobs run at once (of different processes); 0 means 4.
+	Workers int
+	// MaxRuns is how many times a job may be started (the first run plus
+	// resumes after restarts) before it is marked failed; 0 means 5.
+	MaxRuns int
+	// Production applies the production outbound URL rules to http steps.
+	Production bool
+	// Version goes into the User-Agent of http steps.
+	Version string
+	// HTTPClient makes the calls of http steps.
+	HTTPClient *http.Client
+	// Breakers are the per-host circuit breakers http steps go through.
+	Breakers *outbound.Breakers
+	// Lock serialises the writers of one process (its event log); nil
+	// means no lock.
+	Lock func(pid string) (unlock func())
+	// Emit receives job.succeeded, job.failed and job.cancelled after the
+	// job's end has committed; nil drops them.
+	Emit func(event, owner string, data any)
+	// Log receives the runner's log lines; nil discards them.
+	Log *slog.Logger
+	// Metrics are updated as jobs end and event steps append.
+	Metrics Metrics
+}
+
+// Metrics are the runner's counters.
+type Metrics struct {
+	Events   prometheus.Counter     // flow_events_appended_total
+	Finished *prometheus.CounterVec // flow_jobs_finished_total{status}
+	Duration prometheus.Observer    // flow_job_duration_seconds
+}
 
 // Causes of a job context's end.
 var (
@@ -20,15 +70,16 @@ var (
 	errShutdown     = errors.New("server shutting down")
 )
 
-// runner runs jobs on a fixed pool of workers. Jobs of one process run one
+// Runner runs jobs on a fixed pool of workers. Jobs of one process run one
 // at a time in submission order; processes take turns (a process whose job
 // finished goes to the back of the line), so one busy process cannot starve
 // the others.
 //
 // The queue lives in memory (job ids only) and on disk (the jq/ index):
 // recover rebuilds the memory queue from the index at start.
-type runner struct {
-	s       *Server
+type Runner struct {
+	cfg     Config
+	log     *slog.Logger
 	workers int
 	ctx     context.Context
 	stopAll context.CancelCauseFunc
@@ -52,28 +103,48 @@ type run struct {
 	done    chan struct{} // closed when the worker is done with the job
 }
 
-func newRunner(s *Server) *runner {
+// New builds a runner; Recover loads the queue, Start runs the workers.
+func New(cfg Config) *Runner {
+	if cfg.Workers <= 0 {
+		cfg.Workers = 4
+	}
+	if cfg.MaxRuns <= 0 {
+		cfg.MaxRuns = 5
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Lock == nil {
+		cfg.Lock = func(string) func() { return func() {} }
+	}
 	ctx, cancel := context.WithCancelCause(context.Background())
-	return &runner{s: s, workers: s.opts.Workers, ctx: ctx, stopAll: cancel,
+	return &Runner{cfg: cfg, log: cfg.Log, workers: cfg.Workers, ctx: ctx, stopAll: cancel,
 		pending: map[string][]string{}, busy: map[string]string{}, running: map[string]*run{},
 		wake: make(chan struct{}, 1)}
 }
 
-// recover queues again, in their order, the jobs that were queued or
+// emit hands a job event to Config.Emit, if set.
+func (r *Runner) emit(event, owner string, data any) {
+	if r.cfg.Emit != nil {
+		r.cfg.Emit(event, owner, data)
+	}
+}
+
+// Recover queues again, in their order, the jobs that were queued or
 // running when the store was last used.
-func (r *runner) recover(ctx context.Context) error {
-	var stale []Job
-	err := r.s.store.View(ctx, func(tx Tx) error {
-		return tx.Scan([]byte(pfxJobQueue), nil, func(k, v []byte) (bool, error) {
-			pid, _, err := splitSeqKey(pfxJobQueue, k)
+func (r *Runner) Recover(ctx context.Context) error {
+	var stale []store.Job
+	err := r.cfg.Store.View(ctx, func(tx store.Tx) error {
+		return tx.Scan([]byte(store.PfxJobQueue), nil, func(k, v []byte) (bool, error) {
+			pid, _, err := store.SplitSeqKey(store.PfxJobQueue, k)
 			if err != nil {
 				return false, err
 			}
-			var j Job
-			if err := getJSON(tx, rkey(pfxJob, string(v)), &j); err != nil {
+			var j store.Job
+			if err := store.GetJSON(tx, store.Key(store.PfxJob, string(v)), &j); err != nil {
 				return false, fmt.Errorf("recover job %s: %w", v, err)
 			}
-			if finalStatus(j.Status) {
+			if store.FinalStatus(j.Status) {
 				stale = append(stale, j)
 				return true, nil
 			}
@@ -89,17 +160,17 @@ func (r *runner) recover(ctx context.Context) error {
 		return err
 	}
 	for _, j := range stale { // index entries of finished jobs: tidy up
-		if err := r.s.store.Update(ctx, func(tx Tx) error { return putJob(tx, &j) }); err != nil {
+		if err := r.cfg.Store.Update(ctx, func(tx store.Tx) error { return store.PutJob(tx, &j) }); err != nil {
 			return err
 		}
 	}
 	if r.queued > 0 {
-		r.s.log.Info("jobs queued again after restart", "jobs", r.queued, "processes", len(r.pending))
+		r.log.Info("jobs queued again after restart", "jobs", r.queued, "processes", len(r.pending))
 	}
 	return nil
 }
 
-func (r *runner) start() {
+func (r *Runner) Start() {
 	for range r.workers {
 		r.wg.Add(1)
 		r.alive.Add(1)
@@ -107,9 +178,9 @@ func (r *runner) start() {
 	}
 }
 
-// stop ends the workers: running jobs are interrupted and stay "running" in
+// Stop ends the workers: running jobs are interrupted and stay "running" in
 // the store, to resume at the next start.
-func (r *runner) stop(ctx context.Context) error {
+func (r *Runner) Stop(ctx context.Context) error {
 	r.stopAll(errShutdown)
 	done := make(chan struct{})
 	go func() { r.wg.Wait(); close(done) }()
@@ -121,8 +192,8 @@ func (r *runner) stop(ctx context.Context) error {
 	}
 }
 
-// check is the queue health check: the workers must be alive.
-func (r *runner) check(ctx context.Context) error {
+// Check is the queue health check: the workers must be alive.
+func (r *Runner) Check(ctx context.Context) error {
 	if r.ctx.Err() != nil {
 		return errors.New("job runner stopped")
 	}
@@ -133,15 +204,15 @@ func (r *runner) check(ctx context.Context) error {
 }
 
 // signal wakes one idle worker.
-func (r *runner) signal() {
+func (r *Runner) signal() {
 	select {
 	case r.wake <- struct{}{}:
 	default:
 	}
 }
 
-// enqueue adds a committed job to its process's queue.
-func (r *runner) enqueue(pid, id string) {
+// Enqueue adds a committed job to its process's queue.
+func (r *Runner) Enqueue(pid, id string) {
 	r.mu.Lock()
 	r.pending[pid] = append(r.pending[pid], id)
 	r.queued++
@@ -153,7 +224,7 @@ func (r *runner) enqueue(pid, id string) {
 }
 
 // take waits for a job that may start and claims it.
-func (r *runner) take() *run {
+func (r *Runner) take() *run {
 	for {
 		if r.ctx.Err() != nil {
 			return nil // shutting down: what is queued stays queued on disk
@@ -194,7 +265,7 @@ func (r *runner) take() *run {
 }
 
 // release ends a run: the process may start its next job.
-func (r *runner) release(rn *run) {
+func (r *Runner) release(rn *run) {
 	r.mu.Lock()
 	delete(r.running, rn.id)
 	delete(r.busy, rn.pid)
@@ -207,7 +278,7 @@ func (r *runner) release(rn *run) {
 	r.signal()
 }
 
-func (r *runner) work() {
+func (r *Runner) work() {
 	defer r.wg.Done()
 	defer r.alive.Add(-1)
 	for {
@@ -220,22 +291,22 @@ func (r *runner) work() {
 	}
 }
 
-// processState tells what runs and waits for pid now.
-func (r *runner) processState(pid string) (running string, queued int) {
+// ProcessState tells what runs and waits for pid now.
+func (r *Runner) ProcessState(pid string) (running string, queued int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.busy[pid], len(r.pending[pid])
 }
 
-// depth returns how many jobs are queued and running.
-func (r *runner) depth() (queued, running int) {
+// Depth returns how many jobs are queued and running.
+func (r *Runner) Depth() (queued, running int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.queued, len(r.running)
 }
 
-// cancel cancels job j (not finished when read) and returns it as it ends.
-func (r *runner) cancel(ctx context.Context, j Job) (Job, error) {
+// Cancel cancels job j (not finished when read) and returns it as it ends.
+func (r *Runner) Cancel(ctx context.Context, j store.Job) (store.Job, error) {
 	r.mu.Lock()
 	if q := r.pending[j.ProcessID]; slices.Contains(q, j.ID) {
 		q = slices.DeleteFunc(slices.Clone(q), func(id string) bool { return id == j.ID })
@@ -254,10 +325,10 @@ func (r *runner) cancel(ctx context.Context, j Job) (Job, error) {
 		select {
 		case <-rn.done:
 		case <-ctx.Done():
-			return Job{}, ctx.Err()
+			return store.Job{}, ctx.Err()
 		}
-		var out Job
-		err := r.s.store.View(ctx, func(tx Tx) error { return getJSON(tx, rkey(pfxJob, j.ID), &out) })
+		var out store.Job
+		err := r.cfg.Store.View(ctx, func(tx store.Tx) error { return store.GetJSON(tx, store.Key(store.PfxJob, j.ID), &out) })
 		return out, err
 	}
 	r.mu.Unlock()
@@ -268,25 +339,25 @@ func (r *runner) cancel(ctx context.Context, j Job) (Job, error) {
 
 // markCancelled marks a job that is not running cancelled, unless it has
 // already finished; it returns the job as stored.
-func (r *runner) markCancelled(ctx context.Context, id string) (Job, error) {
-	var j Job
+func (r *Runner) markCancelled(ctx context.Context, id string) (store.Job, error) {
+	var j store.Job
 	changed := false
-	err := r.s.store.Update(ctx, func(tx Tx) error {
+	err := r.cfg.Store.Update(ctx, func(tx store.Tx) error {
 		changed = false
-		if err := getJSON(tx, rkey(pfxJob, id), &j); err != nil {
+		if err := store.GetJSON(tx, store.Key(store.PfxJob, id), &j); err != nil {
 			return err
 		}
-		if finalStatus(j.Status) {
+		if store.FinalStatus(j.Status) {
 			return nil
 		}
 		now := time.Now().UTC()
-		j.Status, j.FinishedAt, j.Error = JobCancelled, &now, "cancelled"
+		j.Status, j.FinishedAt, j.Error = store.JobCancelled, &now, "cancelled"
 		changed = true
-		return putJob(tx, &j)
+		return store.PutJob(tx, &j)
 	})
 	if err == nil && changed {
-		r.s.metrics.jobsFinished.WithLabelValues(JobCancelled).Inc()
-		r.s.emit(jobEvent(JobCancelled), "", j)
+		r.cfg.Metrics.Finished.WithLabelValues(store.JobCancelled).Inc()
+		r.emit(jobEvent(store.JobCancelled), "", j)
 	}
 	return j, err
 }
@@ -298,20 +369,20 @@ func bg() (context.Context, context.CancelFunc) {
 }
 
 // save stores the job's progress.
-func (r *runner) save(j *Job) error {
+func (r *Runner) save(j *store.Job) error {
 	ctx, cancel := bg()
 	defer cancel()
-	return r.s.store.Update(ctx, func(tx Tx) error { return putJob(tx, j) })
+	return r.cfg.Store.Update(ctx, func(tx store.Tx) error { return store.PutJob(tx, j) })
 }
 
 // execute runs a taken job from its first unfinished step.
-func (r *runner) execute(rn *run) {
+func (r *Runner) execute(rn *run) {
 	j, ok := r.begin(rn)
 	if !ok {
 		return
 	}
 	for i := range j.Steps {
-		if j.Steps[i].Status == stepSucceeded {
+		if j.Steps[i].Status == store.StepSucceeded {
 			continue
 		}
 		err := rn.ctx.Err()
@@ -322,110 +393,110 @@ func (r *runner) execute(rn *run) {
 			continue
 		}
 		switch cause := context.Cause(rn.ctx); {
-		case errors.Is(cause, errShutdown), errors.Is(err, ErrStoreClosed):
-			r.s.log.Info("job interrupted by shutdown; it resumes at the next start", "job_id", j.ID, "step", i)
+		case errors.Is(cause, errShutdown), errors.Is(err, store.ErrStoreClosed):
+			r.log.Info("job interrupted by shutdown; it resumes at the next start", "job_id", j.ID, "step", i)
 		case errors.Is(cause, errJobCancelled):
-			r.finish(&j, i, JobCancelled, "cancelled")
+			r.finish(&j, i, store.JobCancelled, "cancelled")
 		default:
-			r.finish(&j, i, JobFailed, fmt.Sprintf("step %d (%s): %v", i, j.Steps[i].Type, err))
+			r.finish(&j, i, store.JobFailed, fmt.Sprintf("step %d (%s): %v", i, j.Steps[i].Type, err))
 		}
 		return
 	}
-	r.finish(&j, -1, JobSucceeded, "")
+	r.finish(&j, -1, store.JobSucceeded, "")
 }
 
 // begin marks the job running (or settles it) and returns it; ok is false
 // when there is nothing to run.
-func (r *runner) begin(rn *run) (j Job, ok bool) {
+func (r *Runner) begin(rn *run) (j store.Job, ok bool) {
 	if errors.Is(context.Cause(rn.ctx), errShutdown) {
 		return j, false
 	}
 	ctx, cancel := bg()
 	defer cancel()
 	final := ""
-	err := r.s.store.Update(ctx, func(tx Tx) error {
+	err := r.cfg.Store.Update(ctx, func(tx store.Tx) error {
 		final = ""
-		if err := getJSON(tx, rkey(pfxJob, rn.id), &j); err != nil {
+		if err := store.GetJSON(tx, store.Key(store.PfxJob, rn.id), &j); err != nil {
 			return err
 		}
-		if finalStatus(j.Status) {
+		if store.FinalStatus(j.Status) {
 			return nil
 		}
 		now := time.Now().UTC()
 		switch {
 		case errors.Is(context.Cause(rn.ctx), errJobCancelled):
-			j.Status, j.Error = JobCancelled, "cancelled"
-		case j.Runs >= r.s.opts.MaxJobRuns:
-			j.Status, j.Error = JobFailed, fmt.Sprintf("interrupted %d times (restarts while running); not started again", j.Runs)
+			j.Status, j.Error = store.JobCancelled, "cancelled"
+		case j.Runs >= r.cfg.MaxRuns:
+			j.Status, j.Error = store.JobFailed, fmt.Sprintf("interrupted %d times (restarts while running); not started again", j.Runs)
 		default:
-			j.Status = JobRunning
+			j.Status = store.JobRunning
 			j.Runs++
 			if j.StartedAt == nil {
 				j.StartedAt = &now
 			}
-			return putJob(tx, &j)
+			return store.PutJob(tx, &j)
 		}
 		final = j.Status
 		j.FinishedAt = &now
-		return putJob(tx, &j)
+		return store.PutJob(tx, &j)
 	})
 	if err != nil {
-		r.s.log.Error("cannot start job; it stays queued on disk until the next start", "job_id", rn.id, "err", err)
+		r.log.Error("cannot start job; it stays queued on disk until the next start", "job_id", rn.id, "err", err)
 		return j, false
 	}
 	if final != "" {
-		r.s.metrics.jobsFinished.WithLabelValues(final).Inc()
-		r.s.emit(jobEvent(final), "", j)
+		r.cfg.Metrics.Finished.WithLabelValues(final).Inc()
+		r.emit(jobEvent(final), "", j)
 	}
-	return j, j.Status == JobRunning && final == ""
+	return j, j.Status == store.JobRunning && final == ""
 }
 
 // jobEvent is the webhook event of a job's final status.
 func jobEvent(status string) string {
 	switch status {
-	case JobSucceeded:
-		return EventJobSucceeded
-	case JobCancelled:
-		return EventJobCancelled
+	case store.JobSucceeded:
+		return webhook.EventJobSucceeded
+	case store.JobCancelled:
+		return webhook.EventJobCancelled
 	}
-	return EventJobFailed
+	return webhook.EventJobFailed
 }
 
 // finish records a job's end; failed is the index of the step that ended
 // it (-1 if none).
-func (r *runner) finish(j *Job, failed int, status, msg string) {
+func (r *Runner) finish(j *store.Job, failed int, status, msg string) {
 	now := time.Now().UTC()
 	j.Status, j.Error, j.FinishedAt = status, msg, &now
 	if failed >= 0 {
 		st := &j.Steps[failed]
-		if st.Status == stepPending || st.Status == stepRunning {
-			st.Status = stepFailed
-			if status == JobCancelled {
-				st.Status = stepCancelled
+		if st.Status == store.StepPending || st.Status == store.StepRunning {
+			st.Status = store.StepFailed
+			if status == store.JobCancelled {
+				st.Status = store.StepCancelled
 			}
 			st.FinishedAt = &now
 		}
 	}
 	if err := r.save(j); err != nil {
-		r.s.log.Error("cannot record job end; it runs again at the next start", "job_id", j.ID, "status", status, "err", err)
+		r.log.Error("cannot record job end; it runs again at the next start", "job_id", j.ID, "status", status, "err", err)
 		return
 	}
-	r.s.metrics.jobsFinished.WithLabelValues(status).Inc()
-	r.s.emit(jobEvent(status), "", *j)
+	r.cfg.Metrics.Finished.WithLabelValues(status).Inc()
+	r.emit(jobEvent(status), "", *j)
 	if j.StartedAt != nil {
-		r.s.metrics.jobDuration.Observe(now.Sub(*j.StartedAt).Seconds())
+		r.cfg.Metrics.Duration.Observe(now.Sub(*j.StartedAt).Seconds())
 	}
-	r.s.log.Info("job finished", "job_id", j.ID, "process_id", j.ProcessID, "status", status, "error", msg)
+	r.log.Info("job finished", "job_id", j.ID, "process_id", j.ProcessID, "status", status, "error", msg)
 }
 
 // step runs step i of j and records its result.
-func (r *runner) step(rn *run, j *Job, i int) error {
+func (r *Runner) step(rn *run, j *store.Job, i int) error {
 	st := &j.Steps[i]
 	now := time.Now().UTC()
 	switch st.Type {
-	case StepDelay:
-		if st.StartedAt == nil || st.Status != stepRunning {
-			st.Status, st.StartedAt = stepRunning, &now
+	case store.StepDelay:
+		if st.StartedAt == nil || st.Status != store.StepRunning {
+			st.Status, st.StartedAt = store.StepRunning, &now
 			if err := r.save(j); err != nil {
 				return err
 			}
@@ -441,10 +512,10 @@ func (r *runner) step(rn *run, j *Job, i int) error {
 			}
 		}
 		end := time.Now().UTC()
-		st.Status, st.FinishedAt = stepSucceeded, &end
+		st.Status, st.FinishedAt = store.StepSucceeded, &end
 		return r.save(j)
 
-	case StepEvent:
+	case store.StepEvent:
 		data := st.Data
 		if data == nil {
 			b, err := json.Marshal(map[string]any{"job_id": j.ID, "workflow_id": j.WorkflowID, "step": i, "input": j.Input})
@@ -453,33 +524,33 @@ func (r *runner) step(rn *run, j *Job, i int) error {
 			}
 			data = b
 		}
-		unlock := r.s.locks.lock(j.ProcessID)
+		unlock := r.cfg.Lock(j.ProcessID)
 		defer unlock()
 		ctx, cancel := bg()
 		defer cancel()
 		// The event and the step's success commit together: a crash can
 		// never append it twice.
-		var ev Event
+		var ev store.Event
 		cp := *st
-		err := r.s.store.Update(ctx, func(tx Tx) error {
+		err := r.cfg.Store.Update(ctx, func(tx store.Tx) error {
 			var err error
-			if ev, err = appendEventTx(tx, j.ProcessID, st.EventType, data, j.RequestID, j.ID, now); err != nil {
+			if ev, err = store.AppendEvent(tx, j.ProcessID, st.EventType, data, j.RequestID, j.ID, now); err != nil {
 				return err
 			}
 			res, _ := json.Marshal(map[string]any{"seq": ev.Seq, "event_id": ev.ID})
 			*st = cp
-			st.Status, st.StartedAt, st.FinishedAt, st.Result = stepSucceeded, &now, &now, res
-			return putJob(tx, j)
+			st.Status, st.StartedAt, st.FinishedAt, st.Result = store.StepSucceeded, &now, &now, res
+			return store.PutJob(tx, j)
 		})
 		if err != nil {
 			*st = cp
 			return err
 		}
-		r.s.metrics.events.Inc()
+		r.cfg.Metrics.Events.Inc()
 		return nil
 
-	case StepHTTP:
-		st.Status, st.StartedAt, st.Error, st.Result = stepRunning, &now, "", nil
+	case store.StepHTTP:
+		st.Status, st.StartedAt, st.Error, st.Result = store.StepRunning, &now, "", nil
 		if err := r.save(j); err != nil {
 			return err
 		}
@@ -491,10 +562,10 @@ func (r *runner) step(rn *run, j *Job, i int) error {
 			if rn.ctx.Err() != nil {
 				return rn.ctx.Err() // interrupted, not failed: execute decides
 			}
-			st.Status = stepFailed
+			st.Status = store.StepFailed
 			return err
 		}
-		st.Status = stepSucceeded
+		st.Status = store.StepSucceeded
 		return r.save(j)
 	}
 	return fmt.Errorf("unknown step type %q", st.Type)
@@ -505,9 +576,9 @@ const maxResultBody = 4 << 10
 
 // call makes the request of http step i. It sends Idempotency-Key
 // "<job id>/<step>", the same on every retry of the step after a restart.
-func (r *runner) call(ctx context.Context, j *Job, i int) (json.RawMessage, error) {
+func (r *Runner) call(ctx context.Context, j *store.Job, i int) (json.RawMessage, error) {
 	st := j.Steps[i]
-	if err := checkOutboundURL(st.URL, r.s.opts.Production); err != nil {
+	if err := outbound.CheckURL(st.URL, r.cfg.Production); err != nil {
 		return nil, fmt.Errorf("url: %w", err)
 	}
 	body := []byte(st.Body)
@@ -528,13 +599,13 @@ func (r *runner) call(ctx context.Context, j *Job, i int) (json.RawMessage, erro
 	if body != nil && req.Header.Get("Content-Type") == "" {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	req.Header.Set("User-Agent", "flowedge-api/"+r.s.opts.Version)
+	req.Header.Set("User-Agent", "flowedge-api/"+r.cfg.Version)
 	req.Header.Set("Idempotency-Key", fmt.Sprintf("%s/%d", j.ID, i))
-	req.Header.Set("X-Flow-Job-ID", j.ID)
+	req.Header.Set("X-Flow-store.Job-ID", j.ID)
 	req.Header.Set("X-Process-ID", j.ProcessID)
 	// Through the host's circuit breaker: while it is open the step fails
 	// at once without a request.
-	resp, err := r.s.breakers.do(req.URL, func() (*http.Response, error) { return r.s.opts.HTTPClient.Do(req) })
+	resp, err := r.cfg.Breakers.Do(req.URL, func() (*http.Response, error) { return r.cfg.HTTPClient.Do(req) })
 	if err != nil {
 		return nil, err
 	}

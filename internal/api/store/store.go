@@ -1,4 +1,10 @@
-package api
+// Package store is the API's durable state: the Store interface its
+// engines implement, the key layout of its collections and the records the
+// HTTP layer, the job runner and the webhook dispatcher share.
+//
+// Guarantees (of every Store): an Update that returns nil is durable; its
+// writes are all kept or none; Updates are serialisable.
+package store
 
 import (
 	"context"
@@ -8,7 +14,7 @@ import (
 
 // Store is the API's durable state: an ordered key-value store with
 // serializable read-write transactions. Collections (processes, events, jobs,
-// keys, …) are key prefixes laid out in records.go, so a new collection needs
+// keys, …) are key prefixes laid out in keys.go, so a new collection needs
 // no change here, and another engine can back the API by implementing these
 // few methods.
 type Store interface {
