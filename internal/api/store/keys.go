@@ -13,6 +13,7 @@ import (
 //
 //	p/<pid>                    Process summary (and the event and job counters)
 //	e/<pid>\x00<seq>           Event
+//	ed/<pid>\x00<dedup>        seq of the event appended under that dedup name
 //	i/<keyid>\x00<kind>\x00<v> idempotency record (with a TTL)
 //	k/<id>                     API key (hash of the secret, never the secret)
 //	kh/<sha256 hex>            key id, for lookup by secret
@@ -26,6 +27,7 @@ import (
 const (
 	PfxProcess     = "p/"
 	PfxEvent       = "e/"
+	PfxEventDedup  = "ed/"
 	PfxIdem        = "i/"
 	PfxKey         = "k/"
 	PfxKeyHash     = "kh/"
@@ -74,6 +76,14 @@ func SplitSeqKey(prefix string, k []byte) (pid string, seq uint64, err error) {
 		return "", 0, fmt.Errorf("store: malformed key %q", k)
 	}
 	return string(rest[:len(rest)-9]), binary.BigEndian.Uint64(rest[len(rest)-8:]), nil
+}
+
+// DecodeJSON decodes the value v of key k into out.
+func DecodeJSON(k, v []byte, out any) error {
+	if err := json.Unmarshal(v, out); err != nil {
+		return fmt.Errorf("store: decode %q: %w", k, err)
+	}
+	return nil
 }
 
 // GetJSON reads key into v; ErrNotFound if absent.
