@@ -208,7 +208,7 @@ func (r *Runner) Recover(ctx context.Context) error {
 	}
 	r.mu.Unlock()
 	if added > 0 {
-		r.log.Info("jobs queued from the store", "jobs", added)
+		r.log.Info("jobs queued again after restart or partitioning change", "jobs", added)
 		r.signal()
 	}
 	return nil
