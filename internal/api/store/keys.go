@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+
+	"github.com/flowedge/flowedge/internal/httpx"
 )
 
 // Key layout. Every collection is a prefix; parts of a key are separated by
@@ -99,8 +101,10 @@ func GetJSON(tx Tx, key []byte, v any) error {
 }
 
 // PutJSON writes v at key.
+// Strings keep <, > and & as they are (no HTML escaping), so an event's
+// data is stored as it was sent.
 func PutJSON(tx Tx, key []byte, v any) error {
-	b, err := json.Marshal(v)
+	b, err := httpx.Marshal(v)
 	if err != nil {
 		return err
 	}
