@@ -199,7 +199,7 @@ func New(opts Options) (*Server, error) {
 		Metrics: jobs.Metrics{Events: s.metrics.events, Finished: s.metrics.jobsFinished, Duration: s.metrics.jobDuration}})
 	s.hooks = webhook.New(webhook.Config{Store: s.store, Options: opts.Webhooks, Production: opts.Production,
 		Resolver: opts.Resolver, Breakers: s.breakers, Version: opts.Version, Log: s.log,
-		Deliveries: s.metrics.webhookDeliveries})
+		Deliveries: s.metrics.webhookDeliveries, ReloadEvery: sharedReload(isShared)})
 	if err := s.hooks.Reload(ctx); err != nil {
 		return nil, err
 	}
@@ -502,6 +502,15 @@ func (s *Server) watchPartitions(ctx context.Context, sh store.Shared, interval 
 			s.log.Error("cannot take up the queued jobs after a partitioning change", "err", err)
 		}
 	}
+}
+
+// sharedReload is how often the webhook list is re-read: every 10 s when
+// other backends share the store (they may change it), else never.
+func sharedReload(shared bool) time.Duration {
+	if shared {
+		return 10 * time.Second
+	}
+	return 0
 }
 
 // MaxPIDBytes bounds a process id.
