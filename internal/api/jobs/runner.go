@@ -195,6 +195,11 @@ func (r *Runner) Recover(ctx context.Context) error {
 			r.queued -= len(q)
 		}
 	}
+	for pid, id := range r.busy {
+		if own, seen := owned[pid]; seen && !own {
+			r.running[id].cancel(errMoved) // stays "running" in the store: its new owner resumes it
+		}
+	}
 	for _, e := range found {
 		if _, running := r.running[e.id]; running || slices.Contains(r.pending[e.pid], e.id) {
 			continue
@@ -437,7 +442,7 @@ func (r *Runner) execute(rn *run) {
 			continue
 		}
 		switch cause := context.Cause(rn.ctx); {
-		case errors.Is(err, errMoved):
+		case errors.Is(err, errMoved), errors.Is(cause, errMoved):
 			r.log.Info("job interrupted: its process moved to another partition, where it resumes", "job_id", j.ID, "step", i)
 		case errors.Is(cause, errShutdown), errors.Is(err, store.ErrStoreClosed):
 			r.log.Info("job interrupted by shutdown; it resumes at the next start", "job_id", j.ID, "step", i)
@@ -597,10 +602,17 @@ func (r *Runner) step(rn *run, j *store.Job, i int) error {
 			}
 			ev = store.Event{ProcessID: j.ProcessID, ID: store.NewID(), Type: st.EventType, Data: data,
 				RequestID: j.RequestID, JobID: j.ID, CreatedAt: now}
-			if _, err := tx.AppendEvent(&ev, j.Owner, fmt.Sprintf("job:%s/%d", j.ID, i)); err != nil {
+			var res json.RawMessage
+			switch _, err := tx.AppendEvent(&ev, j.Owner, fmt.Sprintf("job:%s/%d", j.ID, i)); {
+			case errors.Is(err, store.ErrDuplicate):
+				// Appended by another run of this step (the process moved
+				// while the job ran): the step's effect is there, once.
+				res = json.RawMessage(`{"already_appended":true}`)
+			case err != nil:
 				return err
+			default:
+				res, _ = json.Marshal(map[string]any{"seq": ev.Seq, "event_id": ev.ID})
 			}
-			res, _ := json.Marshal(map[string]any{"seq": ev.Seq, "event_id": ev.ID})
 			*st = cp
 			st.Status, st.StartedAt, st.FinishedAt, st.Result = store.StepSucceeded, &now, &now, res
 			return store.PutJob(tx, j)
