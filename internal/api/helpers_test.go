@@ -48,7 +48,13 @@ func newEnv(t testing.TB, mods ...func(*api.Options)) *env {
 // newPGEnv starts a server on a PostgreSQL store (a throwaway server).
 func newPGEnv(t testing.TB, mods ...func(*api.Options)) *env {
 	t.Helper()
-	url := pgtest.DB(t)
+	return newPGEnvWith(t, pgtest.Options{}, mods...)
+}
+
+// newPGEnvWith is newPGEnv on a server started with o.
+func newPGEnvWith(t testing.TB, o pgtest.Options, mods ...func(*api.Options)) *env {
+	t.Helper()
+	url := pgtest.DB(t, o)
 	return newEnvOn(t, func() (api.Store, error) { return pgstore.Open(context.Background(), url, pgstore.Options{}) }, mods...)
 }
 

@@ -153,3 +153,15 @@ func TestConformance(t *testing.T) {
 		}
 	})
 }
+
+// BenchmarkAppend: appends/s on Badger (fsync per commit, group commit).
+func BenchmarkAppend(b *testing.B) {
+	dir := b.TempDir()
+	storetest.BenchmarkAppend(b, func() store.Store {
+		s, err := Open(dir, Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		return s
+	})
+}

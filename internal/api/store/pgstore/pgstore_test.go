@@ -25,3 +25,16 @@ func TestConformance(t *testing.T) {
 		}
 	})
 }
+
+// BenchmarkAppend: appends/s on PostgreSQL (fsync and synchronous commit
+// on), the same workload as badgerstore's.
+func BenchmarkAppend(b *testing.B) {
+	url := pgtest.DB(b, pgtest.Options{Durable: true})
+	storetest.BenchmarkAppend(b, func() store.Store {
+		s, err := pgstore.Open(context.Background(), url, pgstore.Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		return s
+	})
+}
