@@ -10,8 +10,9 @@
 //     SERIALIZABLE unless repeatable read is enabled there), retried (fn
 //     run again) on serialization failures (40001: a row it writes was
 //     changed since its snapshot), deadlocks (40P01) and unique violations
-//     (23505) up to MaxAttempts, with jittered backoff. View is one
-//     REPEATABLE READ READ ONLY transaction. Not SERIALIZABLE: measured with
+//     (23505) up to MaxAttempts, with jittered backoff. View's statements are
+//     read on one connection without a transaction (each statement sees
+//     what is committed when it runs). Not SERIALIZABLE: measured with
 //     64 concurrent appends over 100 processes, PostgreSQL's predicate locks
 //     (the page-level "gaps" of every idempotency and dedup lookup that
 //     finds nothing) made nearly every pair of appends a dangerous
@@ -157,22 +158,20 @@ func Migrations() []string {
 	return out
 }
 
-// View runs fn in a REPEATABLE READ READ ONLY transaction: one snapshot,
-// which never fails for serialization.
+// View runs fn on one connection, outside a transaction: each of its
+// statements sees the data committed when it runs (two round trips fewer
+// than a transaction, on every authenticated request).
 func (s *Store) View(ctx context.Context, fn func(store.Tx) error) error {
 	if s.closed.Load() {
 		return store.ErrStoreClosed
 	}
-	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
 		return dbErr(ctx, err)
 	}
-	defer tx.Rollback(context.WithoutCancel(ctx))
-	t := &pgTx{ctx: ctx, tx: tx}
-	if err := fn(t); err != nil {
-		return t.err(err)
-	}
-	return dbErr(ctx, tx.Commit(ctx))
+	defer conn.Release()
+	t := &pgTx{ctx: ctx, tx: conn}
+	return t.err(fn(t))
 }
 
 // Update runs fn in a transaction of Options.Isolation and commits it,

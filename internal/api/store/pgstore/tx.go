@@ -10,13 +10,23 @@ import (
 
 	"github.com/flowedge/flowedge/internal/api/store"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
+
+// querier is what a pgTx runs its statements on: a transaction (Update), or
+// a connection whose statements each see the data committed when they run
+// (View).
+type querier interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
 
 // pgTx is one transaction. It remembers the first database error, so that
 // a retryable failure is retried even when fn turned it into another error.
 type pgTx struct {
 	ctx   context.Context
-	tx    pgx.Tx
+	tx    querier
 	first error
 }
 
