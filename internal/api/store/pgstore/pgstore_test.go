@@ -13,6 +13,7 @@ import (
 	"github.com/flowedge/flowedge/internal/api/store/pgstore"
 	"github.com/flowedge/flowedge/internal/api/store/storetest"
 	"github.com/flowedge/flowedge/internal/testutil/pgtest"
+	"github.com/jackc/pgx/v5"
 )
 
 // TestConformance runs the store suite on PostgreSQL, each test on a fresh
@@ -78,5 +79,41 @@ func TestAppendsUnderLoad(t *testing.T) {
 	wg.Wait()
 	if n := failed.Load(); n > 0 {
 		t.Fatalf("%d of %d appends failed, first: %v", n, writers*each, first.Load())
+	}
+}
+
+// TestConcurrentStart: backends that start at once on an empty database
+// all open it; goose's table lock lets one apply each migration, once.
+func TestConcurrentStart(t *testing.T) {
+	url := pgtest.DB(t)
+	const backends = 4
+	var wg sync.WaitGroup
+	errs := make([]error, backends)
+	for i := range backends {
+		wg.Go(func() {
+			s, err := pgstore.Open(context.Background(), url, pgstore.Options{})
+			if err == nil {
+				s.Close()
+			}
+			errs[i] = err
+		})
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("backend %d: %v", i, err)
+		}
+	}
+	conn, err := pgx.Connect(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var applied int
+	if err := conn.QueryRow(context.Background(), `SELECT count(*) FROM flow_schema_version WHERE version_id > 0 AND is_applied`).Scan(&applied); err != nil {
+		t.Fatal(err)
+	}
+	if applied != len(pgstore.Migrations()) {
+		t.Fatalf("%d migrations recorded, want %d (each once)", applied, len(pgstore.Migrations()))
 	}
 }
