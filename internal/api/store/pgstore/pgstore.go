@@ -171,7 +171,10 @@ func (s *Store) View(ctx context.Context, fn func(store.Tx) error) error {
 	}
 	defer conn.Release()
 	t := &pgTx{ctx: ctx, tx: conn}
-	return t.err(fn(t))
+	if err := fn(t); err != nil {
+		return t.err(err)
+	}
+	return nil
 }
 
 // Update runs fn in a transaction of Options.Isolation and commits it,
