@@ -12,13 +12,11 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/google/uuid"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-
 	"github.com/flowedge/flowedge/internal/buffer"
 	"github.com/flowedge/flowedge/internal/delivery"
 	"github.com/flowedge/flowedge/internal/httpx"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // Deliveries is what the admin API needs of the delivery engine: look a
@@ -86,19 +84,12 @@ func (h *Handler) auth(next func(http.ResponseWriter, *http.Request)) http.Handl
 			want := "Bearer " + h.opt.Token
 			if subtle.ConstantTimeCompare([]byte(got), []byte(want)) != 1 {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="edge admin"`)
-				httpx.WriteProblem(w, httpx.Problem{Status: http.StatusUnauthorized, Detail: "a valid admin bearer token is required", RequestID: requestID(r)})
+				httpx.WriteProblem(w, httpx.Problem{Status: http.StatusUnauthorized, Detail: "a valid admin bearer token is required", RequestID: httpx.RequestID(r)})
 				return
 			}
 		}
 		next(w, r)
 	})
-}
-
-func requestID(r *http.Request) string {
-	if id := r.Header.Get("X-Request-ID"); id != "" {
-		return id
-	}
-	return uuid.NewString()
 }
 
 // readiness is 200 while the edge accepts traffic: not draining and the
@@ -151,7 +142,7 @@ func (h *Handler) health(w http.ResponseWriter, _ *http.Request) {
 }
 
 func (h *Handler) problem(w http.ResponseWriter, r *http.Request, status int, detail string) {
-	httpx.WriteProblem(w, httpx.Problem{Status: status, Detail: detail, RequestID: requestID(r)})
+	httpx.WriteProblem(w, httpx.Problem{Status: status, Detail: detail, RequestID: httpx.RequestID(r)})
 }
 
 func (h *Handler) notFoundOr500(w http.ResponseWriter, r *http.Request, err error, what string) {

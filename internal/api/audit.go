@@ -8,6 +8,9 @@ import (
 	"net/netip"
 	"strings"
 	"time"
+
+	"github.com/flowedge/flowedge/internal/api/store"
+	"github.com/flowedge/flowedge/internal/httpx"
 )
 
 // AuditEntry records one security-relevant change: who (user and key),
@@ -49,7 +52,7 @@ func descending(id string) string {
 
 // recordAudit stores an audit entry for action (e.g. "key.create",
 // "webhook.delete") on the resource with id resourceID, in the same
-// transaction as the change it records, so the entry exists exactly when
+// transaction as the change it records, so the entry store.Exists exactly when
 // the change does (an idempotent replay records nothing again). The entry
 // carries the caller's user id and key id, the client IP (see
 // Options.TrustedProxies), the time and the request id.
@@ -58,7 +61,7 @@ func descending(id string) string {
 const DefaultAuditRetention = 365 * 24 * time.Hour
 
 func (s *Server) recordAudit(tx Tx, c *call, action, resourceID string) error {
-	e := AuditEntry{ID: newID(), Action: action, ResourceID: resourceID, IP: s.clientIP(c.r),
+	e := AuditEntry{ID: store.NewID(), Action: action, ResourceID: resourceID, IP: s.clientIP(c.r),
 		Timestamp: time.Now().UTC(), RequestID: c.info.id}
 	if c.key != nil {
 		e.UserID, e.KeyID = c.key.user(), c.key.ID
@@ -66,7 +69,7 @@ func (s *Server) recordAudit(tx Tx, c *call, action, resourceID string) error {
 	b, err := json.Marshal(e)
 	if err == nil {
 		// Entries expire after the retention: the log cannot grow forever.
-		err = tx.Set(rkey(pfxAudit, descending(e.ID)), b, s.opts.AuditRetention)
+		err = tx.Set(store.Key(pfxAudit, descending(e.ID)), b, s.opts.AuditRetention)
 	}
 	if err != nil {
 		return fmt.Errorf("store audit entry %s %s: %w", action, resourceID, err)
@@ -83,7 +86,7 @@ func (s *Server) listAudit(c *call) (result, error) {
 		return result{}, err
 	}
 	action := c.r.URL.Query().Get("action")
-	if action != "" && !validToken(action, 64) {
+	if action != "" && !httpx.ValidToken(action, 64) {
 		return result{}, badRequest("action: want an action name such as key.create, got %q", action)
 	}
 	var from []byte
@@ -91,7 +94,7 @@ func (s *Server) listAudit(c *call) (result, error) {
 		if err := validUUID("cursor", cursor); err != nil {
 			return result{}, err
 		}
-		from = append(rkey(pfxAudit, descending(cursor)), 0)
+		from = append(store.Key(pfxAudit, descending(cursor)), 0)
 	}
 	out := list[AuditEntry]{Items: []AuditEntry{}}
 	err = s.store.View(c.r.Context(), func(tx Tx) error {

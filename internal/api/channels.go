@@ -11,6 +11,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/flowedge/flowedge/internal/api/store"
 	"github.com/microcosm-cc/bluemonday"
 )
 
@@ -25,7 +26,7 @@ const (
 	MaxMediaAlt    = 500    // characters of a media item's alt text
 )
 
-// Store prefixes of channels and posts (see records.go for the others):
+// Store prefixes of channels and posts (see store/keys.go for the others):
 //
 //	ch/<id>                 Channel
 //	cp/<channelid>\x00<id>  Post, in creation order within its channel
@@ -153,6 +154,9 @@ func checkMedia(p *bluemonday.Policy, field string, m Media, production bool) (M
 	if len(raw) > MaxMediaURL || !utf8.ValidString(raw) || strings.IndexFunc(raw, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0 {
 		return Media{}, badRequest("%s.url: at most %d bytes of UTF-8 without spaces or control characters", field, MaxMediaURL)
 	}
+	if strings.ContainsAny(raw, "<>\"'`") { // markup characters: a URL carries them percent-encoded
+		return Media{}, badRequest("%s.url: must not contain < > \" ' or ` (percent-encode them)", field)
+	}
 	u, err := url.Parse(raw)
 	if err != nil {
 		return Media{}, badRequest("%s.url: not a URL: %v", field, err)
@@ -185,8 +189,8 @@ func (s *Server) createChannel(c *call, tx Tx) (result, error) {
 	if err != nil {
 		return result{}, err
 	}
-	ch := Channel{ID: newID(), Name: name, Owner: c.key.user(), CreatedBy: c.key.ID, CreatedAt: time.Now().UTC()}
-	if err := putJSON(tx, rkey(pfxChannel, ch.ID), ch); err != nil {
+	ch := Channel{ID: store.NewID(), Name: name, Owner: c.key.user(), CreatedBy: c.key.ID, CreatedAt: time.Now().UTC()}
+	if err := store.PutJSON(tx, store.Key(pfxChannel, ch.ID), ch); err != nil {
 		return result{}, fmt.Errorf("store channel: %w", err)
 	}
 	return created(ch, "/api/v1/channels/"+ch.ID)
@@ -199,7 +203,7 @@ func visible(k *APIKey, ch Channel) bool { return k.Role == RoleAdmin || ch.Owne
 // not exist or belongs to another user.
 func loadChannel(tx Tx, k *APIKey, id string) (Channel, error) {
 	var ch Channel
-	err := getJSON(tx, rkey(pfxChannel, id), &ch)
+	err := store.GetJSON(tx, store.Key(pfxChannel, id), &ch)
 	if errors.Is(err, ErrNotFound) || (err == nil && !visible(k, ch)) {
 		return Channel{}, notFound("no channel %s", id)
 	}
@@ -250,8 +254,8 @@ func (s *Server) createPost(c *call, tx Tx) (result, error) {
 	if err != nil {
 		return result{}, err
 	}
-	p := Post{ID: newID(), ChannelID: id, Content: content, Media: media, Author: c.key.user(), KeyID: c.key.ID, CreatedAt: time.Now().UTC()}
-	if err := putJSON(tx, rkey(pfxPost, id, p.ID), p); err != nil {
+	p := Post{ID: store.NewID(), ChannelID: id, Content: content, Media: media, Author: c.key.user(), KeyID: c.key.ID, CreatedAt: time.Now().UTC()}
+	if err := store.PutJSON(tx, store.Key(pfxPost, id, p.ID), p); err != nil {
 		return result{}, fmt.Errorf("store post: %w", err)
 	}
 	res, _ := created(p, "/api/v1/channels/"+id+"/posts/"+p.ID)
@@ -272,7 +276,7 @@ func (s *Server) listPosts(c *call) (result, error) {
 	}); err != nil {
 		return result{}, err
 	}
-	out, err := listRecords(c.r, s.store, string(rkey(pfxPost, id, "")), func(p Post) Post { return p })
+	out, err := listRecords(c.r, s.store, string(store.Key(pfxPost, id, "")), func(p Post) Post { return p })
 	if err != nil {
 		return result{}, err
 	}
@@ -294,7 +298,7 @@ func (s *Server) getPost(c *call) (result, error) {
 		if _, err := loadChannel(tx, c.key, id); err != nil {
 			return err
 		}
-		if err := getJSON(tx, rkey(pfxPost, id, postID), &p); errors.Is(err, ErrNotFound) {
+		if err := store.GetJSON(tx, store.Key(pfxPost, id, postID), &p); errors.Is(err, ErrNotFound) {
 			return notFound("no post %s in channel %s", postID, id)
 		} else if err != nil {
 			return err

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"unicode/utf8"
+
+	"github.com/flowedge/flowedge/internal/httpx"
 )
 
 // decoderSeeds are request bodies every decoder fuzz test starts from:
@@ -92,11 +94,11 @@ func FuzzDecodeKey(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
-		in, err := decodeKey(body)
+		in, err := decodeKey(textPolicy(), body)
 		if !checkDecodeErr(t, body, err) {
 			return
 		}
-		if in.Name == "" || (in.Role != RoleAdmin && in.Role != RoleMember) || (in.UserID != "" && !validToken(in.UserID, MaxUserIDBytes)) {
+		if in.Name == "" || (in.Role != RoleAdmin && in.Role != RoleMember) || (in.UserID != "" && !httpx.ValidToken(in.UserID, MaxUserIDBytes)) {
 			t.Fatalf("%q: accepted %+v", body, in)
 		}
 	})

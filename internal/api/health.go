@@ -89,7 +89,7 @@ func newHealth(s *Server) *health {
 		s:        s,
 		database: newChecker("database", pick(o.Database, s.store.Ping), o.DatabaseTimeout),
 		storage:  newChecker("storage", pick(o.Storage, storage), o.StorageTimeout),
-		queue:    newChecker("queue", pick(o.Queue, s.runner.check), o.QueueTimeout),
+		queue:    newChecker("queue", pick(o.Queue, s.runner.Check), o.QueueTimeout),
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"unicode/utf8"
 
+	"github.com/flowedge/flowedge/internal/httpx"
 	"github.com/google/uuid"
 )
 
@@ -118,20 +119,7 @@ func (s *Server) writeProblem(w http.ResponseWriter, r *http.Request, err error)
 		s.log.Error("request failed", "request_id", info.id, "method", r.Method, "path", r.URL.Path, "err", err)
 	}
 	p.RequestID = info.id
-	body, mErr := marshal(p)
-	if mErr != nil {
-		body = []byte(`{"type":"about:blank","title":"Internal Server Error","status":500}`)
-		p.Status = http.StatusInternalServerError
-	}
-	body = append(body, '\n')
-	h := w.Header()
-	for k, v := range p.Header {
-		h[k] = v
-	}
-	h.Set("Content-Type", "application/problem+json")
-	h.Set("Content-Length", strconv.Itoa(len(body)))
-	w.WriteHeader(p.Status)
-	_, _ = w.Write(body)
+	httpx.WriteProblem(w, *p)
 }
 
 // readBody reads the whole request body (bounded by the limit the outer
@@ -208,6 +196,3 @@ func validUUID(name, v string) error {
 	}
 	return nil
 }
-
-// newID returns a fresh UUIDv7: ids sort by creation time.
-func newID() string { return uuid.Must(uuid.NewV7()).String() }

@@ -7,6 +7,9 @@ import (
 	"errors"
 	"net/http"
 	"time"
+
+	"github.com/flowedge/flowedge/internal/api/store"
+	"github.com/flowedge/flowedge/internal/httpx"
 )
 
 // idemRecord is an answer kept for the repeats of a request.
@@ -61,7 +64,7 @@ func (s *Server) write(lockOf func(*http.Request) string, fn writeFunc) handler 
 			res = result{}
 			for _, k := range keys {
 				var rec idemRecord
-				err := getJSON(tx, k, &rec)
+				err := store.GetJSON(tx, k, &rec)
 				if errors.Is(err, ErrNotFound) {
 					continue
 				}
@@ -132,14 +135,14 @@ func idemKeys(c *call) ([][]byte, error) {
 		kid = c.key.ID
 	}
 	var keys [][]byte
-	if v := c.r.Header.Get("X-Request-ID"); validToken(v, 200) {
-		keys = append(keys, rkey(pfxIdem, kid, "r", v))
+	if v := c.r.Header.Get("X-Request-ID"); httpx.ValidToken(v, 200) {
+		keys = append(keys, store.Key(store.PfxIdem, kid, "r", v))
 	}
 	if v := c.r.Header.Get("Idempotency-Key"); v != "" {
 		if !validIdemKey(v) {
 			return nil, badRequest("Idempotency-Key: want 1 to 255 printable ASCII characters")
 		}
-		keys = append(keys, rkey(pfxIdem, kid, "k", v))
+		keys = append(keys, store.Key(store.PfxIdem, kid, "k", v))
 	}
 	return keys, nil
 }

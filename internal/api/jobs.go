@@ -6,66 +6,9 @@ import (
 	"fmt"
 	"strconv"
 	"time"
+
+	"github.com/flowedge/flowedge/internal/api/store"
 )
-
-// Job statuses: queued → running → succeeded | failed | cancelled.
-const (
-	JobQueued    = "queued"
-	JobRunning   = "running"
-	JobSucceeded = "succeeded"
-	JobFailed    = "failed"
-	JobCancelled = "cancelled"
-)
-
-// Step run statuses: pending → running → succeeded | failed | cancelled.
-const (
-	stepPending   = "pending"
-	stepRunning   = "running"
-	stepSucceeded = "succeeded"
-	stepFailed    = "failed"
-	stepCancelled = "cancelled"
-)
-
-// Job is one execution of a workflow for a process. It keeps a copy of the
-// workflow's steps, so deleting the workflow does not break it, and records
-// each step's result.
-type Job struct {
-	ID         string          `json:"id"`
-	Status     string          `json:"status"`
-	WorkflowID string          `json:"workflow_id"`
-	ProcessID  string          `json:"process_id"`
-	Seq        uint64          `json:"seq"` // submission order within the process, from 1
-	Input      json.RawMessage `json:"input,omitempty"`
-	Steps      []StepRun       `json:"steps"`
-	Error      string          `json:"error,omitempty"`
-	Runs       int             `json:"runs"` // times started: 1, or more after restarts
-	RequestID  string          `json:"request_id,omitempty"`
-	CreatedAt  time.Time       `json:"created_at"`
-	StartedAt  *time.Time      `json:"started_at,omitempty"`
-	FinishedAt *time.Time      `json:"finished_at,omitempty"`
-}
-
-// StepRun is a step of a job: its definition and how it went.
-type StepRun struct {
-	Step
-	Status     string          `json:"status"`
-	StartedAt  *time.Time      `json:"started_at,omitempty"`
-	FinishedAt *time.Time      `json:"finished_at,omitempty"`
-	Result     json.RawMessage `json:"result,omitempty"`
-	Error      string          `json:"error,omitempty"`
-}
-
-func finalStatus(s string) bool { return s == JobSucceeded || s == JobFailed || s == JobCancelled }
-
-// putJob stores j and keeps the queue index (jq/) in step with its status.
-func putJob(tx Tx, j *Job) error {
-	if finalStatus(j.Status) {
-		if err := tx.Delete(seqKey(pfxJobQueue, j.ProcessID, j.Seq)); err != nil {
-			return err
-		}
-	}
-	return putJSON(tx, rkey(pfxJob, j.ID), j)
-}
 
 type jobInput struct {
 	WorkflowID string          `json:"workflow_id"`
@@ -88,44 +31,50 @@ func (s *Server) createJob(c *call, tx Tx) (result, error) {
 		return result{}, err
 	}
 	var w Workflow
-	if err := getJSON(tx, rkey(pfxWorkflow, in.WorkflowID), &w); errors.Is(err, ErrNotFound) {
+	if err := store.GetJSON(tx, store.Key(store.PfxWorkflow, in.WorkflowID), &w); errors.Is(err, ErrNotFound) || (err == nil && !ownedBy(w.Owner, c.key)) {
 		return result{}, unprocessable("workflow_id: no workflow %s", in.WorkflowID)
 	} else if err != nil {
 		return result{}, err
 	}
+	if err := s.checkOwnerTx(tx, pid); err != nil {
+		return result{}, err
+	}
+	if p, err := tx.Process(pid); err == nil && !processVisible(p, c.key) {
+		return result{}, notFound("no process %q", pid)
+	} else if err != nil && !errors.Is(err, ErrNotFound) {
+		return result{}, err
+	}
 	now := time.Now().UTC()
-	p, err := loadProcess(tx, pid, now)
+	p, err := tx.NextJob(pid, c.key.user(), now)
 	if err != nil {
 		return result{}, err
 	}
-	p.Jobs++
-	p.UpdatedAt = now
-	j := Job{ID: newID(), Status: JobQueued, WorkflowID: w.ID, ProcessID: pid, Seq: p.Jobs, Input: in.Input,
-		RequestID: c.info.id, CreatedAt: now, Steps: make([]StepRun, len(w.Steps))}
-	for i, st := range w.Steps {
-		j.Steps[i] = StepRun{Step: st, Status: stepPending}
+	if !processVisible(p, c.key) { // created concurrently by another user
+		return result{}, notFound("no process %q", pid)
 	}
-	if err := putJob(tx, &j); err != nil {
+	j := Job{ID: store.NewID(), Status: JobQueued, WorkflowID: w.ID, ProcessID: pid, Seq: p.Jobs, Input: in.Input,
+		RequestID: c.info.id, Owner: c.key.user(), CreatedAt: now, Steps: make([]StepRun, len(w.Steps))}
+	for i, st := range w.Steps {
+		j.Steps[i] = StepRun{Step: st, Status: store.StepPending}
+	}
+	if err := store.PutJob(tx, &j); err != nil {
 		return result{}, err
 	}
 	id := []byte(j.ID)
-	if err := tx.Set(seqKey(pfxProcessJob, pid, j.Seq), id, 0); err != nil {
+	if err := tx.Set(store.SeqKey(store.PfxProcessJob, pid, j.Seq), id, 0); err != nil {
 		return result{}, err
 	}
-	if err := tx.Set(seqKey(pfxJobQueue, pid, j.Seq), id, 0); err != nil {
-		return result{}, err
-	}
-	if err := putJSON(tx, rkey(pfxProcess, pid), p); err != nil {
+	if err := tx.Set(store.SeqKey(store.PfxJobQueue, pid, j.Seq), id, 0); err != nil {
 		return result{}, err
 	}
 	res, _ := created(j, "/jobs/"+j.ID)
-	res.after = func() { s.runner.enqueue(pid, j.ID) }
+	res.after = func() { s.runner.Enqueue(pid, j.ID) }
 	return res, nil
 }
 
 // getJob: GET /jobs/{id}.
 func (s *Server) getJob(c *call) (result, error) {
-	j, err := getByID[Job](c, s.store, pfxJob, "job", nil)
+	j, err := getByID(c, s.store, store.PfxJob, "job", func(j Job) bool { return ownedBy(j.Owner, c.key) })
 	if err != nil {
 		return result{}, err
 	}
@@ -150,21 +99,21 @@ func (s *Server) listJobs(c *call) (result, error) {
 	out := list[Job]{Items: []Job{}}
 	var prefix, from []byte
 	if pid != "" {
-		prefix = seqPrefix(pfxProcessJob, pid)
+		prefix = store.SeqPrefix(store.PfxProcessJob, pid)
 		if cursor != "" {
 			seq, err := strconv.ParseUint(cursor, 10, 64)
 			if err != nil {
 				return result{}, badRequest("cursor: want a job seq, got %q", cursor)
 			}
-			from = seqKey(pfxProcessJob, pid, seq+1)
+			from = store.SeqKey(store.PfxProcessJob, pid, seq+1)
 		}
 	} else {
-		prefix = []byte(pfxJob)
+		prefix = []byte(store.PfxJob)
 		if cursor != "" {
 			if err := validUUID("cursor", cursor); err != nil {
 				return result{}, err
 			}
-			from = append(rkey(pfxJob, cursor), 0)
+			from = append(store.Key(store.PfxJob, cursor), 0)
 		}
 	}
 	err = s.store.View(c.r.Context(), func(tx Tx) error {
@@ -176,7 +125,7 @@ func (s *Server) listJobs(c *call) (result, error) {
 			}
 			var j Job
 			if pid != "" { // the index holds the id
-				if err := getJSON(tx, rkey(pfxJob, string(v)), &j); err != nil {
+				if err := store.GetJSON(tx, store.Key(store.PfxJob, string(v)), &j); err != nil {
 					return false, err
 				}
 				last = strconv.FormatUint(j.Seq, 10)
@@ -186,7 +135,7 @@ func (s *Server) listJobs(c *call) (result, error) {
 				}
 				last = j.ID
 			}
-			if status == "" || j.Status == status {
+			if (status == "" || j.Status == status) && ownedBy(j.Owner, c.key) {
 				out.Items = append(out.Items, j)
 			}
 			return true, nil
@@ -203,12 +152,12 @@ func (s *Server) listJobs(c *call) (result, error) {
 // interrupted) and the answer waits for that. Cancelling a cancelled job
 // answers the same again; a job that already succeeded or failed is a 409.
 func (s *Server) cancelJob(c *call) (result, error) {
-	j, err := getByID[Job](c, s.store, pfxJob, "job", nil)
+	j, err := getByID(c, s.store, store.PfxJob, "job", func(j Job) bool { return ownedBy(j.Owner, c.key) })
 	if err != nil {
 		return result{}, err
 	}
-	if !finalStatus(j.Status) {
-		if j, err = s.runner.cancel(c.r.Context(), j); err != nil {
+	if !store.FinalStatus(j.Status) {
+		if j, err = s.runner.Cancel(c.r.Context(), j); err != nil {
 			return result{}, err
 		}
 	}

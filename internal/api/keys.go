@@ -12,6 +12,10 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/flowedge/flowedge/internal/api/store"
+	"github.com/flowedge/flowedge/internal/httpx"
+	"github.com/microcosm-cc/bluemonday"
 )
 
 // Key roles. An admin key may also manage keys.
@@ -89,14 +93,14 @@ func secretPrefix(secret string) string {
 // putKey stores a new key for secret.
 func putKey(tx Tx, k APIKey, secret string) error {
 	hash := hashSecret(secret)
-	if err := tx.Set(rkey(pfxKeyHash, hash), []byte(k.ID), 0); err != nil {
+	if err := tx.Set(store.Key(store.PfxKeyHash, hash), []byte(k.ID), 0); err != nil {
 		return err
 	}
-	return putJSON(tx, rkey(pfxKey, k.ID), keyRecord{APIKey: k, Hash: hash})
+	return store.PutJSON(tx, store.Key(store.PfxKey, k.ID), keyRecord{APIKey: k, Hash: hash})
 }
 
 // ensureBootstrapKey creates an admin key named "bootstrap" for secret
-// unless a key with that secret exists.
+// unless a key with that secret store.Exists.
 func (s *Server) ensureBootstrapKey(ctx context.Context, secret string) error {
 	if len(secret) < MinBootstrapKeyLen {
 		return fmt.Errorf("api: the bootstrap key must be at least %d characters", MinBootstrapKeyLen)
@@ -104,11 +108,11 @@ func (s *Server) ensureBootstrapKey(ctx context.Context, secret string) error {
 	var created string
 	err := s.store.Update(ctx, func(tx Tx) error {
 		created = ""
-		found, err := exists(tx, rkey(pfxKeyHash, hashSecret(secret)))
+		found, err := store.Exists(tx, store.Key(store.PfxKeyHash, hashSecret(secret)))
 		if err != nil || found {
 			return err
 		}
-		k := APIKey{ID: newID(), Name: "bootstrap", Role: RoleAdmin, Prefix: secretPrefix(secret), CreatedAt: time.Now().UTC(), UserID: BootstrapUserID}
+		k := APIKey{ID: store.NewID(), Name: "bootstrap", Role: RoleAdmin, Prefix: secretPrefix(secret), CreatedAt: time.Now().UTC(), UserID: BootstrapUserID}
 		created = k.ID
 		return putKey(tx, k, secret)
 	})
@@ -136,11 +140,11 @@ func (s *Server) authenticate(ctx context.Context, r *http.Request) (*APIKey, er
 	}
 	var rec keyRecord
 	err := s.store.View(ctx, func(tx Tx) error {
-		id, err := tx.Get(rkey(pfxKeyHash, hashSecret(secret)))
+		id, err := tx.Get(store.Key(store.PfxKeyHash, hashSecret(secret)))
 		if err != nil {
 			return err
 		}
-		return getJSON(tx, rkey(pfxKey, string(id)), &rec)
+		return store.GetJSON(tx, store.Key(store.PfxKey, string(id)), &rec)
 	})
 	if errors.Is(err, ErrNotFound) {
 		return nil, unauthorized("the API key is not valid (unknown or deleted)")
@@ -159,12 +163,12 @@ type keyInput struct {
 
 // decodeKey reads and checks a key creation body: a name, a role
 // ("member" if absent) and an optional user id ("" if absent).
-func decodeKey(body []byte) (keyInput, error) {
+func decodeKey(p *bluemonday.Policy, body []byte) (keyInput, error) {
 	var in keyInput
 	if err := decodeJSON(body, &in); err != nil {
 		return keyInput{}, err
 	}
-	name, err := cleanName("name", in.Name)
+	name, err := plainText(p, "name", in.Name, 100, true, false)
 	if err != nil {
 		return keyInput{}, err
 	}
@@ -176,7 +180,7 @@ func decodeKey(body []byte) (keyInput, error) {
 	default:
 		return keyInput{}, badRequest("role: want %q or %q, got %q", RoleMember, RoleAdmin, in.Role)
 	}
-	if in.UserID != "" && !validToken(in.UserID, MaxUserIDBytes) {
+	if in.UserID != "" && !httpx.ValidToken(in.UserID, MaxUserIDBytes) {
 		return keyInput{}, badRequest("user_id: want 1 to %d visible ASCII characters", MaxUserIDBytes)
 	}
 	return in, nil
@@ -186,7 +190,7 @@ func decodeKey(body []byte) (keyInput, error) {
 // secret, once. Without user_id the key acts for the creating key's user.
 // The creation is audited ("key.create").
 func (s *Server) createKey(c *call, tx Tx) (result, error) {
-	in, err := decodeKey(c.body)
+	in, err := decodeKey(s.text, c.body)
 	if err != nil {
 		return result{}, err
 	}
@@ -194,7 +198,7 @@ func (s *Server) createKey(c *call, tx Tx) (result, error) {
 		in.UserID = c.key.user()
 	}
 	secret := newSecret()
-	k := APIKey{ID: newID(), Name: in.Name, Role: in.Role, Prefix: secretPrefix(secret), CreatedAt: time.Now().UTC(), CreatedBy: c.key.ID, UserID: in.UserID}
+	k := APIKey{ID: store.NewID(), Name: in.Name, Role: in.Role, Prefix: secretPrefix(secret), CreatedAt: time.Now().UTC(), CreatedBy: c.key.ID, UserID: in.UserID}
 	if err := putKey(tx, k, secret); err != nil {
 		return result{}, fmt.Errorf("store key: %w", err)
 	}
@@ -211,7 +215,7 @@ func (s *Server) createKey(c *call, tx Tx) (result, error) {
 
 // listKeys: GET /api/v1/keys, oldest first.
 func (s *Server) listKeys(c *call) (result, error) {
-	out, err := listRecords(c.r, s.store, pfxKey, func(rec keyRecord) APIKey { return rec.APIKey })
+	out, err := listRecords(c.r, s.store, store.PfxKey, func(rec keyRecord) APIKey { return rec.APIKey })
 	if err != nil {
 		return result{}, err
 	}
@@ -220,7 +224,7 @@ func (s *Server) listKeys(c *call) (result, error) {
 
 // getKey: GET /api/v1/keys/{id}.
 func (s *Server) getKey(c *call) (result, error) {
-	rec, err := getByID[keyRecord](c, s.store, pfxKey, "API key", nil)
+	rec, err := getByID[keyRecord](c, s.store, store.PfxKey, "API key", nil)
 	if err != nil {
 		return result{}, err
 	}
@@ -236,15 +240,15 @@ func (s *Server) deleteKey(c *call, tx Tx) (result, error) {
 		return result{}, err
 	}
 	var rec keyRecord
-	if err := getJSON(tx, rkey(pfxKey, id), &rec); errors.Is(err, ErrNotFound) {
+	if err := store.GetJSON(tx, store.Key(store.PfxKey, id), &rec); errors.Is(err, ErrNotFound) {
 		return result{}, notFound("no API key %s", id)
 	} else if err != nil {
 		return result{}, err
 	}
-	if err := tx.Delete(rkey(pfxKeyHash, rec.Hash)); err != nil {
+	if err := tx.Delete(store.Key(store.PfxKeyHash, rec.Hash)); err != nil {
 		return result{}, err
 	}
-	if err := tx.Delete(rkey(pfxKey, id)); err != nil {
+	if err := tx.Delete(store.Key(store.PfxKey, id)); err != nil {
 		return result{}, err
 	}
 	if err := s.recordAudit(tx, c, "key.delete", id); err != nil {
@@ -256,12 +260,12 @@ func (s *Server) deleteKey(c *call, tx Tx) (result, error) {
 // listRecords lists the JSON records under prefix whose keys are UUIDv7
 // ids, in id (creation) order, one page at a time; view maps a stored
 // record to what the API shows.
-func listRecords[S, T any](r *http.Request, store Store, prefix string, view func(S) T) (list[T], error) {
-	return listRecordsWhere(r, store, prefix, nil, view)
+func listRecords[S, T any](r *http.Request, st Store, prefix string, view func(S) T) (list[T], error) {
+	return listRecordsWhere(r, st, prefix, nil, view)
 }
 
 // listRecordsWhere is listRecords of the records keep accepts (nil: all).
-func listRecordsWhere[S, T any](r *http.Request, store Store, prefix string, keep func(S) bool, view func(S) T) (list[T], error) {
+func listRecordsWhere[S, T any](r *http.Request, st Store, prefix string, keep func(S) bool, view func(S) T) (list[T], error) {
 	cursor, limit, err := page(r)
 	if err != nil {
 		return list[T]{}, err
@@ -271,11 +275,11 @@ func listRecordsWhere[S, T any](r *http.Request, store Store, prefix string, kee
 		if err := validUUID("cursor", cursor); err != nil {
 			return list[T]{}, err
 		}
-		from = append(rkey(prefix, cursor), 0) // just after the cursor
+		from = append(store.Key(prefix, cursor), 0) // just after the cursor
 	}
 	out := list[T]{Items: []T{}}
 	last := ""
-	err = store.View(r.Context(), func(tx Tx) error {
+	err = st.View(r.Context(), func(tx Tx) error {
 		return tx.Scan([]byte(prefix), from, func(k, v []byte) (bool, error) {
 			if len(out.Items) == limit {
 				out.NextCursor = last

@@ -3,6 +3,7 @@ package api
 import (
 	"strconv"
 
+	"github.com/flowedge/flowedge/internal/api/webhook"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -58,17 +59,17 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 			Help: "Webhook deliveries by result: success (2xx), failure (final error or non-2xx answer), breaker_open (the host's circuit breaker refused it), dropped (queue full or server stopping).",
 		}, []string{"result"}),
 	}
-	for _, r := range deliveryResults {
+	for _, r := range webhook.Results {
 		m.webhookDeliveries.WithLabelValues(r) // exported at 0 from the start
 	}
 	queued := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "flow_job_queue_depth",
 		Help: "Jobs waiting to run (the job queue depth).",
-	}, func() float64 { q, _ := s.runner.depth(); return float64(q) })
+	}, func() float64 { q, _ := s.runner.Depth(); return float64(q) })
 	running := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "flow_jobs_running",
 		Help: "Jobs running now.",
-	}, func() float64 { _, r := s.runner.depth(); return float64(r) })
+	}, func() float64 { _, r := s.runner.Depth(); return float64(r) })
 	info := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "flow_build_info",
 		Help:        "Always 1; labels name the version and the partition this backend serves.",
@@ -76,7 +77,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 	})
 	info.Set(1)
 	reg.MustRegister(m.requests, m.duration, m.events, m.replays, m.jobsFinished, m.jobDuration, m.checkFailures,
-		m.webhookDeliveries, s.breakers, // flow_breaker_open{host}: breaker.go
+		m.webhookDeliveries, s.breakers, // flow_breaker_open{host}: package outbound
 		queued, running, info,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/flowedge/flowedge/internal/httpx"
 )
 
 // Request limits (DESIGN.md, cross-cutting). "1 MB" is 1 MiB: a body of
@@ -42,53 +44,6 @@ func infoOf(r *http.Request) *reqInfo {
 	return &reqInfo{}
 }
 
-// requestID returns the client's X-Request-ID when it is a sane token
-// (1–200 visible ASCII characters), else a fresh UUIDv7.
-func requestID(r *http.Request) string {
-	if v := r.Header.Get("X-Request-ID"); validToken(v, 200) {
-		return v
-	}
-	return newID()
-}
-
-// validToken reports whether v is 1..max visible ASCII characters.
-func validToken(v string, max int) bool {
-	if v == "" || len(v) > max {
-		return false
-	}
-	for i := 0; i < len(v); i++ {
-		if v[i] <= ' ' || v[i] > '~' {
-			return false
-		}
-	}
-	return true
-}
-
-// recorder remembers the status and size of what a handler wrote.
-type recorder struct {
-	http.ResponseWriter
-	status int
-	bytes  int64
-}
-
-func (w *recorder) WriteHeader(code int) {
-	if w.status == 0 {
-		w.status = code
-	}
-	w.ResponseWriter.WriteHeader(code)
-}
-
-func (w *recorder) Write(b []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	n, err := w.ResponseWriter.Write(b)
-	w.bytes += int64(n)
-	return n, err
-}
-
-func (w *recorder) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-
 // outer wraps the router with what every request gets, in this order:
 // request id, security headers, panic recovery, request log and metrics,
 // URL and body limits, CORS (preflights are answered here, without an API
@@ -117,9 +72,9 @@ func (s *Server) outer(mux *http.ServeMux) http.Handler {
 	}))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		info := &reqInfo{id: requestID(r)}
+		info := &reqInfo{id: httpx.RequestID(r)}
 		r = r.WithContext(context.WithValue(r.Context(), infoKey{}, info))
-		rec := &recorder{ResponseWriter: w}
+		rec := &httpx.Recorder{ResponseWriter: w}
 		h := rec.Header()
 		h.Set("X-Request-ID", info.id)
 		s.securityHeaders(h)
@@ -129,7 +84,7 @@ func (s *Server) outer(mux *http.ServeMux) http.Handler {
 					panic(v)
 				}
 				s.log.Error("panic serving request", "request_id", info.id, "panic", fmt.Sprint(v))
-				if rec.status == 0 {
+				if rec.Status == 0 {
 					s.writeProblem(rec, r, fmt.Errorf("panic: %v", v))
 				}
 			}
@@ -202,8 +157,8 @@ func methodLabel(m string) string {
 }
 
 // observe writes the request log line and the request metrics.
-func (s *Server) observe(r *http.Request, info *reqInfo, rec *recorder, d time.Duration) {
-	status := rec.status
+func (s *Server) observe(r *http.Request, info *reqInfo, rec *httpx.Recorder, d time.Duration) {
+	status := rec.Status
 	if status == 0 {
 		status = http.StatusOK
 	}
@@ -232,7 +187,7 @@ func (s *Server) observe(r *http.Request, info *reqInfo, rec *recorder, d time.D
 		slog.String("route", route),
 		slog.Int("status", status),
 		slog.Float64("duration_ms", float64(d.Microseconds())/1000),
-		slog.Int64("bytes", rec.bytes),
+		slog.Int64("bytes", rec.Bytes),
 		slog.String("key_id", info.keyID),
 		slog.String("user_id", info.userID),
 		slog.String("remote", r.RemoteAddr),

@@ -1,10 +1,10 @@
 package api
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
 	"net/http"
+
+	"github.com/flowedge/flowedge/internal/httpx"
 )
 
 // Problem types (RFC 9457 "type" URIs). Statuses that need no more than
@@ -23,60 +23,11 @@ const (
 )
 
 // Problem is an RFC 9457 problem detail and the error type handlers return
-// for anything but a server fault. Extra holds extension members (e.g. the
-// owner partition of a 421).
-type Problem struct {
-	Type      string
-	Title     string
-	Status    int
-	Detail    string
-	RequestID string
-	Header    http.Header    // extra response headers (WWW-Authenticate, Allow, Retry-After)
-	Extra     map[string]any // extension members, written next to the standard ones
-}
+// for anything but a server fault (see httpx.Problem).
+type Problem = httpx.Problem
 
-func (p *Problem) Error() string { return fmt.Sprintf("%d %s: %s", p.Status, p.Title, p.Detail) }
-
-// MarshalJSON writes the standard members in RFC order, then the
-// extensions.
-func (p *Problem) MarshalJSON() ([]byte, error) {
-	typ := p.Type
-	if typ == "" {
-		typ = typeBlank
-	}
-	title := p.Title
-	if title == "" {
-		title = http.StatusText(p.Status)
-	}
-	b, err := marshal(struct {
-		Type      string `json:"type"`
-		Title     string `json:"title"`
-		Status    int    `json:"status"`
-		Detail    string `json:"detail"`
-		RequestID string `json:"request_id"`
-	}{typ, title, p.Status, p.Detail, p.RequestID})
-	if err != nil || len(p.Extra) == 0 {
-		return b, err
-	}
-	extra, err := marshal(p.Extra)
-	if err != nil {
-		return nil, err
-	}
-	// {"type":…,"request_id":"…"} + {"owner":…} → {"type":…,"request_id":"…","owner":…}
-	return append(append(b[:len(b)-1], ','), extra[1:]...), nil
-}
-
-// marshal is json.Marshal without HTML escaping (the API answers JSON, not
-// HTML) and without a trailing newline.
-func marshal(v any) ([]byte, error) {
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(v); err != nil {
-		return nil, err
-	}
-	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
-}
+// marshal is httpx.Marshal: JSON without HTML escaping or trailing newline.
+func marshal(v any) ([]byte, error) { return httpx.Marshal(v) }
 
 func problem(status int, typ, format string, a ...any) *Problem {
 	return &Problem{Type: typ, Title: http.StatusText(status), Status: status, Detail: fmt.Sprintf(format, a...)}

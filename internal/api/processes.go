@@ -9,20 +9,10 @@ import (
 	"strconv"
 	"time"
 	"unicode/utf8"
-)
 
-// processRecord is a process's summary as stored; it also holds the
-// process's counters (LastSeq for events, Jobs for job submissions), so it
-// is only written under the process's lock.
-type processRecord struct {
-	ID            string     `json:"id"`
-	LastSeq       uint64     `json:"last_seq"`
-	LastEventType string     `json:"last_event_type,omitempty"`
-	LastEventAt   *time.Time `json:"last_event_at,omitempty"`
-	Jobs          uint64     `json:"jobs"`
-	CreatedAt     time.Time  `json:"created_at"`
-	UpdatedAt     time.Time  `json:"updated_at"`
-}
+	"github.com/flowedge/flowedge/internal/api/store"
+	"github.com/flowedge/flowedge/internal/partition"
+)
 
 // Process is the state summary of GET /api/v1/processes/{pid}.
 type Process struct {
@@ -37,47 +27,6 @@ type Process struct {
 	QueuedJobs    int        `json:"queued_jobs"`           // jobs waiting behind it
 	CreatedAt     time.Time  `json:"created_at"`
 	UpdatedAt     time.Time  `json:"updated_at"`
-}
-
-// Event is one entry of a process's log.
-type Event struct {
-	ProcessID string          `json:"process_id"`
-	Seq       uint64          `json:"seq"` // 1, 2, 3… per process, in commit order
-	ID        string          `json:"id"`
-	Type      string          `json:"type,omitempty"` // the body's "type" member, if a string
-	Data      json.RawMessage `json:"data"`           // the JSON body as sent (compacted)
-	RequestID string          `json:"request_id,omitempty"`
-	JobID     string          `json:"job_id,omitempty"` // set when a job's event step appended it
-	CreatedAt time.Time       `json:"created_at"`
-}
-
-// loadProcess returns pid's record, or a fresh one if it has none yet.
-func loadProcess(tx Tx, pid string, now time.Time) (processRecord, error) {
-	var p processRecord
-	err := getJSON(tx, rkey(pfxProcess, pid), &p)
-	if errors.Is(err, ErrNotFound) {
-		return processRecord{ID: pid, CreatedAt: now}, nil
-	}
-	return p, err
-}
-
-// appendEventTx appends an event to pid's log with the next sequence
-// number. The caller holds pid's lock.
-func appendEventTx(tx Tx, pid, typ string, data json.RawMessage, requestID, jobID string, now time.Time) (Event, error) {
-	p, err := loadProcess(tx, pid, now)
-	if err != nil {
-		return Event{}, err
-	}
-	p.LastSeq++
-	ev := Event{ProcessID: pid, Seq: p.LastSeq, ID: newID(), Type: typ, Data: data, RequestID: requestID, JobID: jobID, CreatedAt: now}
-	if err := putJSON(tx, seqKey(pfxEvent, pid, ev.Seq), ev); err != nil {
-		return Event{}, err
-	}
-	p.LastEventType, p.LastEventAt, p.UpdatedAt = typ, &now, now
-	if err := putJSON(tx, rkey(pfxProcess, pid), p); err != nil {
-		return Event{}, err
-	}
-	return ev, nil
 }
 
 // eventBody checks an event body (any JSON value) and returns it compacted
@@ -109,20 +58,59 @@ func eventPath(pid string, seq uint64) string {
 	return fmt.Sprintf("/api/v1/processes/%s/events/%d", url.PathEscape(pid), seq)
 }
 
-// appendEvent: POST /api/v1/processes/{pid}/events → 201 Event.
+// processVisible reports whether key k may read and write process p: its
+// owner's keys and admin keys may.
+func processVisible(p store.ProcessRecord, k *APIKey) bool {
+	return k.Role == RoleAdmin || (p.Owner != "" && p.Owner == k.user())
+}
+
+// visibleProcess returns pid's record, or a 404 when it does not exist or
+// the caller may not see it (to whom it does not exist).
+func visibleProcess(tx Tx, c *call, pid string) (store.ProcessRecord, error) {
+	p, err := tx.Process(pid)
+	if errors.Is(err, ErrNotFound) || (err == nil && !processVisible(p, c.key)) {
+		return p, notFound("no process %q", pid)
+	}
+	return p, err
+}
+
+// appendEvent: POST /api/v1/processes/{pid}/events → 201 Event. The first
+// append creates the process, owned by the caller's user; appends by
+// others who may not see it are 404s.
 func (s *Server) appendEvent(c *call, tx Tx) (result, error) {
 	pid := c.r.PathValue("pid")
 	data, typ, err := eventBody(c.body)
 	if err != nil {
 		return result{}, err
 	}
-	ev, err := appendEventTx(tx, pid, typ, data, c.info.id, "", time.Now().UTC())
+	ev, err := s.appendEventTx(tx, c, pid, typ, data)
 	if err != nil {
 		return result{}, err
 	}
 	res, _ := created(ev, eventPath(pid, ev.Seq))
 	res.after = s.metrics.events.Inc
 	return res, nil
+}
+
+// appendEventTx appends one event of the request c to pid's log, after
+// checking, in the same transaction, that this partition owns pid under
+// the stored partitioning and that the caller may write to the process.
+func (s *Server) appendEventTx(tx Tx, c *call, pid, typ string, data json.RawMessage) (Event, error) {
+	if err := s.checkOwnerTx(tx, pid); err != nil {
+		return Event{}, err
+	}
+	ev := Event{ProcessID: pid, ID: store.NewID(), Type: typ, Data: data, RequestID: c.info.id, CreatedAt: time.Now().UTC()}
+	p, err := tx.AppendEvent(&ev, c.key.user(), c.info.id)
+	if errors.Is(err, store.ErrDuplicate) {
+		return Event{}, conflict("request %s already appended an event to process %q", c.info.id, pid)
+	}
+	if err != nil {
+		return Event{}, err
+	}
+	if !processVisible(p, c.key) { // another user's: the transaction is dropped with this error
+		return Event{}, notFound("no process %q", pid)
+	}
+	return ev, nil
 }
 
 // listEvents: GET /api/v1/processes/{pid}/events?cursor=<seq>&limit= —
@@ -141,24 +129,19 @@ func (s *Server) listEvents(c *call) (result, error) {
 	}
 	out := list[Event]{Items: []Event{}}
 	err = s.store.View(c.r.Context(), func(tx Tx) error {
-		if found, err := exists(tx, rkey(pfxProcess, pid)); err != nil || !found {
-			if err == nil {
-				err = notFound("no process %q", pid)
-			}
+		if _, err := visibleProcess(tx, c, pid); err != nil {
 			return err
 		}
-		return tx.Scan(seqPrefix(pfxEvent, pid), seqKey(pfxEvent, pid, after+1), func(k, v []byte) (bool, error) {
-			if len(out.Items) == limit {
-				out.NextCursor = strconv.FormatUint(out.Items[limit-1].Seq, 10)
-				return false, nil
-			}
-			var ev Event
-			if err := json.Unmarshal(v, &ev); err != nil {
-				return false, fmt.Errorf("store: decode %q: %w", k, err)
-			}
-			out.Items = append(out.Items, ev)
-			return true, nil
-		})
+		evs, err := tx.Events(pid, after, limit+1)
+		if err != nil {
+			return err
+		}
+		if len(evs) > limit {
+			evs = evs[:limit]
+			out.NextCursor = strconv.FormatUint(evs[limit-1].Seq, 10)
+		}
+		out.Items = evs
+		return nil
 	})
 	if err != nil {
 		return result{}, err
@@ -174,7 +157,13 @@ func (s *Server) getEvent(c *call) (result, error) {
 		return result{}, badRequest("seq: want a positive integer, got %q", c.r.PathValue("seq"))
 	}
 	var ev Event
-	err = s.store.View(c.r.Context(), func(tx Tx) error { return getJSON(tx, seqKey(pfxEvent, pid, seq), &ev) })
+	err = s.store.View(c.r.Context(), func(tx Tx) error {
+		if _, err := visibleProcess(tx, c, pid); err != nil {
+			return err
+		}
+		ev, err = tx.Event(pid, seq)
+		return err
+	})
 	if errors.Is(err, ErrNotFound) {
 		return result{}, notFound("process %q has no event %d", pid, seq)
 	}
@@ -185,8 +174,8 @@ func (s *Server) getEvent(c *call) (result, error) {
 }
 
 // processView adds what only memory knows (the job queue) to a record.
-func (s *Server) processView(p processRecord) Process {
-	running, queued := s.runner.processState(p.ID)
+func (s *Server) processView(p store.ProcessRecord) Process {
+	running, queued := s.runner.ProcessState(p.ID)
 	return Process{ID: p.ID, Partition: s.opts.Partition, Events: p.LastSeq, LastSeq: p.LastSeq,
 		LastEventType: p.LastEventType, LastEventAt: p.LastEventAt, Jobs: p.Jobs,
 		RunningJob: running, QueuedJobs: queued, CreatedAt: p.CreatedAt, UpdatedAt: p.UpdatedAt}
@@ -195,11 +184,12 @@ func (s *Server) processView(p processRecord) Process {
 // getProcess: GET /api/v1/processes/{pid} → Process.
 func (s *Server) getProcess(c *call) (result, error) {
 	pid := c.r.PathValue("pid")
-	var p processRecord
-	err := s.store.View(c.r.Context(), func(tx Tx) error { return getJSON(tx, rkey(pfxProcess, pid), &p) })
-	if errors.Is(err, ErrNotFound) {
-		return result{}, notFound("no process %q", pid)
-	}
+	var p store.ProcessRecord
+	err := s.store.View(c.r.Context(), func(tx Tx) error {
+		var err error
+		p, err = visibleProcess(tx, c, pid)
+		return err
+	})
 	if err != nil {
 		return result{}, err
 	}
@@ -207,33 +197,53 @@ func (s *Server) getProcess(c *call) (result, error) {
 }
 
 // listProcesses: GET /api/v1/processes?cursor=<pid>&limit= — the processes
-// of this partition in id order.
+// in id order: the caller's own, or all for an admin key. With a shared
+// database only those this partition owns are listed.
 func (s *Server) listProcesses(c *call) (result, error) {
 	cursor, limit, err := page(c.r)
 	if err != nil {
 		return result{}, err
 	}
-	var from []byte
 	if cursor != "" {
 		if err := validPID("cursor", cursor); err != nil {
 			return result{}, err
 		}
-		from = append(rkey(pfxProcess, cursor), 0)
+	}
+	owner := c.key.user()
+	if c.key.Role == RoleAdmin {
+		owner = ""
 	}
 	out := list[Process]{Items: []Process{}}
 	err = s.store.View(c.r.Context(), func(tx Tx) error {
-		return tx.Scan([]byte(pfxProcess), from, func(k, v []byte) (bool, error) {
-			if len(out.Items) == limit {
-				out.NextCursor = out.Items[limit-1].ID
-				return false, nil
+		part, err := s.partitioning(tx)
+		if err != nil {
+			return err
+		}
+		const batch = 256
+		var items []store.ProcessRecord
+		for after := cursor; ; {
+			ps, err := tx.Processes(after, owner, batch)
+			if err != nil {
+				return err
 			}
-			var p processRecord
-			if err := json.Unmarshal(v, &p); err != nil {
-				return false, fmt.Errorf("store: decode %q: %w", k, err)
+			for _, p := range ps {
+				if partition.OfString(p.ID, part.Count) == s.opts.Partition {
+					items = append(items, p)
+				}
 			}
+			if len(ps) < batch || len(items) > limit {
+				break
+			}
+			after = ps[len(ps)-1].ID
+		}
+		if len(items) > limit {
+			items = items[:limit]
+			out.NextCursor = items[limit-1].ID
+		}
+		for _, p := range items {
 			out.Items = append(out.Items, s.processView(p))
-			return true, nil
-		})
+		}
+		return nil
 	})
 	if err != nil {
 		return result{}, err

@@ -102,3 +102,13 @@ func TestStoreDeadlines(t *testing.T) {
 		t.Fatalf("%d store calls, %d without a deadline", probe.calls.Load(), probe.bad.Load())
 	}
 }
+
+func openTestStore(t *testing.T, dir string) Store {
+	t.Helper()
+	s, err := OpenBadger(dir, BadgerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}

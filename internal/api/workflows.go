@@ -1,19 +1,14 @@
 package api
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"strings"
 	"time"
-)
 
-// Step kinds.
-const (
-	StepDelay = "delay" // wait MS milliseconds
-	StepEvent = "event" // append an event to the job's process
-	StepHTTP  = "http"  // call URL (outbound URL rules, 30s timeout)
+	"github.com/flowedge/flowedge/internal/api/store"
+	"github.com/flowedge/flowedge/internal/outbound"
 )
 
 // Workflow limits.
@@ -23,29 +18,13 @@ const (
 	maxStepHeader = 20
 )
 
-// Step is one step of a workflow. Which fields apply depends on Type.
-type Step struct {
-	Type string `json:"type"`
-	// delay
-	MS int64 `json:"ms,omitempty"`
-	// event: EventType names the event (default "workflow.step"); Data is
-	// its body (default: job id, workflow id, step index and job input).
-	EventType string          `json:"event_type,omitempty"`
-	Data      json.RawMessage `json:"data,omitempty"`
-	// http: Method defaults to POST; Body defaults (for methods with a body)
-	// to the job id, workflow id, process id, step index and job input.
-	Method  string            `json:"method,omitempty"`
-	URL     string            `json:"url,omitempty"`
-	Body    json.RawMessage   `json:"body,omitempty"`
-	Headers map[string]string `json:"headers,omitempty"`
-}
-
 // Workflow is a named, ordered list of steps, optionally owned by an app.
 type Workflow struct {
 	ID        string    `json:"id"`
 	Name      string    `json:"name"`
 	AppID     string    `json:"app_id,omitempty"`
 	Steps     []Step    `json:"steps"`
+	Owner     string    `json:"owner,omitempty"` // user id of the key that created it; "" (stored before owners) means admin keys only
 	CreatedAt time.Time `json:"created_at"`
 }
 
@@ -88,7 +67,7 @@ func (s *Server) validStep(i int, st *Step) error {
 		default:
 			return badRequest("%s: want GET, POST, PUT, PATCH or DELETE, got %q", f("method"), st.Method)
 		}
-		if err := checkOutboundURL(st.URL, s.opts.Production); err != nil {
+		if err := outbound.CheckURL(st.URL, s.opts.Production); err != nil {
 			return badRequest("%s: %v", f("url"), err)
 		}
 		if len(st.Headers) > maxStepHeader {
@@ -115,7 +94,7 @@ func (s *Server) createWorkflow(c *call, tx Tx) (result, error) {
 	if err := decodeJSON(c.body, &in); err != nil {
 		return result{}, err
 	}
-	name, err := cleanName("name", in.Name)
+	name, err := s.cleanName("name", in.Name)
 	if err != nil {
 		return result{}, err
 	}
@@ -131,27 +110,35 @@ func (s *Server) createWorkflow(c *call, tx Tx) (result, error) {
 		if err := validUUID("app_id", in.AppID); err != nil {
 			return result{}, err
 		}
-		if found, err := exists(tx, rkey(pfxApp, in.AppID)); err != nil {
-			return result{}, err
-		} else if !found {
+		var a App
+		if err := store.GetJSON(tx, store.Key(store.PfxApp, in.AppID), &a); errors.Is(err, ErrNotFound) || (err == nil && !ownedBy(a.Owner, c.key)) {
 			return result{}, unprocessable("app_id: no app %s", in.AppID)
+		} else if err != nil {
+			return result{}, err
+		}
+		// Written back unchanged: a concurrent deleteApp, which read that
+		// the app owns no workflow, now conflicts with this transaction
+		// instead of leaving a workflow in a deleted app.
+		if err := store.PutJSON(tx, store.Key(store.PfxApp, a.ID), a); err != nil {
+			return result{}, err
 		}
 	}
-	w := Workflow{ID: newID(), Name: name, AppID: in.AppID, Steps: in.Steps, CreatedAt: time.Now().UTC()}
-	if err := putJSON(tx, rkey(pfxWorkflow, w.ID), w); err != nil {
+	w := Workflow{ID: store.NewID(), Name: name, AppID: in.AppID, Steps: in.Steps, Owner: c.key.user(), CreatedAt: time.Now().UTC()}
+	if err := store.PutJSON(tx, store.Key(store.PfxWorkflow, w.ID), w); err != nil {
 		return result{}, err
 	}
 	if w.AppID != "" {
-		if err := tx.Set(rkey(pfxAppWorkflow, w.AppID, w.ID), nil, 0); err != nil {
+		if err := tx.Set(store.Key(store.PfxAppWorkflow, w.AppID, w.ID), nil, 0); err != nil {
 			return result{}, err
 		}
 	}
 	return created(w, "/api/v1/workflows/"+w.ID)
 }
 
-// listWorkflows: GET /api/v1/workflows, oldest first.
+// listWorkflows: GET /api/v1/workflows, oldest first: the caller's (all
+// for an admin key).
 func (s *Server) listWorkflows(c *call) (result, error) {
-	out, err := listRecords(c.r, s.store, pfxWorkflow, func(w Workflow) Workflow { return w })
+	out, err := listRecordsWhere(c.r, s.store, store.PfxWorkflow, func(w Workflow) bool { return ownedBy(w.Owner, c.key) }, func(w Workflow) Workflow { return w })
 	if err != nil {
 		return result{}, err
 	}
@@ -160,7 +147,7 @@ func (s *Server) listWorkflows(c *call) (result, error) {
 
 // getWorkflow: GET /api/v1/workflows/{id}.
 func (s *Server) getWorkflow(c *call) (result, error) {
-	w, err := getByID[Workflow](c, s.store, pfxWorkflow, "workflow", nil)
+	w, err := getByID(c, s.store, store.PfxWorkflow, "workflow", func(w Workflow) bool { return ownedBy(w.Owner, c.key) })
 	if err != nil {
 		return result{}, err
 	}
@@ -175,17 +162,17 @@ func (s *Server) deleteWorkflow(c *call, tx Tx) (result, error) {
 		return result{}, err
 	}
 	var w Workflow
-	if err := getJSON(tx, rkey(pfxWorkflow, id), &w); errors.Is(err, ErrNotFound) {
+	if err := store.GetJSON(tx, store.Key(store.PfxWorkflow, id), &w); errors.Is(err, ErrNotFound) || (err == nil && !ownedBy(w.Owner, c.key)) {
 		return result{}, notFound("no workflow %s", id)
 	} else if err != nil {
 		return result{}, err
 	}
 	if w.AppID != "" {
-		if err := tx.Delete(rkey(pfxAppWorkflow, w.AppID, w.ID)); err != nil {
+		if err := tx.Delete(store.Key(store.PfxAppWorkflow, w.AppID, w.ID)); err != nil {
 			return result{}, err
 		}
 	}
-	if err := tx.Delete(rkey(pfxWorkflow, id)); err != nil {
+	if err := tx.Delete(store.Key(store.PfxWorkflow, id)); err != nil {
 		return result{}, err
 	}
 	return noContent()

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/flowedge/flowedge/internal/httpx"
 	"github.com/flowedge/flowedge/internal/metrics"
 )
 
@@ -64,31 +65,12 @@ func backoff(initial, max, maxRetryAfter time.Duration, attempts int, resp *http
 	return wait
 }
 
-// retryAfter parses a Retry-After header (RFC 9110 §10.2.3).
+// retryAfter parses a Retry-After header (httpx.RetryAfter, at most a day).
 func retryAfter(resp *http.Response, now time.Time) (time.Duration, bool) {
 	if resp == nil {
 		return 0, false
 	}
-	v := resp.Header.Get("Retry-After")
-	if v == "" {
-		return 0, false
-	}
-	if s, err := strconv.ParseInt(v, 10, 64); err == nil {
-		if s < 0 {
-			return 0, false
-		}
-		if s > int64(24*time.Hour/time.Second) {
-			s = int64(24 * time.Hour / time.Second)
-		}
-		return time.Duration(s) * time.Second, true
-	}
-	if t, err := http.ParseTime(v); err == nil {
-		if d := t.Sub(now); d > 0 {
-			return d, true
-		}
-		return 0, true
-	}
-	return 0, false
+	return httpx.RetryAfter(resp.Header.Get("Retry-After"), now, 24*time.Hour)
 }
 
 // Verdicts of decide.

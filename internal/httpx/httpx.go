@@ -1,5 +1,6 @@
-// Package httpx holds the HTTP pieces the edge's listeners share: RFC 9457
-// problem+json errors and hop-by-hop header handling.
+// Package httpx holds the HTTP pieces the edge and the api-flow backend
+// share: RFC 9457 problem+json errors, a status recorder, request ids,
+// Retry-After parsing and hop-by-hop header handling.
 package httpx
 
 import (
@@ -8,32 +9,6 @@ import (
 	"net/textproto"
 	"strings"
 )
-
-// Problem is an RFC 9457 problem detail.
-type Problem struct {
-	Type      string `json:"type"`
-	Title     string `json:"title"`
-	Status    int    `json:"status"`
-	Detail    string `json:"detail,omitempty"`
-	RequestID string `json:"request_id,omitempty"`
-	// DeliveryID names the buffered request the problem is about, if any.
-	DeliveryID string `json:"delivery_id,omitempty"`
-}
-
-// WriteProblem writes p as application/problem+json with status p.Status.
-// An empty Type becomes "about:blank" and an empty Title the status text.
-func WriteProblem(w http.ResponseWriter, p Problem) {
-	if p.Type == "" {
-		p.Type = "about:blank"
-	}
-	if p.Title == "" {
-		p.Title = http.StatusText(p.Status)
-	}
-	w.Header().Set("Content-Type", "application/problem+json")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(p.Status)
-	_ = json.NewEncoder(w).Encode(p)
-}
 
 // WriteJSON writes v as application/json with the given status.
 func WriteJSON(w http.ResponseWriter, status int, v any) {

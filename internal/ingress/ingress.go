@@ -132,27 +132,6 @@ func New(opt Options) (*Handler, error) {
 // Close releases the proxy's idle connections.
 func (h *Handler) Close() { h.proxy.CloseIdleConnections() }
 
-// statusWriter remembers the status for metrics.
-type statusWriter struct {
-	http.ResponseWriter
-	status int
-}
-
-func (w *statusWriter) WriteHeader(code int) {
-	if w.status == 0 {
-		w.status = code
-	}
-	w.ResponseWriter.WriteHeader(code)
-}
-
-func (w *statusWriter) Write(b []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	return w.ResponseWriter.Write(b)
-}
-
-func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 func (h *Handler) modeFor(r *http.Request) string {
 	if h.opt.ModeFor != nil {
@@ -205,9 +184,9 @@ func requestTarget(r *http.Request) (path, query string) {
 // ServeHTTP checks limits, finds the partition and hands the request to its mode.
 func (h *Handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	w := &statusWriter{ResponseWriter: rw}
+	w := &httpx.Recorder{ResponseWriter: rw}
 	mode := h.modeFor(r)
-	defer func() { h.observe(w.status, r.Method, mode, time.Since(start)) }()
+	defer func() { h.observe(w.Status, r.Method, mode, time.Since(start)) }()
 
 	switch r.Method {
 	case http.MethodConnect, http.MethodTrace:
@@ -413,7 +392,7 @@ const (
 func (h *Handler) writeOutcome(w http.ResponseWriter, id string, res delivery.Result) {
 	w.Header().Set("X-Delivery-ID", id)
 	if res.Status == buffer.StatusDead {
-		httpx.WriteProblem(w, httpx.Problem{Status: http.StatusBadGateway, DeliveryID: id,
+		httpx.WriteProblem(w, httpx.Problem{Status: http.StatusBadGateway, Extra: map[string]any{"delivery_id": id},
 			Title: "Not delivered", Detail: "the request went to the dead letters: " + res.Reason})
 		return
 	}

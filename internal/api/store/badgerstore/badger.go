@@ -1,4 +1,6 @@
-package api
+// Package badgerstore is the embedded Store on Badger: every commit synced
+// to disk, writes group-committed by one writer goroutine.
+package badgerstore
 
 import (
 	"bytes"
@@ -12,11 +14,12 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/flowedge/flowedge/internal/api/store"
 )
 
-// BadgerOptions configures OpenBadger. The zero value of each field means
+// Options configures Open. The zero value of each field means
 // the default named on it.
-type BadgerOptions struct {
+type Options struct {
 	// Logger receives Badger's warnings and errors; nil discards them.
 	Logger *slog.Logger
 	// GCInterval is how often the value log is garbage-collected; 0 means
@@ -27,7 +30,7 @@ type BadgerOptions struct {
 // maxBatch bounds how many Update calls share one transaction and one sync.
 const maxBatch = 256
 
-// OpenBadger opens (or creates) the Badger store in dir. Its options bound
+// Open opens (or creates) the Badger store in dir. Its options bound
 // memory (two 16 MiB memtables, a 32 MiB block cache and a 16 MiB index
 // cache) whatever the data size, and every commit is synced to disk
 // (SyncWrites), so a committed Update survives kill -9 and power loss.
@@ -37,7 +40,7 @@ const maxBatch = 256
 // with one sync (Badger syncs once per transaction, so concurrent
 // db.Update calls would pay one sync each). Being the only writer, it never
 // meets a write conflict.
-func OpenBadger(dir string, o BadgerOptions) (Store, error) {
+func Open(dir string, o Options) (store.Store, error) {
 	if dir == "" {
 		return nil, errors.New("store: empty data directory")
 	}
@@ -91,7 +94,7 @@ type badgerStore struct {
 
 // updateReq is one Update call waiting for the committer.
 type updateReq struct {
-	fn    func(Tx) error
+	fn    func(store.Tx) error
 	done  chan error   // gets the call's result, once
 	state atomic.Int32 // reqQueued, then reqTaken by the committer or reqAbandoned by the caller
 }
@@ -106,16 +109,16 @@ const (
 	reqAbandoned
 )
 
-var _ Store = (*badgerStore)(nil)
+var _ store.Store = (*badgerStore)(nil)
 
-func (s *badgerStore) View(ctx context.Context, fn func(Tx) error) error {
+func (s *badgerStore) View(ctx context.Context, fn func(store.Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return storeErr(s.db.View(func(txn *badger.Txn) error { return fn(badgerTx{txn}) }))
+	return storeErr(s.db.View(func(txn *badger.Txn) error { return fn(&badgerTx{txn: txn}) }))
 }
 
-func (s *badgerStore) Update(ctx context.Context, fn func(Tx) error) error {
+func (s *badgerStore) Update(ctx context.Context, fn func(store.Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -123,7 +126,7 @@ func (s *badgerStore) Update(ctx context.Context, fn func(Tx) error) error {
 	s.mu.RLock()
 	if s.closed {
 		s.mu.RUnlock()
-		return ErrStoreClosed
+		return store.ErrStoreClosed
 	}
 	select {
 	case s.reqs <- r: // the committer receives until Close, which waits for this lock
@@ -182,7 +185,7 @@ func (s *badgerStore) commitPrefix(reqs []*updateReq) int {
 		if r.state.Load() != reqTaken && !r.state.CompareAndSwap(reqQueued, reqTaken) {
 			continue // abandoned by its caller
 		}
-		tx := &countingTx{badgerTx: badgerTx{txn}}
+		tx := &badgerTx{txn: txn}
 		err := runUpdate(r.fn, tx)
 		switch {
 		case err == nil:
@@ -209,7 +212,7 @@ func (s *badgerStore) commitPrefix(reqs []*updateReq) int {
 }
 
 // runUpdate runs fn, turning a panic into an error so the committer lives on.
-func runUpdate(fn func(Tx) error, tx Tx) (err error) {
+func runUpdate(fn func(store.Tx) error, tx store.Tx) (err error) {
 	defer func() {
 		if v := recover(); v != nil {
 			err = fmt.Errorf("store: update panicked: %v", v)
@@ -218,33 +221,17 @@ func runUpdate(fn func(Tx) error, tx Tx) (err error) {
 	return fn(tx)
 }
 
-// countingTx counts the writes a function made.
-type countingTx struct {
-	badgerTx
-	writes int
-}
-
-func (t *countingTx) Set(key, value []byte, ttl time.Duration) error {
-	t.writes++
-	return t.badgerTx.Set(key, value, ttl)
-}
-
-func (t *countingTx) Delete(key []byte) error {
-	t.writes++
-	return t.badgerTx.Delete(key)
-}
-
 var pingKey = []byte("m/ping")
 
 func (s *badgerStore) Ping(ctx context.Context) error {
 	if s.db.IsClosed() {
-		return ErrStoreClosed
+		return store.ErrStoreClosed
 	}
-	err := s.View(ctx, func(tx Tx) error {
+	err := s.View(ctx, func(tx store.Tx) error {
 		_, err := tx.Get(pingKey)
 		return err
 	})
-	if errors.Is(err, ErrNotFound) {
+	if errors.Is(err, store.ErrNotFound) {
 		return nil
 	}
 	return err
@@ -286,16 +273,21 @@ func storeErr(err error) error {
 	case err == nil:
 		return nil
 	case errors.Is(err, badger.ErrKeyNotFound):
-		return ErrNotFound
+		return store.ErrNotFound
 	case errors.Is(err, badger.ErrDBClosed):
-		return fmt.Errorf("%w: %v", ErrStoreClosed, err)
+		return fmt.Errorf("%w: %v", store.ErrStoreClosed, err)
 	}
 	return err
 }
 
-type badgerTx struct{ txn *badger.Txn }
+// badgerTx is a transaction; it counts its writes, so the committer knows
+// whether a failed function left any.
+type badgerTx struct {
+	txn    *badger.Txn
+	writes int
+}
 
-func (t badgerTx) Get(key []byte) ([]byte, error) {
+func (t *badgerTx) Get(key []byte) ([]byte, error) {
 	item, err := t.txn.Get(key)
 	if err != nil {
 		return nil, storeErr(err)
@@ -303,7 +295,8 @@ func (t badgerTx) Get(key []byte) ([]byte, error) {
 	return item.ValueCopy(nil)
 }
 
-func (t badgerTx) Set(key, value []byte, ttl time.Duration) error {
+func (t *badgerTx) Set(key, value []byte, ttl time.Duration) error {
+	t.writes++
 	e := badger.NewEntry(key, value)
 	if ttl > 0 {
 		e = e.WithTTL(ttl)
@@ -311,9 +304,12 @@ func (t badgerTx) Set(key, value []byte, ttl time.Duration) error {
 	return storeErr(t.txn.SetEntry(e))
 }
 
-func (t badgerTx) Delete(key []byte) error { return storeErr(t.txn.Delete(key)) }
+func (t *badgerTx) Delete(key []byte) error {
+	t.writes++
+	return storeErr(t.txn.Delete(key))
+}
 
-func (t badgerTx) Scan(prefix, from []byte, fn func(key, value []byte) (bool, error)) error {
+func (t *badgerTx) Scan(prefix, from []byte, fn func(key, value []byte) (bool, error)) error {
 	opt := badger.DefaultIteratorOptions
 	opt.Prefix = prefix
 	opt.PrefetchSize = 64

@@ -1,10 +1,11 @@
-package api
+package webhook
 
 import (
 	"context"
 	"crypto/tls"
 	"errors"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net/http"
 	"net/url"
@@ -13,13 +14,17 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/flowedge/flowedge/internal/api/store"
+	"github.com/flowedge/flowedge/internal/httpx"
+	"github.com/flowedge/flowedge/internal/outbound"
 	"github.com/hashicorp/go-retryablehttp"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
-// WebhookOptions tunes webhook delivery and the per-host circuit breakers
+// Options tunes webhook delivery and the per-host circuit breakers
 // of outbound calls. The zero value of each field means the default named
 // on it.
-type WebhookOptions struct {
+type Options struct {
 	// Workers is how many deliveries are under way at once; 0 means 4.
 	Workers int
 	// QueueSize bounds the deliveries waiting for a worker; 0 means 1024.
@@ -46,9 +51,13 @@ type WebhookOptions struct {
 	// before one probe call may go through. It applies to webhook
 	// deliveries and to workflow http steps. 0 means 1 minute.
 	BreakerCooldown time.Duration
+	// SharedReload is how often the webhook list is read again from a
+	// store other backends share (they may add or delete webhooks); 0
+	// means 10 s. Unused with an embedded store.
+	SharedReload time.Duration
 }
 
-func (o WebhookOptions) withDefaults() WebhookOptions {
+func (o Options) withDefaults() Options {
 	def := func(v *time.Duration, d time.Duration) {
 		if *v <= 0 {
 			*v = d
@@ -84,7 +93,7 @@ const (
 	deliveryDropped     = "dropped"      // the queue was full (deliveries or bytes), or the server stopped before it was delivered
 )
 
-var deliveryResults = []string{deliverySuccess, deliveryFailure, deliveryBreakerOpen, deliveryDropped}
+var Results = []string{deliverySuccess, deliveryFailure, deliveryBreakerOpen, deliveryDropped}
 
 // envelope is the body of every delivery.
 type envelope struct {
@@ -97,7 +106,7 @@ type envelope struct {
 // delivery is one event on its way to one webhook.
 type delivery struct {
 	id       string // X-Flow-Delivery
-	hook     webhookRecord
+	hook     store.WebhookRecord
 	event    string
 	body     []byte
 	attempts int // touched only by the worker that has the delivery
@@ -105,12 +114,13 @@ type delivery struct {
 
 type deliveryKey struct{}
 
-// dispatcher is the Server's event sink: it fans each event out to the
+// Dispatcher is the API's event sink: it fans each event out to the
 // webhooks that subscribe to it and delivers them on a fixed pool of
 // workers. Deliveries live in memory only: best-effort, lost on restart.
-type dispatcher struct {
-	s      *Server
-	o      WebhookOptions
+type Dispatcher struct {
+	cfg    Config
+	log    *slog.Logger
+	o      Options
 	client *retryablehttp.Client
 	queue  chan *delivery
 	queued atomic.Int64    // bytes of the bodies in queue
@@ -120,22 +130,49 @@ type dispatcher struct {
 
 	reloadMu sync.Mutex // one reload at a time, so the last one installs the latest list
 	mu       sync.RWMutex
-	subs     []webhookRecord
+	subs     []store.WebhookRecord
 }
 
-var _ eventSink = (*dispatcher)(nil)
+// Config is what a Dispatcher needs. Store, Breakers and Deliveries are
+// required; the zero value of the others means the default named on them.
+type Config struct {
+	// Store holds the webhooks.
+	Store store.Store
+	// Options tunes delivery.
+	Options Options
+	// Production applies the production outbound URL rules at every dial.
+	Production bool
+	// Resolver resolves target hosts at every dial; nil means the system
+	// resolver.
+	Resolver outbound.Resolver
+	// Breakers are the per-host circuit breakers deliveries go through.
+	Breakers *outbound.Breakers
+	// Version goes into the User-Agent of deliveries.
+	Version string
+	// Log receives each delivery's outcome; nil discards it.
+	Log *slog.Logger
+	// ReloadEvery is how often the webhooks are read again from the store
+	// (for a store other backends share); 0 means only at start and after
+	// changes made through this dispatcher's Refresh.
+	ReloadEvery time.Duration
+	// Deliveries is flow_webhook_deliveries_total{result} (see Results).
+	Deliveries *prometheus.CounterVec
+}
 
-// newDispatcher builds the dispatcher; start runs its workers.
-func newDispatcher(s *Server) *dispatcher {
-	o := s.opts.Webhooks.withDefaults()
+// New builds the dispatcher; Start runs its workers.
+func New(cfg Config) *Dispatcher {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	o := cfg.Options.withDefaults()
 	ctx, cancel := context.WithCancel(context.Background())
-	d := &dispatcher{s: s, o: o, queue: make(chan *delivery, o.QueueSize), ctx: ctx, cancel: cancel}
+	d := &Dispatcher{cfg: cfg, log: cfg.Log, o: o, queue: make(chan *delivery, o.QueueSize), ctx: ctx, cancel: cancel}
 	d.client = &retryablehttp.Client{
 		HTTPClient: &http.Client{
 			Timeout: o.Timeout, // per attempt: retryablehttp calls Do once per attempt
-			Transport: &breakerTransport{
-				next:     outboundTransport(s.opts.Production, s.opts.Resolver, o.Timeout),
-				breakers: s.breakers,
+			Transport: &outbound.BreakerTransport{
+				Next:     outbound.Transport(cfg.Production, cfg.Resolver, o.Timeout),
+				Breakers: cfg.Breakers,
 			},
 			// A redirect is an answer, not a place to go: 3xx is a failure.
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
@@ -159,17 +196,41 @@ func newDispatcher(s *Server) *dispatcher {
 	return d
 }
 
-// start runs the workers.
-func (d *dispatcher) start() {
+// Start runs the workers.
+func (d *Dispatcher) Start() {
 	for range d.o.Workers {
 		d.wg.Add(1)
 		go d.work()
 	}
+	if d.cfg.ReloadEvery > 0 {
+		d.wg.Add(1)
+		go d.reloadLoop(d.cfg.ReloadEvery)
+	}
 }
 
-// stop ends the workers: attempts under way are cancelled, and deliveries
+// reloadLoop reloads the webhooks every interval until Stop, so webhooks
+// created or deleted through other backends sharing the store are seen.
+func (d *Dispatcher) reloadLoop(every time.Duration) {
+	defer d.wg.Done()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-d.ctx.Done():
+			return
+		case <-t.C:
+			ctx, cancel := context.WithTimeout(d.ctx, 10*time.Second)
+			if err := d.Reload(ctx); err != nil && d.ctx.Err() == nil {
+				d.log.Warn("cannot reload the webhooks; events follow the previous list", "err", err)
+			}
+			cancel()
+		}
+	}
+}
+
+// Stop ends the workers: attempts under way are cancelled, and deliveries
 // still queued are dropped (counted).
-func (d *dispatcher) stop(ctx context.Context) error {
+func (d *Dispatcher) Stop(ctx context.Context) error {
 	d.cancel()
 	done := make(chan struct{})
 	go func() { d.wg.Wait(); close(done) }()
@@ -180,17 +241,17 @@ func (d *dispatcher) stop(ctx context.Context) error {
 	}
 	if n := len(d.queue); n > 0 {
 		d.count(deliveryDropped, n)
-		d.s.log.Warn("webhook deliveries dropped at shutdown (deliveries are kept in memory only)", "deliveries", n)
+		d.log.Warn("webhook deliveries dropped at shutdown (deliveries are kept in memory only)", "deliveries", n)
 	}
 	d.client.HTTPClient.CloseIdleConnections()
 	return nil
 }
 
-// reload reads the webhooks from the store and installs them.
-func (d *dispatcher) reload(ctx context.Context) error {
+// Reload reads the webhooks from the store and installs them.
+func (d *Dispatcher) Reload(ctx context.Context) error {
 	d.reloadMu.Lock()
 	defer d.reloadMu.Unlock()
-	subs, err := loadWebhooks(ctx, d.s.store)
+	subs, err := store.LoadWebhooks(ctx, d.cfg.Store)
 	if err != nil {
 		return err
 	}
@@ -200,27 +261,27 @@ func (d *dispatcher) reload(ctx context.Context) error {
 	return nil
 }
 
-// refresh is reload after a committed create or delete.
-func (d *dispatcher) refresh() {
+// Refresh is Reload after a committed create or delete.
+func (d *Dispatcher) Refresh() {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := d.reload(ctx); err != nil {
-		d.s.log.Error("cannot reload the webhooks after a change; events follow the previous list until the next change", "err", err)
+	if err := d.Reload(ctx); err != nil {
+		d.log.Error("cannot reload the webhooks after a change; events follow the previous list until the next change", "err", err)
 	}
 }
 
-func (d *dispatcher) count(result string, n int) {
-	d.s.metrics.webhookDeliveries.WithLabelValues(result).Add(float64(n))
+func (d *Dispatcher) count(result string, n int) {
+	d.cfg.Deliveries.WithLabelValues(result).Add(float64(n))
 }
 
 // Emit queues a delivery of event to every webhook subscribed to it that
 // may read owner's resources. It never blocks: a delivery that does not fit
 // the queue is dropped.
-func (d *dispatcher) Emit(event, owner string, data any) {
+func (d *Dispatcher) Emit(event, owner string, data any) {
 	d.mu.RLock()
-	var targets []webhookRecord
+	var targets []store.WebhookRecord
 	for _, h := range d.subs {
-		if h.wants(event) && h.sees(owner) {
+		if h.Wants(event) && h.Sees(owner) {
 			targets = append(targets, h)
 		}
 	}
@@ -229,14 +290,14 @@ func (d *dispatcher) Emit(event, owner string, data any) {
 		return
 	}
 	// Encoded now: the caller may change data once Emit returns.
-	body, err := marshal(envelope{ID: newID(), Event: event, CreatedAt: time.Now().UTC(), Data: data})
+	body, err := httpx.Marshal(envelope{ID: store.NewID(), Event: event, CreatedAt: time.Now().UTC(), Data: data})
 	if err != nil {
 		d.count(deliveryFailure, len(targets))
-		d.s.log.Error("cannot encode a webhook event; not delivered", "event", event, "err", err)
+		d.log.Error("cannot encode a webhook event; not delivered", "event", event, "err", err)
 		return
 	}
 	for _, h := range targets {
-		dl := &delivery{id: newID(), hook: h, event: event, body: body}
+		dl := &delivery{id: store.NewID(), hook: h, event: event, body: body}
 		n := int64(len(body))
 		if d.ctx.Err() == nil {
 			if d.queued.Add(n) <= d.o.MaxQueueBytes {
@@ -249,12 +310,12 @@ func (d *dispatcher) Emit(event, owner string, data any) {
 			d.queued.Add(-n)
 		}
 		d.count(deliveryDropped, 1)
-		d.s.log.Warn("webhook delivery dropped: the queue is full (deliveries or bytes) or the server is stopping",
+		d.log.Warn("webhook delivery dropped: the queue is full (deliveries or bytes) or the server is stopping",
 			"webhook_id", h.ID, "event", event, "delivery_id", dl.id)
 	}
 }
 
-func (d *dispatcher) work() {
+func (d *Dispatcher) work() {
 	defer d.wg.Done()
 	for {
 		select {
@@ -268,13 +329,13 @@ func (d *dispatcher) work() {
 }
 
 // deliver makes the attempts of one delivery and records its result.
-func (d *dispatcher) deliver(dl *delivery) {
-	log := d.s.log.With("webhook_id", dl.hook.ID, "event", dl.event, "delivery_id", dl.id)
+func (d *Dispatcher) deliver(dl *delivery) {
+	log := d.log.With("webhook_id", dl.hook.ID, "event", dl.event, "delivery_id", dl.id)
 	// A webhook deleted since the event was emitted gets nothing.
 	var found bool
-	err := d.s.store.View(d.ctx, func(tx Tx) error {
+	err := d.cfg.Store.View(d.ctx, func(tx store.Tx) error {
 		var err error
-		found, err = exists(tx, rkey(pfxWebhook, dl.hook.ID))
+		found, err = store.Exists(tx, store.Key(store.PfxWebhook, dl.hook.ID))
 		return err
 	})
 	if err != nil {
@@ -282,7 +343,7 @@ func (d *dispatcher) deliver(dl *delivery) {
 			d.count(deliveryDropped, 1)
 			return
 		}
-		log.Warn("cannot check that the webhook still exists; delivering anyway", "err", err)
+		log.Warn("cannot check that the webhook still store.Exists; delivering anyway", "err", err)
 	} else if !found {
 		return
 	}
@@ -295,9 +356,9 @@ func (d *dispatcher) deliver(dl *delivery) {
 	}
 	h := req.Header
 	h.Set("Content-Type", "application/json")
-	h.Set("User-Agent", "flowedge-api/"+d.s.opts.Version)
-	h.Set(HeaderWebhookEvent, dl.event)
-	h.Set(HeaderWebhookDelivery, dl.id)
+	h.Set("User-Agent", "flowedge-api/"+d.cfg.Version)
+	h.Set(HeaderEvent, dl.event)
+	h.Set(HeaderDelivery, dl.id)
 	h.Set("X-Flow-Webhook-ID", dl.hook.ID)
 	dl.attempts = 1
 	signRequest(h, dl)
@@ -314,7 +375,7 @@ func (d *dispatcher) deliver(dl *delivery) {
 	switch {
 	case err == nil && status >= 200 && status <= 299:
 		result = deliverySuccess
-	case errors.Is(err, errBreakerOpen):
+	case errors.Is(err, outbound.ErrBreakerOpen):
 		result = deliveryBreakerOpen
 	case d.ctx.Err() != nil:
 		result = deliveryDropped // stopped mid-delivery
@@ -340,8 +401,8 @@ func (d *dispatcher) deliver(dl *delivery) {
 // signRequest stamps an attempt with the current time and its signature.
 func signRequest(h http.Header, dl *delivery) {
 	ts := time.Now().Unix()
-	h.Set(HeaderWebhookTimestamp, strconv.FormatInt(ts, 10))
-	h.Set(HeaderWebhookSignature, SignWebhook(dl.hook.Secret, ts, dl.body))
+	h.Set(HeaderTimestamp, strconv.FormatInt(ts, 10))
+	h.Set(HeaderSignature, Sign(dl.hook.Secret, ts, dl.body))
 }
 
 // webhookRetryPolicy retries connection errors, timeouts, 408, 429 and 5xx
@@ -353,12 +414,12 @@ func webhookRetryPolicy(ctx context.Context, resp *http.Response, err error) (bo
 	}
 	if err != nil {
 		var certErr *tls.CertificateVerificationError
-		if errors.Is(err, errBreakerOpen) || errors.Is(err, errBlockedAddr) || errors.As(err, &certErr) {
+		if errors.Is(err, outbound.ErrBreakerOpen) || errors.Is(err, outbound.ErrBlockedAddr) || errors.As(err, &certErr) {
 			return false, nil
 		}
 		return true, nil
 	}
-	return hostFailure(resp.StatusCode) && resp.StatusCode != http.StatusNotImplemented, nil
+	return outbound.HostFailure(resp.StatusCode) && resp.StatusCode != http.StatusNotImplemented, nil
 }
 
 // webhookBackoff waits, before retry attempt+1, a random time between lo
@@ -366,7 +427,7 @@ func webhookRetryPolicy(ctx context.Context, resp *http.Response, err error) (bo
 // honoured, within [lo, hi].
 func webhookBackoff(lo, hi time.Duration, attempt int, resp *http.Response) time.Duration {
 	if resp != nil && (resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable) {
-		if d, ok := retryAfter(resp.Header.Get("Retry-After"), time.Now()); ok {
+		if d, ok := httpx.RetryAfter(resp.Header.Get("Retry-After"), time.Now(), time.Hour); ok {
 			return clamp(d, lo, hi)
 		}
 	}
@@ -380,21 +441,4 @@ func webhookBackoff(lo, hi time.Duration, attempt int, resp *http.Response) time
 
 func clamp(d, lo, hi time.Duration) time.Duration {
 	return max(lo, min(d, hi))
-}
-
-// retryAfter parses a Retry-After value: delay seconds or an HTTP date.
-func retryAfter(v string, now time.Time) (time.Duration, bool) {
-	if v == "" {
-		return 0, false
-	}
-	if n, err := strconv.ParseInt(v, 10, 64); err == nil && n >= 0 {
-		if n > int64(time.Hour/time.Second) {
-			n = int64(time.Hour / time.Second)
-		}
-		return time.Duration(n) * time.Second, true
-	}
-	if t, err := http.ParseTime(v); err == nil {
-		return max(t.Sub(now), 0), true
-	}
-	return 0, false
 }

@@ -1,4 +1,4 @@
-package api
+package outbound
 
 import (
 	"context"
@@ -47,9 +47,9 @@ func TestCheckOutboundURL(t *testing.T) {
 		{"https://hooks.example.com.:8443/x", true, true},
 		{"https:///nohost", false, false},
 	} {
-		err := checkOutboundURL(c.url, c.production)
+		err := CheckURL(c.url, c.production)
 		if (err == nil) != c.ok {
-			t.Errorf("checkOutboundURL(%q, production=%v) = %v, want ok=%v", c.url, c.production, err, c.ok)
+			t.Errorf("CheckURL(%q, production=%v) = %v, want ok=%v", c.url, c.production, err, c.ok)
 		}
 	}
 }
@@ -59,13 +59,13 @@ func TestCheckOutboundURL(t *testing.T) {
 func TestOutboundDialGuard(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
 	defer srv.Close()
-	resp, err := outboundClient(false, 5*time.Second, nil).Get(srv.URL)
+	resp, err := Client(false, 5*time.Second, nil).Get(srv.URL)
 	if err != nil {
 		t.Fatalf("development client: %v", err)
 	}
 	resp.Body.Close()
-	_, err = outboundClient(true, 5*time.Second, nil).Get(srv.URL)
-	if !errors.Is(err, errBlockedAddr) {
+	_, err = Client(true, 5*time.Second, nil).Get(srv.URL)
+	if !errors.Is(err, ErrBlockedAddr) {
 		t.Fatalf("production client reached loopback: %v", err)
 	}
 }
@@ -107,8 +107,8 @@ func TestBlockedAddr(t *testing.T) {
 		{"2002:a00:1::", true},       // 6to4 of 10.0.0.1
 		{"2001::1", true},            // Teredo
 	} {
-		if got := blockedAddr(netip.MustParseAddr(c.addr)); got != c.blocked {
-			t.Errorf("blockedAddr(%s) = %v, want %v", c.addr, got, c.blocked)
+		if got := BlockedAddr(netip.MustParseAddr(c.addr)); got != c.blocked {
+			t.Errorf("BlockedAddr(%s) = %v, want %v", c.addr, got, c.blocked)
 		}
 	}
 }
@@ -135,14 +135,14 @@ func TestOutboundDialResolver(t *testing.T) {
 	target := "http://inside.example.test:" + u.Port() + "/"
 	res := mapResolver{"inside.example.test": "127.0.0.1"}
 
-	resp, err := outboundClient(false, 5*time.Second, res).Get(target)
+	resp, err := Client(false, 5*time.Second, res).Get(target)
 	if err != nil {
 		t.Fatalf("development client: %v", err)
 	}
 	resp.Body.Close()
-	_, err = outboundClient(true, 5*time.Second, res).Get(target)
-	if !errors.Is(err, errBlockedAddr) {
-		t.Fatalf("production client: %v, want errBlockedAddr", err)
+	_, err = Client(true, 5*time.Second, res).Get(target)
+	if !errors.Is(err, ErrBlockedAddr) {
+		t.Fatalf("production client: %v, want ErrBlockedAddr", err)
 	}
 	if hits.Load() != 1 {
 		t.Fatalf("%d requests reached the server, want 1 (development only)", hits.Load())

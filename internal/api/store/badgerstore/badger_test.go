@@ -1,4 +1,4 @@
-package api
+package badgerstore
 
 import (
 	"context"
@@ -6,11 +6,14 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+
+	"github.com/flowedge/flowedge/internal/api/store"
+	"github.com/flowedge/flowedge/internal/api/store/storetest"
 )
 
-func openTestStore(t *testing.T, dir string) Store {
+func openTestStore(t *testing.T, dir string) store.Store {
 	t.Helper()
-	s, err := OpenBadger(dir, BadgerOptions{})
+	s, err := Open(dir, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,7 +36,7 @@ func TestStoreGroupCommit(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			results[i] = s.Update(ctx, func(tx Tx) error {
+			results[i] = s.Update(ctx, func(tx store.Tx) error {
 				if err := tx.Set([]byte(fmt.Sprintf("k/%04d", i)), []byte("v"), 0); err != nil {
 					return err
 				}
@@ -48,18 +51,18 @@ func TestStoreGroupCommit(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	check := func(s Store) {
+	check := func(s store.Store) {
 		t.Helper()
 		for i, err := range results {
 			var got error
-			_ = s.View(ctx, func(tx Tx) error { _, got = tx.Get([]byte(fmt.Sprintf("k/%04d", i))); return nil })
+			_ = s.View(ctx, func(tx store.Tx) error { _, got = tx.Get([]byte(fmt.Sprintf("k/%04d", i))); return nil })
 			switch i % 10 {
 			case 3:
-				if !errors.Is(err, errBoom) || !errors.Is(got, ErrNotFound) {
+				if !errors.Is(err, errBoom) || !errors.Is(got, store.ErrNotFound) {
 					t.Fatalf("%d: Update %v, key %v", i, err, got)
 				}
 			case 7:
-				if err == nil || !errors.Is(got, ErrNotFound) {
+				if err == nil || !errors.Is(got, store.ErrNotFound) {
 					t.Fatalf("%d: Update %v, key %v", i, err, got)
 				}
 			default:
@@ -80,7 +83,7 @@ func TestStoreGroupCommit(t *testing.T) {
 func TestStoreScan(t *testing.T) {
 	s := openTestStore(t, t.TempDir())
 	ctx := context.Background()
-	err := s.Update(ctx, func(tx Tx) error {
+	err := s.Update(ctx, func(tx store.Tx) error {
 		for _, k := range []string{"a/1", "a/2", "a/3", "b/1", "a"} {
 			if err := tx.Set([]byte(k), []byte(k), 0); err != nil {
 				return err
@@ -92,7 +95,7 @@ func TestStoreScan(t *testing.T) {
 		t.Fatal(err)
 	}
 	var got []string
-	err = s.View(ctx, func(tx Tx) error {
+	err = s.View(ctx, func(tx store.Tx) error {
 		return tx.Scan([]byte("a/"), []byte("a/2"), func(k, v []byte) (bool, error) {
 			got = append(got, string(k))
 			return true, nil
@@ -102,7 +105,7 @@ func TestStoreScan(t *testing.T) {
 		t.Fatalf("scan %v %v", got, err)
 	}
 	got = nil
-	_ = s.View(ctx, func(tx Tx) error {
+	_ = s.View(ctx, func(tx store.Tx) error {
 		return tx.Scan([]byte("a/"), nil, func(k, v []byte) (bool, error) {
 			got = append(got, string(k))
 			return len(got) < 2, nil
@@ -127,12 +130,38 @@ func TestStoreClosed(t *testing.T) {
 	}
 	ctx := context.Background()
 	for name, err := range map[string]error{
-		"Update": s.Update(ctx, func(Tx) error { return nil }),
-		"View":   s.View(ctx, func(Tx) error { return nil }),
+		"Update": s.Update(ctx, func(store.Tx) error { return nil }),
+		"View":   s.View(ctx, func(store.Tx) error { return nil }),
 		"Ping":   s.Ping(ctx),
 	} {
-		if !errors.Is(err, ErrStoreClosed) {
+		if !errors.Is(err, store.ErrStoreClosed) {
 			t.Errorf("%s after Close: %v", name, err)
 		}
 	}
+}
+
+// TestConformance runs the store suite on Badger.
+func TestConformance(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) func() store.Store {
+		dir := t.TempDir()
+		return func() store.Store {
+			s, err := Open(dir, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		}
+	})
+}
+
+// BenchmarkAppend: appends/s on Badger (fsync per commit, group commit).
+func BenchmarkAppend(b *testing.B) {
+	dir := b.TempDir()
+	storetest.BenchmarkAppend(b, func() store.Store {
+		s, err := Open(dir, Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		return s
+	})
 }

@@ -1,4 +1,4 @@
-package api
+package outbound
 
 import (
 	"context"
@@ -16,31 +16,31 @@ import (
 )
 
 // Per-host circuit breakers of outbound calls (webhook deliveries and
-// workflow http steps): a host's breaker opens after breakerFailures
+// workflow http steps): a host's breaker opens after BreakerFailures
 // consecutive failed calls (connection errors, timeouts, 408, 429, 5xx);
 // while open no request is sent to that host; after the cooldown one probe
 // call is let through (half-open) and its outcome closes or re-opens it.
 
-// breakerFailures is how many consecutive failures open a host's breaker.
-const breakerFailures = 5
+// BreakerFailures is how many consecutive failures open a host's breaker.
+const BreakerFailures = 5
 
 // maxBreakers bounds how many hosts have a breaker (and a flow_breaker_open
 // series). Past it, the least recently used breaker is forgotten, a closed
 // one first.
 const maxBreakers = 1024
 
-// errBreakerOpen is the error of a call that the breaker refused.
-var errBreakerOpen = errors.New("circuit breaker open")
+// ErrBreakerOpen is the error of a call that the breaker refused.
+var ErrBreakerOpen = errors.New("circuit breaker open")
 
 // statusError carries an answer whose status counts as a host failure, so
-// the breaker sees it as one; breakers.do turns it back into the answer.
+// the breaker sees it as one; Breakers.Do turns it back into the answer.
 type statusError struct{ code int }
 
 func (e *statusError) Error() string { return fmt.Sprintf("answered %d", e.code) }
 
-// hostFailure reports whether an answer with status code counts against
+// HostFailure reports whether an answer with status code counts against
 // its host: the host is overloaded or broken, not the request.
-func hostFailure(code int) bool {
+func HostFailure(code int) bool {
 	return code >= 500 || code == http.StatusRequestTimeout || code == http.StatusTooManyRequests
 }
 
@@ -49,11 +49,11 @@ type hostBreaker struct {
 	used time.Time
 }
 
-// breakers is the set of per-host breakers. It is a Prometheus collector:
+// Breakers is the set of per-host breakers. It is a Prometheus collector:
 // flow_breaker_open{host} is 1 while a host's breaker is open, 0 when it is
 // closed or half-open (read at scrape time, so a breaker whose cooldown has
 // passed shows 0 even before the next call).
-type breakers struct {
+type Breakers struct {
 	cooldown time.Duration
 	desc     *prometheus.Desc
 
@@ -61,12 +61,12 @@ type breakers struct {
 	m  map[string]*hostBreaker
 }
 
-// newBreakers returns an empty set; cooldown 0 means 1 minute.
-func newBreakers(cooldown time.Duration) *breakers {
+// NewBreakers returns an empty set; cooldown 0 means 1 minute.
+func NewBreakers(cooldown time.Duration) *Breakers {
 	if cooldown <= 0 {
 		cooldown = time.Minute
 	}
-	return &breakers{
+	return &Breakers{
 		cooldown: cooldown,
 		desc: prometheus.NewDesc("flow_breaker_open",
 			"1 while the circuit breaker of an outbound host (webhooks, http steps) is open, else 0.", []string{"host"}, nil),
@@ -88,7 +88,7 @@ func hostKey(u *url.URL) string {
 }
 
 // get returns host's breaker, creating it.
-func (b *breakers) get(host string) *gobreaker.CircuitBreaker[*http.Response] {
+func (b *Breakers) get(host string) *gobreaker.CircuitBreaker[*http.Response] {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	now := time.Now()
@@ -103,7 +103,7 @@ func (b *breakers) get(host string) *gobreaker.CircuitBreaker[*http.Response] {
 		Name:        host,
 		MaxRequests: 1, // one probe when half-open
 		Timeout:     b.cooldown,
-		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= breakerFailures },
+		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= BreakerFailures },
 		// A call cancelled by its caller (shutdown, job cancelled) says
 		// nothing about the host.
 		IsExcluded: func(err error) bool { return errors.Is(err, context.Canceled) },
@@ -114,7 +114,7 @@ func (b *breakers) get(host string) *gobreaker.CircuitBreaker[*http.Response] {
 
 // evictLocked forgets the least recently used breaker, preferring closed
 // ones (forgetting an open one lets its host be tried again early).
-func (b *breakers) evictLocked() {
+func (b *Breakers) evictLocked() {
 	victim, closed := "", false
 	var oldest time.Time
 	for h, hb := range b.m {
@@ -128,12 +128,12 @@ func (b *breakers) evictLocked() {
 
 // do makes the call fn to the host of u through that host's breaker. An
 // answer is returned as is (whether or not it counted as a failure); a call
-// the breaker refused returns an error wrapping errBreakerOpen.
-func (b *breakers) do(u *url.URL, fn func() (*http.Response, error)) (*http.Response, error) {
+// the breaker refused returns an error wrapping ErrBreakerOpen.
+func (b *Breakers) Do(u *url.URL, fn func() (*http.Response, error)) (*http.Response, error) {
 	host := hostKey(u)
 	resp, err := b.get(host).Execute(func() (*http.Response, error) {
 		resp, err := fn()
-		if err == nil && hostFailure(resp.StatusCode) {
+		if err == nil && HostFailure(resp.StatusCode) {
 			return resp, &statusError{resp.StatusCode}
 		}
 		return resp, err
@@ -143,16 +143,16 @@ func (b *breakers) do(u *url.URL, fn func() (*http.Response, error)) (*http.Resp
 	case errors.As(err, &se):
 		return resp, nil
 	case errors.Is(err, gobreaker.ErrOpenState), errors.Is(err, gobreaker.ErrTooManyRequests):
-		return nil, fmt.Errorf("%s: %w (%d consecutive failures; next probe within %s)", host, errBreakerOpen, breakerFailures, b.cooldown)
+		return nil, fmt.Errorf("%s: %w (%d consecutive failures; next probe within %s)", host, ErrBreakerOpen, BreakerFailures, b.cooldown)
 	}
 	return resp, err
 }
 
 // Describe implements prometheus.Collector.
-func (b *breakers) Describe(ch chan<- *prometheus.Desc) { ch <- b.desc }
+func (b *Breakers) Describe(ch chan<- *prometheus.Desc) { ch <- b.desc }
 
 // Collect implements prometheus.Collector.
-func (b *breakers) Collect(ch chan<- prometheus.Metric) {
+func (b *Breakers) Collect(ch chan<- prometheus.Metric) {
 	b.mu.Lock()
 	type hostState struct {
 		host string
@@ -172,15 +172,15 @@ func (b *breakers) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// breakerTransport sends every request through its host's breaker.
-type breakerTransport struct {
-	next     http.RoundTripper
-	breakers *breakers
+// BreakerTransport sends every request through its host's breaker.
+type BreakerTransport struct {
+	Next     http.RoundTripper // sends the requests the breaker lets through
+	Breakers *Breakers         // the per-host breakers
 }
 
-func (t *breakerTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	resp, err := t.breakers.do(req.URL, func() (*http.Response, error) { return t.next.RoundTrip(req) })
-	if errors.Is(err, errBreakerOpen) && req.Body != nil {
+func (t *BreakerTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := t.Breakers.Do(req.URL, func() (*http.Response, error) { return t.Next.RoundTrip(req) })
+	if errors.Is(err, ErrBreakerOpen) && req.Body != nil {
 		req.Body.Close() // a RoundTripper closes the body, even when it sends nothing
 	}
 	return resp, err

@@ -1,4 +1,4 @@
-package api
+package outbound
 
 import (
 	"context"
@@ -22,7 +22,7 @@ import (
 // dial, and the connection goes to an address that passed the check (DNS
 // rebinding cannot lead it inside).
 
-var errBlockedAddr = errors.New("the address is loopback, private, link-local or otherwise internal")
+var ErrBlockedAddr = errors.New("the address is loopback, private, link-local or otherwise internal")
 
 // Resolver looks up the addresses of a host name. *net.Resolver satisfies
 // it; tests inject their own.
@@ -30,23 +30,23 @@ type Resolver interface {
 	LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
 }
 
-// resolverOr returns r, or the system resolver if r is nil.
-func resolverOr(r Resolver) Resolver {
+// ResolverOr returns r, or the system resolver if r is nil.
+func ResolverOr(r Resolver) Resolver {
 	if r == nil {
 		return net.DefaultResolver
 	}
 	return r
 }
 
-// checkOutboundURL applies the rules to a URL as written.
-func checkOutboundURL(raw string, production bool) error {
-	_, err := parseOutboundURL(raw, production)
+// CheckURL applies the rules to a URL as written.
+func CheckURL(raw string, production bool) error {
+	_, err := ParseURL(raw, production)
 	return err
 }
 
-// parseOutboundURL applies the rules to a URL as written and returns it
+// ParseURL applies the rules to a URL as written and returns it
 // parsed.
-func parseOutboundURL(raw string, production bool) (*url.URL, error) {
+func ParseURL(raw string, production bool) (*url.URL, error) {
 	if raw == "" {
 		return nil, errors.New("required")
 	}
@@ -75,8 +75,8 @@ func parseOutboundURL(raw string, production bool) (*url.URL, error) {
 			return nil, errors.New("must not be localhost in production")
 		}
 		if ip, err := netip.ParseAddr(host); err == nil {
-			if blockedAddr(ip) {
-				return nil, errBlockedAddr
+			if BlockedAddr(ip) {
+				return nil, ErrBlockedAddr
 			}
 		} else if numericHost(host) {
 			// 127.1, 2130706433, 0x7f000001: not names, and some resolvers
@@ -120,9 +120,9 @@ var (
 	sixToFour = netip.MustParsePrefix("2002::/16")    // 6to4: the IPv4 address is bits 16–47
 )
 
-// blockedAddr reports whether ip is not a public unicast address, looking
+// BlockedAddr reports whether ip is not a public unicast address, looking
 // through IPv4-mapped, NAT64 and 6to4 forms at the IPv4 address they carry.
-func blockedAddr(ip netip.Addr) bool {
+func BlockedAddr(ip netip.Addr) bool {
 	ip = ip.Unmap()
 	if !ip.IsValid() || ip.IsLoopback() || ip.IsPrivate() || ip.IsLinkLocalUnicast() ||
 		ip.IsLinkLocalMulticast() || ip.IsInterfaceLocalMulticast() || ip.IsMulticast() || ip.IsUnspecified() {
@@ -137,23 +137,23 @@ func blockedAddr(ip netip.Addr) bool {
 		b := ip.As16()
 		switch {
 		case nat64.Contains(ip):
-			return blockedAddr(netip.AddrFrom4([4]byte{b[12], b[13], b[14], b[15]}))
+			return BlockedAddr(netip.AddrFrom4([4]byte{b[12], b[13], b[14], b[15]}))
 		case sixToFour.Contains(ip):
-			return blockedAddr(netip.AddrFrom4([4]byte{b[2], b[3], b[4], b[5]}))
+			return BlockedAddr(netip.AddrFrom4([4]byte{b[2], b[3], b[4], b[5]}))
 		}
 	}
 	return false
 }
 
-// checkHostPublic resolves host with res and fails unless it has at least
+// CheckHostPublic resolves host with res and fails unless it has at least
 // one address and every address is public. An IP literal is checked as is.
 // Its errors reach callers (a webhook creation's 422, a job step's error),
 // so they never name an address the host resolved to or the DNS server
 // asked: the API must not be a probe of the internal network.
-func checkHostPublic(ctx context.Context, res Resolver, host string) ([]netip.Addr, error) {
+func CheckHostPublic(ctx context.Context, res Resolver, host string) ([]netip.Addr, error) {
 	if ip, err := netip.ParseAddr(host); err == nil {
-		if blockedAddr(ip) {
-			return nil, fmt.Errorf("%s: %w", ip, errBlockedAddr)
+		if BlockedAddr(ip) {
+			return nil, fmt.Errorf("%s: %w", ip, ErrBlockedAddr)
 		}
 		return []netip.Addr{ip}, nil
 	}
@@ -171,8 +171,8 @@ func checkHostPublic(ctx context.Context, res Resolver, host string) ([]netip.Ad
 		return nil, fmt.Errorf("resolve %s: no addresses", host)
 	}
 	for _, a := range addrs {
-		if blockedAddr(a) {
-			return nil, fmt.Errorf("%s resolves to an internal address: %w", host, errBlockedAddr)
+		if BlockedAddr(a) {
+			return nil, fmt.Errorf("%s resolves to an internal address: %w", host, ErrBlockedAddr)
 		}
 	}
 	return addrs, nil
@@ -193,13 +193,13 @@ func newGuardedDialer(production bool, res Resolver) *guardedDialer {
 	if production {
 		d.Control = func(_, address string, _ syscall.RawConn) error {
 			ap, err := netip.ParseAddrPort(address)
-			if err != nil || blockedAddr(ap.Addr()) {
-				return fmt.Errorf("dial %s: %w", address, errBlockedAddr)
+			if err != nil || BlockedAddr(ap.Addr()) {
+				return fmt.Errorf("dial %s: %w", address, ErrBlockedAddr)
 			}
 			return nil
 		}
 	}
-	return &guardedDialer{production: production, resolver: resolverOr(res), dialer: d}
+	return &guardedDialer{production: production, resolver: ResolverOr(res), dialer: d}
 }
 
 // DialContext dials address ("host:port") at one of its vetted addresses.
@@ -210,7 +210,7 @@ func (g *guardedDialer) DialContext(ctx context.Context, network, address string
 	}
 	var addrs []netip.Addr
 	if g.production {
-		if addrs, err = checkHostPublic(ctx, g.resolver, host); err != nil {
+		if addrs, err = CheckHostPublic(ctx, g.resolver, host); err != nil {
 			return nil, fmt.Errorf("dial %s: %w", address, err)
 		}
 	} else if ip, perr := netip.ParseAddr(host); perr == nil {
@@ -235,10 +235,10 @@ func (g *guardedDialer) DialContext(ctx context.Context, network, address string
 	return nil, errors.Join(errs...)
 }
 
-// outboundTransport is the transport of outbound calls: its dialer enforces
+// Transport is the transport of outbound calls: its dialer enforces
 // the rules, and it ignores proxy environment variables, so the dial-time
 // check sees the real target.
-func outboundTransport(production bool, res Resolver, timeout time.Duration) *http.Transport {
+func Transport(production bool, res Resolver, timeout time.Duration) *http.Transport {
 	return &http.Transport{
 		DialContext:           newGuardedDialer(production, res).DialContext,
 		ForceAttemptHTTP2:     true,
@@ -250,19 +250,19 @@ func outboundTransport(production bool, res Resolver, timeout time.Duration) *ht
 	}
 }
 
-// outboundClient returns the client of http steps: timeout bounds a whole
+// Client returns the client of http steps: timeout bounds a whole
 // call; in production its dialer refuses internal addresses after DNS
 // resolution (res; nil means the system resolver), and redirects (at most
 // 5) must pass the URL rules too.
-func outboundClient(production bool, timeout time.Duration, res Resolver) *http.Client {
+func Client(production bool, timeout time.Duration, res Resolver) *http.Client {
 	return &http.Client{
 		Timeout:   timeout,
-		Transport: outboundTransport(production, res, timeout),
+		Transport: Transport(production, res, timeout),
 		CheckRedirect: func(req *http.Request, via []*http.Request) error {
 			if len(via) >= 5 {
 				return errors.New("stopped after 5 redirects")
 			}
-			return checkOutboundURL(req.URL.String(), production)
+			return CheckURL(req.URL.String(), production)
 		},
 	}
 }
