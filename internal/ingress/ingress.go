@@ -132,7 +132,6 @@ func New(opt Options) (*Handler, error) {
 // Close releases the proxy's idle connections.
 func (h *Handler) Close() { h.proxy.CloseIdleConnections() }
 
-
 func (h *Handler) modeFor(r *http.Request) string {
 	if h.opt.ModeFor != nil {
 		return h.opt.ModeFor(r.Method, r.URL.Path)
