@@ -885,7 +885,7 @@ func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 	return 0
 }
 
-func (h *handle) Flush(ctx context.Context) syscall.Errno  { return h.lf.Flush(ctx) }
+func (h *handle) Flush(ctx context.Context) syscall.Errno   { return h.lf.Flush(ctx) }
 func (h *handle) Release(ctx context.Context) syscall.Errno { return h.lf.Release(ctx) }
 func (h *handle) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Errno {
 	return h.lf.Getattr(ctx, out)
