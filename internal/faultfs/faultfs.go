@@ -19,8 +19,10 @@
 //     becomes durable, its names that no longer exist are forgotten, and its
 //     ancestor directories are kept. That is at least as strict as ext4's
 //     default (data=ordered), where any fsync commits the whole journal and
-//     with it every earlier name change. A file whose name is durable but
-//     whose data never was comes back empty.
+//     with it every earlier name change. A file whose name became durable
+//     through its directory but whose data never was comes back with the
+//     size it had then, all zeroes: the metadata was committed, the data
+//     not (as ext4 keeps the size set by an extending ftruncate).
 //   - Only regular files and directories are kept; symbolic links, device
 //     nodes and extended attributes do not survive a cut.
 //
@@ -48,6 +50,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -163,6 +166,9 @@ func Mount(backing, mountpoint string) (*FS, error) {
 			Name:          "faultfs",
 			DirectMount:   true,
 			DisableXAttrs: true,
+			// After Cut, go-fuse logs every answer it can no longer
+			// deliver to the aborted connection.
+			Logger: log.New(io.Discard, "", 0),
 		},
 	})
 	if err != nil {
@@ -331,7 +337,7 @@ func (f *FS) restore() error {
 			if !errors.Is(err, fs.ErrNotExist) {
 				return fmt.Errorf("faultfs: restore %s: %w", name, err)
 			}
-			// Named durably, never synced: it comes back empty.
+			// No durable copy (a sync failed half-way): an empty file.
 			if err := os.WriteFile(dst, nil, 0o644); err != nil {
 				return fmt.Errorf("faultfs: restore %s: %w", name, err)
 			}
@@ -506,6 +512,17 @@ func (f *FS) syncDir(rel string) error {
 				s = f.newFile(st.Ino)
 			}
 			f.names[c] = s.id
+			// The size is metadata, committed with the name; the data
+			// of a file never fsynced is not: it comes back as zeroes.
+			if out, err := os.OpenFile(f.dataPath(s.id), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644); err == nil {
+				terr := out.Truncate(st.Size)
+				if cerr := out.Close(); terr == nil {
+					terr = cerr
+				}
+				if terr != nil {
+					return terr
+				}
+			}
 		}
 	}
 	f.dirs[rel] = true
