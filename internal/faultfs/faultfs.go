@@ -902,7 +902,12 @@ func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 	return 0
 }
 
-func (h *handle) Flush(ctx context.Context) syscall.Errno   { return h.lf.Flush(ctx) }
+// Flush answers ENOSYS, so the kernel sends no more FLUSH requests (it
+// still writes dirty pages back on close). close(2) then never waits for
+// the server, which matters when the process serving the mount exits with
+// files of it open: a FLUSH sent by its own exit would wait forever.
+func (h *handle) Flush(ctx context.Context) syscall.Errno { return syscall.ENOSYS }
+
 func (h *handle) Release(ctx context.Context) syscall.Errno { return h.lf.Release(ctx) }
 func (h *handle) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Errno {
 	return h.lf.Getattr(ctx, out)
