@@ -96,11 +96,12 @@ func runPowerCuts(t *testing.T, bins binaries, fsync bool) figures {
 	l := startLoad("http://"+pc.public, loadOptions{procs: processIDs("cut", 400), perProc: 1000, workers: 48})
 	t.Cleanup(l.stopNow)
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0))
-	var at []string
+	var at, queued []string
 	for range powerCuts {
 		// A random moment: after a random number (300–2,000) of further
 		// acknowledgements, so every cut falls in the middle of the load.
 		waitAcked(t, l, l.ackedCount()+300+rng.IntN(1700))
+		queued = append(queued, strconv.Itoa(pc.queued())) // a moment before the cut
 		pc.fs.Freeze()
 		at = append(at, strconv.Itoa(l.ackedCount()))
 		pc.edge.signal(t, syscall.SIGKILL)
@@ -126,6 +127,7 @@ func runPowerCuts(t *testing.T, bins binaries, fsync bool) figures {
 	}
 	f := rec.measure(name, l)
 	f.add("cuts_at_acked", strings.Join(at, ","))
+	f.add("queued_before_cuts", strings.Join(queued, ","))
 	f.add("fs_syncs", pc.syncs)
 	f.add("drain", drain.Round(10*time.Millisecond))
 	f.add("duration", time.Since(began).Round(100*time.Millisecond))
@@ -217,6 +219,26 @@ format = "json"
 // settled tells whether the edge holds no record and has no attempt in
 // flight.
 func (pc *powerCutEdge) settled() bool {
+	for _, p := range pc.partitions() {
+		if p.Queued+p.InFlight > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// queued is the number of records the edge holds, those in flight
+// included.
+func (pc *powerCutEdge) queued() int {
+	n := 0
+	for _, p := range pc.partitions() {
+		n += p.Queued
+	}
+	return n
+}
+
+func (pc *powerCutEdge) partitions() []partitionView {
+	pc.t.Helper()
 	resp, err := pc.client.Get("http://" + pc.admin + "/edge/v1/partitions")
 	if err != nil {
 		pc.t.Fatalf("GET /edge/v1/partitions: %v", err)
@@ -228,12 +250,7 @@ func (pc *powerCutEdge) settled() bool {
 	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil || resp.StatusCode != http.StatusOK {
 		pc.t.Fatalf("GET /edge/v1/partitions: %d %v", resp.StatusCode, err)
 	}
-	for _, p := range v.Partitions {
-		if p.Queued+p.InFlight > 0 {
-			return false
-		}
-	}
-	return true
+	return v.Partitions
 }
 
 // deliveryRecorder is the backends' side: it dedupes deliveries by
