@@ -37,11 +37,17 @@
 //
 // A process must not memory-map files of a mount it serves: a page fault
 // on a FUSE mapping waits for the server while holding the process's mmap
-// lock, which the server's own allocations may need (a deadlock). Run such
-// clients, like Badger, in another process.
+// lock, which the server's own threads may need (the Go runtime maps
+// memory, the server's goroutines fault too), a deadlock seen within a few
+// runs. Badger maps its memtables, value log and tables, so the process
+// that opens Badger on the mount must be another one: the test serves the
+// mount and runs the writer as a child (a built binary, or the test binary
+// re-executed), then Freeze, SIGKILL the child, Cut, Mount again and start
+// a new child on what survived.
 //
 // Mounting needs /dev/fuse and root (Cut aborts the connection with a
-// forced unmount); Available reports whether both are there.
+// forced unmount) and fusermount3 (go-fuse falls back to it); Available
+// reports what is missing.
 package faultfs
 
 import (
