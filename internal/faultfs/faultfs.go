@@ -27,13 +27,14 @@
 //     nodes and extended attributes do not survive a cut.
 //
 // Freeze stops the disk: from then on every operation that would change
-// the backing directory blocks, and, after Cut or Close, fails; an
+// the backing directory fails at once with EIO (it must not block: a
+// process waiting for an answer in a FUSE request cannot die from SIGKILL,
+// and the kernel's writeback of its dirty pages would wait too); an
 // operation already running when Freeze is called completes first. Cut
-// freezes, aborts the FUSE connection (a process blocked on the mount gets
-// an error; nothing it had in flight reaches the backing directory),
-// unmounts and puts the durable state in place. A test that also kills a
-// process calls Freeze, then kills it, then calls Cut, so the process
-// cannot make anything durable after the moment of the cut.
+// freezes, aborts the FUSE connection, unmounts and puts the durable state
+// in place. A test that also kills a process calls Freeze, then kills it
+// (and may wait for it to exit), then calls Cut, so the process cannot
+// make anything durable after the moment of the cut.
 //
 // A process must not memory-map files of a mount it serves: a page fault
 // on a FUSE mapping waits for the server while holding the process's mmap
@@ -106,7 +107,6 @@ type FS struct {
 
 	gate     sync.RWMutex // held shared by every mutating operation, exclusively by Freeze
 	frozen   bool         // under gate
-	released chan struct{}
 	stopOnce sync.Once
 	stopErr  error
 
@@ -148,7 +148,7 @@ func Mount(backing, mountpoint string) (*FS, error) {
 	if err != nil {
 		return nil, fmt.Errorf("faultfs: durable copy dir: %w", err)
 	}
-	f := &FS{backing: backing, mountpoint: mountpoint, shadow: shadow, released: make(chan struct{}),
+	f := &FS{backing: backing, mountpoint: mountpoint, shadow: shadow,
 		ids: map[uint64]*fileState{}, names: map[string]uint64{}, dirs: map[string]bool{".": true}}
 	if err := f.snapshot(); err != nil {
 		os.RemoveAll(shadow)
@@ -243,13 +243,12 @@ func (f *FS) Stats() Stats {
 		DirSyncs: f.dirSyncs.Load(), SyncBytes: f.syncBytes.Load()}
 }
 
-// enter admits a mutating operation; it reports false, after Cut or Close,
-// when the disk is frozen. A true answer must be paired with leave.
+// enter admits a mutating operation; it reports false when the disk is
+// frozen. A true answer must be paired with leave.
 func (f *FS) enter() bool {
 	f.gate.RLock()
 	if f.frozen {
 		f.gate.RUnlock()
-		<-f.released
 		return false
 	}
 	return true
@@ -258,8 +257,7 @@ func (f *FS) enter() bool {
 func (f *FS) leave() { f.gate.RUnlock() }
 
 // Freeze stops the disk at this moment: operations already running finish,
-// later ones that would change anything block until Cut or Close, then
-// fail with EIO.
+// later ones that would change anything fail with EIO.
 func (f *FS) Freeze() {
 	f.gate.Lock()
 	f.frozen = true
@@ -298,7 +296,6 @@ func (f *FS) stop() error {
 		// on the mount can die. The unmount itself may then fail with
 		// EBUSY while such a process holds files; MNT_DETACH finishes it.
 		ferr := unix.Unmount(f.mountpoint, unix.MNT_FORCE)
-		close(f.released)
 		if ferr != nil {
 			if err := unix.Unmount(f.mountpoint, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
 				f.stopErr = fmt.Errorf("faultfs: unmount %s: %w (forced: %v)", f.mountpoint, err, ferr)

@@ -243,6 +243,9 @@ func TestRenameAndUnlink(t *testing.T) {
 // TestMain runs the test binary as the mmap helper when asked (see
 // mmapWrite).
 func TestMain(m *testing.M) {
+	if p := os.Getenv("FAULTFS_WRITE_LOOP_PATH"); p != "" {
+		writeLoop(p)
+	}
 	if p := os.Getenv("FAULTFS_MMAP_PATH"); p != "" {
 		if err := mmapHelper(p, []byte(os.Getenv("FAULTFS_MMAP_DATA")), os.Getenv("FAULTFS_MMAP_SYNC") == "1"); err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -357,8 +360,9 @@ func TestMmapWithoutMsync(t *testing.T) {
 	}
 }
 
-// TestFreeze: an operation after Freeze does not reach the backing dir,
-// and the process that made it gets an error once the power is cut.
+// TestFreeze: after Freeze every change fails at once (a process blocked
+// on the mount could not die from SIGKILL) and none reaches the backing
+// dir.
 func TestFreeze(t *testing.T) {
 	f, backing := mounted(t)
 	p := filepath.Join(f.Mountpoint(), "f")
@@ -369,36 +373,79 @@ func TestFreeze(t *testing.T) {
 	}
 	defer fh.Close()
 	f.Freeze()
-	done := make(chan error, 1)
-	go func() {
-		_, err := fh.Write([]byte("after"))
-		if err == nil {
-			err = fh.Sync()
-		}
-		done <- err
-	}()
-	select {
-	case err := <-done:
-		t.Fatalf("a write after Freeze returned (%v) before the cut", err)
-	case <-time.After(200 * time.Millisecond):
-		// Still blocked, as a write to a disk without power. (Only an
-		// upper bound on how long to watch; nothing waits on it.)
+	if _, err := fh.Write([]byte("after")); err == nil {
+		t.Error("a write after Freeze succeeded")
+	}
+	if err := fh.Sync(); err == nil {
+		t.Error("an fsync after Freeze succeeded")
+	}
+	if err := os.WriteFile(filepath.Join(f.Mountpoint(), "new"), nil, 0o644); err == nil {
+		t.Error("a create after Freeze succeeded")
 	}
 	if got := contents(t, filepath.Join(backing, "f")); string(got) != "before;" {
 		t.Errorf("a write after Freeze reached the backing file: %q", got)
 	}
 	cut(t, f)
-	select {
-	case err := <-done:
-		if err == nil {
-			t.Error("a write after the cut succeeded")
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("a write blocked by Freeze did not end after the cut")
-	}
 	if got := contents(t, filepath.Join(backing, "f")); string(got) != "before;" {
 		t.Errorf("after the cut: %q", got)
 	}
+	if _, err := os.Stat(filepath.Join(backing, "new")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a file created after Freeze exists after the cut: %v", err)
+	}
+}
+
+// writeLoop appends and fsyncs to path until it fails, then exits 1.
+func writeLoop(path string) {
+	fh, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err == nil {
+		for err == nil {
+			if _, err = fh.Write([]byte("x")); err == nil {
+				err = fh.Sync()
+			}
+		}
+	}
+	fmt.Fprintln(os.Stderr, err)
+	os.Exit(1)
+}
+
+// TestKilledWriterExitsBeforeCut is the regression test of a deadlock:
+// operations after Freeze used to block until Cut, so a writer SIGKILLed
+// after Freeze could not exit (its request waited in the server) and a
+// test that waited for it before calling Cut hung.
+func TestKilledWriterExitsBeforeCut(t *testing.T) {
+	f, backing := mounted(t)
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "FAULTFS_WRITE_LOOP_PATH="+filepath.Join(f.Mountpoint(), "log"))
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(exited)
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = f.Close() // aborts the connection: a child stuck on the mount dies
+		<-exited
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for st, err := os.Stat(filepath.Join(backing, "log")); err != nil || st.Size() < 100; st, err = os.Stat(filepath.Join(backing, "log")) {
+		if time.Now().After(deadline) {
+			t.Fatal("the writer wrote nothing")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	f.Freeze()
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-exited:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a writer SIGKILLed after Freeze did not exit within 10 s")
+	}
+	cut(t, f)
 }
 
 func TestAddSpan(t *testing.T) {
