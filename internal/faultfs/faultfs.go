@@ -648,6 +648,15 @@ func (n *node) Create(ctx context.Context, name string, flags, mode uint32, out 
 }
 
 func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	// The kernel sends O_TRUNC as a SETATTR (go-fuse does not ask for
+	// atomic O_TRUNC); should it come here, it changes the file.
+	trunc := flags&syscall.O_TRUNC != 0
+	if trunc {
+		if !n.fs.enter() {
+			return nil, 0, syscall.EIO
+		}
+		defer n.fs.leave()
+	}
 	fh, fl, errno := n.LoopbackNode.Open(ctx, flags)
 	if errno != 0 {
 		return fh, fl, errno
@@ -658,7 +667,11 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 		lf.Release(ctx)
 		return nil, 0, gofs.ToErrno(err)
 	}
-	return &handle{lf: lf, node: n.EmbeddedInode(), state: n.fs.fileOf(st.Ino), ino: st.Ino, fs: n.fs}, fl, 0
+	s := n.fs.fileOf(st.Ino)
+	if trunc {
+		s.truncated(0)
+	}
+	return &handle{lf: lf, node: n.EmbeddedInode(), state: s, ino: st.Ino, fs: n.fs}, fl, 0
 }
 
 func (n *node) Mknod(ctx context.Context, name string, mode, rdev uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {

@@ -179,6 +179,36 @@ func TestTruncateAndOverwrite(t *testing.T) {
 	}
 }
 
+// TestOpenTruncate: open(O_TRUNC) is a change like any other, durable
+// only when synced.
+func TestOpenTruncate(t *testing.T) {
+	f, backing := mounted(t)
+	m := f.Mountpoint()
+	write(t, filepath.Join(m, "unsynced"), []byte("old-old"), true)
+	write(t, filepath.Join(m, "synced"), []byte("old-old"), true)
+	if err := os.WriteFile(filepath.Join(m, "unsynced"), []byte("new"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fh, err := os.OpenFile(filepath.Join(m, "synced"), os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fh.Write([]byte("new")); err != nil {
+		t.Fatal(err)
+	}
+	if err := fh.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	fh.Close()
+	cut(t, f)
+	if got := contents(t, filepath.Join(backing, "unsynced")); string(got) != "old-old" {
+		t.Errorf("truncated and rewritten, not synced: %q, want the old content", got)
+	}
+	if got := contents(t, filepath.Join(backing, "synced")); string(got) != "new" {
+		t.Errorf("truncated, rewritten and synced: %q, want %q", got, "new")
+	}
+}
+
 // TestRenameAndUnlink pins the name model: a rename or unlink is durable
 // once the directory (or the file, for a rename) is synced.
 func TestRenameAndUnlink(t *testing.T) {
