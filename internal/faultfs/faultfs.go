@@ -394,13 +394,23 @@ func addSpan(l []span, sp span) []span {
 // syncData makes what wfd (an open descriptor of s's backing file, maybe
 // write-only) holds durable: the size, and every range written since the
 // last fsync.
-func (f *FS) syncData(s *fileState, wfd int) error {
+func (f *FS) syncData(s *fileState, wfd int) (err error) {
 	s.syncMu.Lock()
 	defer s.syncMu.Unlock()
 	s.mu.Lock()
 	dirty, truncLo := s.dirty, s.truncLo
 	s.dirty, s.truncLo = nil, -1
 	s.mu.Unlock()
+	defer func() {
+		if err != nil { // still to be synced by a later fsync
+			for _, sp := range dirty {
+				s.wrote(sp.off, sp.end-sp.off)
+			}
+			if truncLo >= 0 {
+				s.truncated(truncLo)
+			}
+		}
+	}()
 
 	// Read through a new descriptor of the same inode (even if unlinked).
 	in, err := os.Open("/proc/self/fd/" + strconv.Itoa(wfd))
