@@ -5,6 +5,8 @@
 // processes, a full edge queue, a slow and failing network (toxiproxy, run
 // in the test process), a backend that answers 421 for keys it does not
 // own, and a change of the partition count with a backlog queued.
+// TestPowerCut adds power cuts: the edge's queue on a FUSE filesystem
+// that forgets what was not fsynced (internal/faultfs).
 //
 // Every scenario measures at the backends what happened to the requests
 // the edge acknowledged and prints one line of figures:

@@ -1,0 +1,360 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/flowedge/flowedge/internal/faultfs"
+	"github.com/flowedge/flowedge/internal/partition"
+)
+
+// TestPowerCut runs the real edge with its queue on a faultfs mount (a
+// filesystem that forgets what was not fsynced) under concurrent load in
+// accept mode, cuts the power 5 times at random moments and restarts the
+// edge on what survived each time. One of the three backends is down
+// during the cuts, so that each cut hits a backlog of acknowledged
+// requests as well as deliveries in flight. Every request whose client got a 2xx
+// with X-Delivery-ID must reach the backends, which dedupe by
+// X-Request-ID, exactly once.
+//
+// A cut is: freeze the filesystem (nothing more reaches the "disk"),
+// SIGKILL the edge, abort the FUSE connection and put the durable state in
+// place. Freezing first means the edge cannot make anything durable after
+// the moment of the cut, however long the kill takes.
+//
+// The subtest fsync-off runs the same with `[buffer] fsync = false` and
+// requires that acknowledged requests are lost: it proves the harness sees
+// a broken sync.
+func TestPowerCut(t *testing.T) {
+	if testing.Short() {
+		t.Skip("the power-cut test builds the edge binary and runs it on a FUSE mount for about half a minute; it runs without -short (make test)")
+	}
+	if err := faultfs.Available(); err != nil {
+		t.Skipf("skipping the power-cut test: %v", err)
+	}
+	bins := buildBinaries(t, t.TempDir())
+	t.Run("fsync-on", func(t *testing.T) {
+		f := runPowerCuts(t, bins, true)
+		f.requireIntact(t)
+	})
+	t.Run("fsync-off", func(t *testing.T) {
+		f := runPowerCuts(t, bins, false)
+		if f.lost == 0 {
+			t.Errorf("with fsync = false no acknowledged request was lost over %d power cuts: the harness cannot see a broken sync\n%s", powerCuts, f.line())
+		}
+	})
+}
+
+// powerCuts is how many times each run cuts the power.
+const powerCuts = 5
+
+// runPowerCuts runs the load against an edge on a faultfs mount, cuts the
+// power powerCuts times, lets the last edge drain its queue and measures
+// what the backends received.
+func runPowerCuts(t *testing.T, bins binaries, fsync bool) figures {
+	began := time.Now()
+	dir := t.TempDir()
+	rec := newDeliveryRecorder()
+	var urls []string
+	for n := range partitions {
+		srv := httptest.NewServer(rec.handler(n))
+		t.Cleanup(srv.Close)
+		urls = append(urls, strconv.Quote(srv.URL))
+	}
+	pc := &powerCutEdge{t: t, bins: bins, dir: dir, backing: filepath.Join(dir, "disk"), mnt: filepath.Join(dir, "mnt"),
+		fsync: fsync, urls: strings.Join(urls, ", "), client: &http.Client{Timeout: 5 * time.Second}}
+	for _, d := range []string{pc.backing, pc.mnt} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		if t.Failed() && pc.edge != nil {
+			t.Logf("edge (last lines of %s):\n%s", pc.logPath(), pc.edge.logTail())
+		}
+	})
+	pc.mount()
+	pc.start()
+
+	// Backend 1 is down during the cuts, so that at each cut a backlog of
+	// acknowledged requests is queued (the others flow, with attempts in
+	// flight); it comes back after the last restart.
+	rec.down[1].Store(true)
+	l := startLoad("http://"+pc.public, loadOptions{procs: processIDs("cut", 400), perProc: 1000, workers: 48})
+	t.Cleanup(l.stopNow)
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0))
+	var at, queued []string
+	for range powerCuts {
+		// A random moment: after a random number (300–2,000) of further
+		// acknowledgements, so every cut falls in the middle of the load.
+		waitAcked(t, l, l.ackedCount()+300+rng.IntN(1700))
+		queued = append(queued, strconv.Itoa(pc.queued())) // a moment before the cut
+		pc.fs.Freeze()
+		at = append(at, strconv.Itoa(l.ackedCount()))
+		pc.edge.signal(t, syscall.SIGKILL)
+		if err := pc.fs.Cut(); err != nil {
+			t.Fatal(err)
+		}
+		pc.edge.wait(t, 10*time.Second)
+		pc.mount()
+		pc.start()
+	}
+	// The last edge serves on for a while, then the clients stop and it
+	// drains.
+	waitAcked(t, l, l.ackedCount()+500)
+	l.stopAndWait()
+	rec.down[1].Store(false)
+	drainStart := time.Now()
+	waitFor(t, drainTimeout, "the edge to drain its queue (GET /edge/v1/partitions: queued = in_flight = 0)", pc.settled)
+	drain := time.Since(drainStart)
+
+	name := "powercut-x5"
+	if !fsync {
+		name = "powercut-x5-fsync-off"
+	}
+	f := rec.measure(name, l)
+	f.add("cuts_at_acked", strings.Join(at, ","))
+	f.add("queued_before_cuts", strings.Join(queued, ","))
+	f.add("fs_syncs", pc.syncs+pc.fs.Stats().Fsyncs)
+	f.add("drain", drain.Round(10*time.Millisecond))
+	f.add("duration", time.Since(began).Round(100*time.Millisecond))
+	f.report(t)
+	return f
+}
+
+// powerCutEdge is the edge process on a faultfs mount of a backing dir.
+type powerCutEdge struct {
+	t                       *testing.T
+	bins                    binaries
+	dir, backing, mnt, urls string
+	fsync                   bool
+	fs                      *faultfs.FS
+	edge                    *proc
+	public, admin           string // fixed after the first start
+	client                  *http.Client
+	syncs                   int64 // FSYNC requests the edges made on the mounts before the current one
+}
+
+func (pc *powerCutEdge) logPath() string { return filepath.Join(pc.dir, "edge.log") }
+
+// mount mounts the backing dir (what survived the last cut) on mnt.
+func (pc *powerCutEdge) mount() {
+	pc.t.Helper()
+	if pc.fs != nil {
+		pc.syncs += pc.fs.Stats().Fsyncs
+	}
+	f, err := faultfs.Mount(pc.backing, pc.mnt)
+	if err != nil {
+		pc.t.Fatal(err)
+	}
+	pc.t.Cleanup(func() {
+		if err := f.Close(); err != nil {
+			pc.t.Errorf("faultfs: %v", err)
+		}
+	})
+	pc.fs = f
+}
+
+// start writes the edge's config (free ports the first time, the same
+// ports after) and starts it.
+func (pc *powerCutEdge) start() {
+	pc.t.Helper()
+	public, admin := pc.public, pc.admin
+	if public == "" {
+		public, admin = "127.0.0.1:0", "127.0.0.1:0"
+	}
+	cfg := fmt.Sprintf(`# written by the e2e power-cut test
+[server]
+address = %q
+respond = "accept"
+shutdown_timeout = "5s"
+
+[admin]
+address = %q
+
+[partition]
+count = %d
+
+[backends]
+urls = [%s]
+probe_interval = "200ms"
+timeout = "2s"
+breaker_cooldown = "1s"
+
+[buffer]
+path = %q
+fsync = %t
+
+[retry]
+initial_backoff = "50ms"
+max_backoff = "500ms"
+
+[log]
+level = "info"
+format = "json"
+`, public, admin, partitions, pc.urls, filepath.Join(pc.mnt, "queue"), pc.fsync)
+	path := filepath.Join(pc.dir, "edge.toml")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		pc.t.Fatal(err)
+	}
+	var line struct{ Msg, Public, Admin string }
+	ready := func(b []byte) bool { return json.Unmarshal(b, &line) == nil && line.Msg == "edge started" }
+	pc.edge = startProc(pc.t, "edge", pc.logPath(), nil, ready, 30*time.Second, pc.bins.edge, "run", "-config", path)
+	pc.public, pc.admin = line.Public, line.Admin
+}
+
+// settled tells whether the edge holds no record and has no attempt in
+// flight.
+func (pc *powerCutEdge) settled() bool {
+	for _, p := range pc.partitions() {
+		if p.Queued+p.InFlight > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// queued is the number of records the edge holds, those in flight
+// included.
+func (pc *powerCutEdge) queued() int {
+	n := 0
+	for _, p := range pc.partitions() {
+		n += p.Queued
+	}
+	return n
+}
+
+func (pc *powerCutEdge) partitions() []partitionView {
+	pc.t.Helper()
+	resp, err := pc.client.Get("http://" + pc.admin + "/edge/v1/partitions")
+	if err != nil {
+		pc.t.Fatalf("GET /edge/v1/partitions: %v", err)
+	}
+	defer resp.Body.Close()
+	var v struct {
+		Partitions []partitionView `json:"partitions"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil || resp.StatusCode != http.StatusOK {
+		pc.t.Fatalf("GET /edge/v1/partitions: %d %v", resp.StatusCode, err)
+	}
+	return v.Partitions
+}
+
+// deliveryRecorder is the backends' side: it dedupes deliveries by
+// X-Request-ID (the edge's delivery id), as a backend with exactly-once
+// effects does, and records each effect.
+type deliveryRecorder struct {
+	down [partitions]atomic.Bool // backend n answers 503 to everything, its readiness probe included
+
+	mu       sync.Mutex
+	seen     map[string]bool   // X-Request-IDs that took effect
+	effects  map[string][]int  // the client's request id (the body's "rid") → backends where it took effect
+	idOf     map[string]string // the client's request id → the X-Request-ID it took effect under
+	order    map[string][]int  // process id → its events' seq, in effect order
+	attempts int               // deliveries received, repeats included
+}
+
+func newDeliveryRecorder() *deliveryRecorder {
+	return &deliveryRecorder{seen: map[string]bool{}, effects: map[string][]int{}, idOf: map[string]string{},
+		order: map[string][]int{}}
+}
+
+// handler is backend n: 200 to the edge's readiness probe, 201 to a
+// delivery.
+func (rec *deliveryRecorder) handler(n int) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if rec.down[n].Load() {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		if r.URL.Path == "/health/readiness" {
+			w.WriteHeader(http.StatusOK)
+			return
+		}
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		var ev struct {
+			PID string `json:"pid"`
+			Seq int    `json:"seq"`
+			RID string `json:"rid"`
+		}
+		if err := json.Unmarshal(body, &ev); err != nil || ev.RID == "" {
+			http.Error(w, fmt.Sprintf("not an event of the load: %v %q", err, body), http.StatusBadRequest)
+			return
+		}
+		id := r.Header.Get("X-Request-ID")
+		rec.mu.Lock()
+		rec.attempts++
+		if id != "" && !rec.seen[id] {
+			rec.seen[id] = true
+			rec.effects[ev.RID] = append(rec.effects[ev.RID], n)
+			rec.idOf[ev.RID] = id
+			rec.order[ev.PID] = append(rec.order[ev.PID], ev.Seq)
+		}
+		rec.mu.Unlock()
+		w.WriteHeader(http.StatusCreated)
+	})
+}
+
+// measure compares what the clients were told with what took effect.
+// Call it after the load is done and the edge has drained.
+func (rec *deliveryRecorder) measure(name string, l *load) figures {
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	st := l.stats()
+	f := figures{scenario: name, sent: st.sent, acknowledged: st.acked}
+	otherID := 0
+	misplaced := map[string]bool{}
+	l.mu.Lock()
+	for _, p := range l.procs {
+		owner := partition.OfString(p.pid, partitions)
+		for _, r := range p.reqs {
+			on := rec.effects[r.rid]
+			if len(on) > 0 {
+				f.delivered++
+			}
+			if len(on) > 1 {
+				f.duplicates += len(on) - 1
+			}
+			for _, n := range on {
+				if n != owner {
+					misplaced[p.pid] = true
+				}
+			}
+			if r.acked && len(on) == 0 {
+				f.lost++
+			}
+			if r.acked && len(on) > 0 && rec.idOf[r.rid] != r.deliveryID {
+				otherID++
+			}
+		}
+		maxSeq := 0
+		for _, seq := range rec.order[p.pid] {
+			f.maxReorder = max(f.maxReorder, maxSeq-seq)
+			maxSeq = max(maxSeq, seq)
+		}
+	}
+	l.mu.Unlock()
+	f.misplaced = len(misplaced)
+	f.add("backend_attempts", rec.attempts)
+	f.add("delivered_under_other_id", otherID)
+	f.add("client_attempts", st.attempts)
+	f.add("gave_up", st.gaveUp)
+	return f
+}
