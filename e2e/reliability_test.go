@@ -37,7 +37,7 @@ func TestReliability(t *testing.T) {
 			t.Run("edge-sigkill-x5", func(t *testing.T) { testEdgeKill(t, bins) })
 			t.Run("edge-sigterm", func(t *testing.T) { testEdgeTerm(t, bins) })
 			t.Run("buffer-full", func(t *testing.T) { testBufferFull(t, bins) })
-			t.Run("misrouted-dead-letter-replay", func(t *testing.T) { testMisrouted(t, bins) })
+			t.Run("misconfigured", func(t *testing.T) { testMisconfigured(t, bins) })
 			t.Run("resize", func(t *testing.T) { testResize(t, bins) })
 		})
 	}
@@ -292,87 +292,93 @@ func testBufferFull(t *testing.T, bins binaries) {
 	}
 }
 
-// Scenario 7: api-flow-2 started with -partitions 4 owns a different key
-// set than the edge's 3 partitions say: it answers 421 for keys it thinks
-// partition 3 owns, and the edge dead-letters those at once. After the
-// backend is restarted with the right count, replaying the dead letters
-// delivers them.
-func testMisrouted(t *testing.T, bins binaries) {
+// Scenario 7: misconfigured backends are held, never sent to. First the
+// edge lists api-flow-1 and api-flow-2 in each other's place; each claims
+// its own partition in its readiness answer (X-Partition), so the edge
+// holds both partitions (misconfigured, /health/health 503) and their
+// writes stay queued while partition 0's are delivered. Started again with
+// the right order, it delivers them to their owners. Then api-flow-2 is
+// restarted with -partitions 4 (another count): its partition is held the
+// same way until it runs with -partitions 3 again. No request is refused
+// with 421, none is dead-lettered.
+func testMisconfigured(t *testing.T, bins binaries) {
 	began := time.Now()
-	s := newStack(t, bins, stackOptions{partitionsOf: map[int]int{2: 4}, relayTimeout: 2 * time.Second})
-	misrouted := processIDsWhere("mis", 10, func(pid string) bool {
-		return partition.OfString(pid, partitions) == 2 && partition.OfString(pid, 4) != 2
-	})
-	fine := processIDsWhere("ok", 20, func(pid string) bool {
-		return partition.OfString(pid, partitions) != 2 || partition.OfString(pid, 4) == 2
-	})
-	l := startLoad(s.publicURL(), loadOptions{procs: append(append([]string{}, misrouted...), fine...), perProc: 1, workers: 8})
+	s := newStack(t, bins, stackOptions{order: []int{0, 2, 1}})
+	on := func(prefix string, p, n int) []string {
+		return processIDsWhere(prefix, n, func(pid string) bool { return partition.OfString(pid, partitions) == p })
+	}
+	held := append(on("order", 1, 10), on("order", 2, 10)...)
+	l := startLoad(s.publicURL(), loadOptions{procs: append(on("order", 0, 10), held...), perProc: 1, workers: 8})
 	waitFor(t, loadTimeout, "the load to finish", l.finished)
-	waitFor(t, drainTimeout, "the edge to settle every request", s.settled)
+	waitFor(t, drainTimeout, "partition 0 to deliver its writes", func() bool { return s.partitionViews()[0].Queued == 0 })
 
-	isMisrouted := map[string]bool{}
-	for _, pid := range misrouted {
-		isMisrouted[pid] = true
-	}
-	byPID := map[string]*procLoad{}
-	for _, p := range l.procs {
-		byPID[p.pid] = p
-	}
-	var ours []deadLetter
-	for _, d := range s.deadLetters() {
-		p := byPID[d.Key]
-		if p == nil {
-			continue
+	// held: the views, nothing sent, the health check.
+	requireHeld := func(claims map[int]string, queued int) {
+		t.Helper()
+		n := 0
+		for _, v := range s.partitionViews() {
+			want, bad := claims[v.Partition]
+			if v.Misconfigured != bad || v.Claim != want || (bad && v.Ready) {
+				t.Fatalf("partition %d: misconfigured %v, claim %q, ready %v; want misconfigured %v, claim %q", v.Partition, v.Misconfigured, v.Claim, v.Ready, bad, want)
+			}
+			if bad {
+				n += v.Queued
+			}
 		}
-		ours = append(ours, d)
-		switch r := p.reqs[0]; {
-		case !isMisrouted[d.Key]:
-			t.Errorf("dead letter for %s, which api-flow-2 owns under both counts: %+v", d.Key, d)
-		case d.ResponseStatus != http.StatusMisdirectedRequest:
-			t.Errorf("dead letter %s: response_status %d, want 421", d.ID, d.ResponseStatus)
-		case r.deliveryID != "" && r.deliveryID != d.ID:
-			t.Errorf("dead letter %s: the client's answer named delivery %s", d.ID, r.deliveryID)
+		if n != queued {
+			t.Fatalf("%d records queued on the misconfigured partitions, want %d", n, queued)
 		}
-	}
-	if len(ours) != len(misrouted) {
-		t.Fatalf("%d dead letters for the %d misrouted processes, want one each: %+v", len(ours), len(misrouted), ours)
-	}
-	for _, pid := range misrouted {
-		if r := byPID[pid].reqs[0]; r.lastCode != http.StatusBadGateway && r.lastCode != http.StatusAccepted {
-			t.Errorf("%s: the client got %d, want 502 (dead letter) or 202 (queued)", pid, r.lastCode)
+		if d, m := len(s.deadLetters()), s.misroutedAttempts(); d != 0 || m != 0 {
+			t.Fatalf("%d dead letters, %d attempts answered 421: a misconfigured backend was sent requests", d, m)
+		}
+		if code, body := s.health(); code != http.StatusServiceUnavailable || !strings.Contains(body, `"misconfigured"`) {
+			t.Fatalf("/health/health: %d %s, want 503 naming the misconfigured backends", code, body)
 		}
 	}
+	requireHeld(map[int]string{1: "2/3", 2: "1/3"}, len(held))
 
-	// Fix the backend, then replay.
+	// The order mended: the edge restarts on its queue.
+	s.edge.proc.signal(t, syscall.SIGTERM)
+	if code := s.edge.proc.wait(t, 30*time.Second); code != 0 {
+		t.Errorf("SIGTERM: the edge exited %d, want 0", code)
+	}
+	s.opt.order = nil
+	s.startEdge()
+	f := finish(t, s, l, "misconfigured-order", began, nil)
+	f.add("held", len(held))
+	f.add("dead_letters", len(s.deadLetters()))
+	f.add("misrouted_attempts", s.misroutedAttempts())
+	f.report(t)
+	f.requireIntact(t)
+	requireAllAcknowledged(t, f, l)
+
+	// Another count: api-flow-2 with -partitions 4.
+	began = time.Now()
 	b := s.backends[2].proc
 	b.signal(t, syscall.SIGTERM)
 	b.wait(t, 30*time.Second)
+	s.restartBackend(2, partitions+1)
+	waitFor(t, stepTimeout, "partition 2 to show misconfigured", func() bool { return s.partitionViews()[2].Misconfigured })
+	held = on("count", 2, 10)
+	l = startLoad(s.publicURL(), loadOptions{procs: held, perProc: 1, workers: 8})
+	waitFor(t, loadTimeout, "the load to finish", l.finished)
+	requireHeld(map[int]string{2: "2/4"}, len(held))
+	b = s.backends[2].proc
+	b.signal(t, syscall.SIGTERM)
+	b.wait(t, 30*time.Second)
 	s.restartBackend(2, partitions)
-	owed := map[string]bool{}
-	for _, d := range ours {
-		s.replay(d.ID)
-		owed[byPID[d.Key].reqs[0].rid] = true
-	}
-	drain := s.waitDrained(drainTimeout)
-	left := 0
-	for _, d := range s.deadLetters() {
-		if byPID[d.Key] != nil {
-			left++
-		}
-	}
-	f := s.measure("misrouted-dead-letter-replay", l, owed)
-	f.add("dead_lettered", len(ours))
-	f.add("replayed", len(owed))
-	f.add("dead_letters_left", left)
-	f.add("drain", drain.Round(10*time.Millisecond))
-	f.add("duration", time.Since(began).Round(100*time.Millisecond))
+	f = finish(t, s, l, "misconfigured-count", began, nil)
+	f.add("held", len(held))
+	f.add("dead_letters", len(s.deadLetters()))
+	f.add("misrouted_attempts", s.misroutedAttempts())
 	f.report(t)
 	f.requireIntact(t)
-	if left != 0 {
-		t.Errorf("%d dead letters still listed after the replay", left)
+	requireAllAcknowledged(t, f, l)
+	if d, m := len(s.deadLetters()), s.misroutedAttempts(); d != 0 || m != 0 {
+		t.Errorf("%d dead letters, %d attempts answered 421", d, m)
 	}
-	if f.delivered != len(misrouted)+len(fine) {
-		t.Errorf("want all %d requests delivered after the replay\n%s", len(misrouted)+len(fine), f.line())
+	if code, body := s.health(); code != http.StatusOK {
+		t.Errorf("/health/health after the fix: %d %s", code, body)
 	}
 }
 

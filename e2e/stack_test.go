@@ -38,6 +38,7 @@ type stackOptions struct {
 	maxBytes       int64         // [buffer] max_bytes; 0 = the edge's default (1 GiB)
 	proxied        int           // backend put behind an in-process toxiproxy: its index + 1 (0 = none)
 	partitionsOf   map[int]int   // -partitions given to backend N when it is not 3 (a misconfigured backend)
+	order          []int         // the edge's backend list: order[n] is the backend it names for partition n; nil = 0, 1, 2…
 	backendTimeout time.Duration // [backends] timeout per attempt; default 2s
 }
 
@@ -211,7 +212,11 @@ func (s *stack) writeEdgeConfig(public, admin string) {
 	s.t.Helper()
 	urls := make([]string, s.count)
 	for n := range s.count {
-		urls[n] = strconv.Quote(s.backendURL(n))
+		b := n
+		if n < len(s.opt.order) {
+			b = s.opt.order[n]
+		}
+		urls[n] = strconv.Quote(s.backendURL(b))
 	}
 	protocol := s.bins.protocol
 	if protocol == "" {
@@ -340,6 +345,10 @@ type partitionView struct {
 	Queued      int    `json:"queued"`
 	InFlight    int    `json:"in_flight"`
 	DeadLetters int    `json:"dead_letters"`
+	// Misconfigured: the backend claims another partition or count
+	// (X-Partition, Claim) than the edge maps it to.
+	Misconfigured bool   `json:"misconfigured"`
+	Claim         string `json:"claim"`
 }
 
 func (s *stack) partitionViews() []partitionView {
@@ -533,6 +542,21 @@ func (s *stack) metricSumWhere(url, metric string, keep func(sample string) bool
 // at once (retried, misrouted or failed) since the edge's last start.
 func (s *stack) failedAttempts() int {
 	return int(s.metricSum("http://"+s.edge.admin+"/metrics", "edge_delivery_attempts_total", `outcome="ok"`))
+}
+
+// health is the edge's GET /health/health: its status code and body.
+func (s *stack) health() (int, string) {
+	s.t.Helper()
+	resp, err := s.client.Get("http://" + s.edge.admin + "/health/health")
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return resp.StatusCode, string(body)
 }
 
 // misroutedAttempts is the number of delivery attempts a backend refused

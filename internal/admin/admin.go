@@ -9,6 +9,7 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -27,6 +28,7 @@ type Deliveries interface {
 	Lookup(id string) (delivery.View, error)
 	Partitions() []delivery.PartitionView
 	ReadyPartitions() (ready, total int)
+	Misconfigured() []string // partitions whose backend claims another partition or count
 	DeadLetters(p int, cursor string, limit int) ([]buffer.DeadLetter, string, error)
 	Replay(ctx context.Context, id string) (*buffer.Record, error)
 	Discard(ctx context.Context, id string) error
@@ -112,8 +114,10 @@ type check struct {
 	Total  *int   `json:"total,omitempty"`
 }
 
-// health: unhealthy (503) when the queue cannot be written or the edge is
-// draining; degraded (200) when some backends are not ready; else healthy.
+// health: unhealthy (503) when the queue cannot be written, the edge is
+// draining or a backend claims another partition than the edge maps it to
+// (misconfigured: nothing is delivered to it until the configuration
+// agrees); degraded (200) when some backends are not ready; else healthy.
 func (h *Handler) health(w http.ResponseWriter, _ *http.Request) {
 	checks := map[string]check{}
 	status, code := "healthy", http.StatusOK
@@ -130,6 +134,10 @@ func (h *Handler) health(w http.ResponseWriter, _ *http.Request) {
 		if status == "healthy" {
 			status = "degraded"
 		}
+	}
+	if mis := h.opt.Deliveries.Misconfigured(); len(mis) > 0 {
+		bc.Status, bc.Error = "misconfigured", strings.Join(mis, "; ")
+		status, code = "unhealthy", http.StatusServiceUnavailable
 	}
 	checks["backends"] = bc
 	if h.draining.Load() {

@@ -245,7 +245,12 @@ func TestOwnership(t *testing.T) {
 	r.header["X-Process-ID"] = other
 	checkProblem(t, e.do(r), 400)
 	// Health and metrics never check ownership.
-	must(t, e.do(req{method: "GET", path: "/health/readiness", header: map[string]string{"X-Process-ID": foreign}}), 200)
+	ready := e.do(req{method: "GET", path: "/health/readiness", header: map[string]string{"X-Process-ID": foreign}})
+	must(t, ready, 200)
+	// The readiness answer claims the partition, so an edge can check its order.
+	if got := ready.header.Get("X-Partition"); got != "1/3" {
+		t.Fatalf("readiness X-Partition %q, want 1/3", got)
+	}
 }
 
 // TestLargeEvents: events near the 1 MiB body limit, several at once (too

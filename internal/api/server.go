@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -255,7 +256,7 @@ func (s *Server) routes() http.Handler {
 		mux.Handle(pattern, s.adapt(pattern, acc, h))
 	}
 	handle("GET /health/liveness", public, s.liveness)
-	handle("GET /health/readiness", public, s.readiness)
+	mux.Handle("GET /health/readiness", s.claimPartition(s.adapt("GET /health/readiness", public, s.readiness)))
 	handle("GET /health/health", public, s.healthReport)
 	handle("GET /api/v1/health", public, s.healthReport)
 	metricsHandler := promhttp.HandlerFor(s.opts.Registry, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelError)})
@@ -429,6 +430,17 @@ func (s *Server) partitions() store.Partitioning {
 		return *p
 	}
 	return store.Partitioning{Count: s.opts.Partitions}
+}
+
+// claimPartition sets X-Partition: N/M (this backend's partition and the
+// count it serves under) on next's answers, so an edge that maps this
+// backend to another partition holds its deliveries instead of sending
+// them here (docs/partitioning.md).
+func (s *Server) claimPartition(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Partition", strconv.Itoa(s.opts.Partition)+"/"+strconv.Itoa(s.partitions().Count))
+		next.ServeHTTP(w, r)
+	})
 }
 
 // owns reports whether this partition owns pid under the partitioning

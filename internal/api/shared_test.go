@@ -34,6 +34,13 @@ func TestSharedResize(t *testing.T) {
 		t.Fatalf("before the resize: %v", p)
 	}
 
+	// The readiness claim carries the database's count, not the flag's: 1/1
+	// (an edge expecting 1/2 holds its deliveries), then 1/2 once re-read.
+	claim := func() string { return e1.do(req{method: "GET", path: "/health/readiness"}).header.Get("X-Partition") }
+	if got := claim(); got != "1/1" {
+		t.Fatalf("X-Partition before the resize %q, want 1/1", got)
+	}
+
 	sh, err := pgstore.Open(context.Background(), url, pgstore.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -45,6 +52,7 @@ func TestSharedResize(t *testing.T) {
 	if p := checkProblem(t, e0.do(appendReq(moving, "", map[string]any{"n": 99})), 421); p["owner"] != float64(1) || p["partitions"] != float64(2) {
 		t.Fatalf("old owner after the resize: %v", p)
 	}
+	waitFor(t, "partition 1 to claim 1/2", func() bool { return claim() == "1/2" })
 	waitFor(t, "partition 1 to take the process", func() bool {
 		return e1.do(appendReq(moving, "", map[string]any{"n": 3})).status == 201
 	})

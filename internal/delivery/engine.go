@@ -298,7 +298,8 @@ func (e *Engine) Start(ctx context.Context) {
 			e.wg.Add(1)
 			go func() {
 				defer e.wg.Done()
-				probeLoop(e.ctx, e.stopping, e.probeHTTP, e.opt.BackendURL(p)+e.opt.ProbePath, e.opt.ProbeInterval, l.gate)
+				probeLoop(e.ctx, e.stopping, e.probeHTTP, e.opt.BackendURL(p)+e.opt.ProbePath, e.opt.ProbeInterval,
+					Claim{Partition: p, Count: e.opt.Partitions}, l.gate)
 			}()
 		}
 		l.start(e.ctx)
@@ -602,9 +603,14 @@ func (e *Engine) Lookup(id string) (View, error) {
 
 // PartitionView is a partition as /edge/v1/partitions shows it.
 type PartitionView struct {
-	Partition        int     `json:"partition"`
-	Backend          string  `json:"backend"`
-	Ready            bool    `json:"ready"`
+	Partition int    `json:"partition"`
+	Backend   string `json:"backend"`
+	Ready     bool   `json:"ready"` // probe passes and the backend's claim agrees
+	// Misconfigured: the backend's readiness answer claims another
+	// partition or count (X-Partition) than the edge maps it to; nothing
+	// is delivered to it. Claim is that header while so, "" otherwise.
+	Misconfigured    bool    `json:"misconfigured"`
+	Claim            string  `json:"claim,omitempty"`
 	Breaker          string  `json:"breaker"`
 	Protocol         string  `json:"protocol"`
 	Queued           int     `json:"queued"`
@@ -622,7 +628,9 @@ func (e *Engine) Partitions() []PartitionView {
 	now := time.Now()
 	for p, l := range e.loops {
 		ready, br := l.gate.snapshot()
-		v := PartitionView{Partition: p, Backend: e.opt.BackendURL(p), Ready: ready, Breaker: br, Protocol: l.protocol()}
+		claim := l.gate.misclaim()
+		v := PartitionView{Partition: p, Backend: e.opt.BackendURL(p), Ready: ready && claim == "", Misconfigured: claim != "", Claim: claim,
+			Breaker: br, Protocol: l.protocol()}
 		v.InFlight, v.Waiting, v.ParkedKeys = l.counts()
 		if p < len(st.Partitions) {
 			ps := st.Partitions[p]
@@ -659,6 +667,20 @@ func (e *Engine) ReadyPartitions() (ready, total int) {
 		}
 	}
 	return ready, len(e.loops)
+}
+
+// Misconfigured describes each partition whose backend claims another
+// partition or count than the edge maps it to (see PartitionView); nil
+// when none does.
+func (e *Engine) Misconfigured() []string {
+	var out []string
+	for p, l := range e.loops {
+		if c := l.gate.misclaim(); c != "" {
+			out = append(out, fmt.Sprintf("partition %d: %s claims %s, the edge maps it to %s",
+				p, e.opt.BackendURL(p), c, Claim{Partition: p, Count: len(e.loops)}))
+		}
+	}
+	return out
 }
 
 // PartitionReady reports whether partition p's backend is ready and its

@@ -2,8 +2,11 @@ package delivery
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net/http"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -16,8 +19,9 @@ const (
 )
 
 // gate decides when a partition may start attempts: its backend must be
-// ready (readiness probe) and its breaker must not be open. Waiting at the
-// gate burns no attempt.
+// ready (readiness probe), must not claim another partition (X-Partition,
+// see checkClaim) and its breaker must not be open. Waiting at the gate
+// burns no attempt.
 //
 // The breaker opens only on evidence that the backend itself is down:
 // `threshold` consecutive connection errors, or 5xx answers/timeouts from
@@ -33,6 +37,7 @@ type gate struct {
 
 	mu         sync.Mutex
 	ready      bool
+	claim      string // the backend's X-Partition while it disagrees with the edge; "" = none
 	state      string
 	openUntil  time.Time
 	probing    bool                // the half-open probe job is under way
@@ -58,7 +63,7 @@ func (g *gate) broadcast() {
 func (g *gate) admit(now time.Time) (ok, probe bool, changed <-chan struct{}, wake time.Time) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.ready {
+	if g.ready && g.claim == "" {
 		switch g.state {
 		case BreakerClosed:
 			return true, false, nil, time.Time{}
@@ -161,32 +166,75 @@ func (g *gate) setReady(ready bool) {
 	defer g.mu.Unlock()
 	if g.ready != ready {
 		g.ready = ready
-		if ready {
-			g.log.Info("backend ready")
-		} else {
-			g.log.Warn("backend not ready: partition paused")
+		if g.claim == "" { // while misconfigured, that is what the log says
+			if ready {
+				g.log.Info("backend ready")
+			} else {
+				g.log.Warn("backend not ready: partition paused")
+			}
 		}
 		g.broadcast()
 	}
 }
 
-// snapshot returns readiness and breaker state.
+// setClaim records the outcome of comparing the backend's partition claim
+// with the edge's mapping: claim is the backend's X-Partition when it
+// disagrees ("" when it agrees or says nothing), want the edge's own. One
+// log line when the disagreement starts, one when it ends.
+func (g *gate) setClaim(claim, want string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.claim == claim {
+		return
+	}
+	switch {
+	case g.claim == "":
+		g.log.Error("backend misconfigured: it claims another partition; nothing is delivered to it",
+			"claims", claim, "edge_maps_it_to", want)
+	case claim == "":
+		g.log.Info("backend claim agrees again", "edge_maps_it_to", want, "ready", g.ready)
+	default:
+		g.log.Error("backend misconfigured: it claims another partition; nothing is delivered to it",
+			"claims", claim, "edge_maps_it_to", want, "claimed_before", g.claim)
+	}
+	g.claim = claim
+	g.broadcast()
+}
+
+// snapshot returns readiness (false while the backend claims another
+// partition) and breaker state.
 func (g *gate) snapshot() (ready bool, breaker string) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	ready = g.ready && g.claim == ""
 	if g.state == BreakerOpen && !time.Now().Before(g.openUntil) {
-		return g.ready, BreakerHalfOpen
+		return ready, BreakerHalfOpen
 	}
-	return g.ready, g.state
+	return ready, g.state
+}
+
+// misclaim returns the backend's partition claim while it disagrees with
+// the edge's mapping, "" otherwise.
+func (g *gate) misclaim() string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.claim
 }
 
 // probeLoop probes url every interval until ctx ends or stop closes, and
 // sets readiness: ready means a 2xx answer within the client's timeout.
-func probeLoop(ctx context.Context, stop <-chan struct{}, client *http.Client, url string, interval time.Duration, g *gate) {
+// Every answer's X-Partition (any status) is compared with want (see
+// checkClaim); a probe that got no answer leaves the last verdict on the
+// claim as it was.
+func probeLoop(ctx context.Context, stop <-chan struct{}, client *http.Client, url string, interval time.Duration, want Claim, g *gate) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
-		g.setReady(probeOnce(ctx, client, url))
+		ready, header, answered := probeOnce(ctx, client, url)
+		if answered {
+			g.setClaim(checkClaim(header, want), want.String())
+		}
+		g.setReady(ready)
 		select {
 		case <-ctx.Done():
 			return
@@ -197,15 +245,54 @@ func probeLoop(ctx context.Context, stop <-chan struct{}, client *http.Client, u
 	}
 }
 
-func probeOnce(ctx context.Context, client *http.Client, url string) bool {
+// probeOnce asks url once: ready is a 2xx answer, claim the answer's
+// X-Partition, answered whether any answer came.
+func probeOnce(ctx context.Context, client *http.Client, url string) (ready bool, claim string, answered bool) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return false
+		return false, "", false
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return false
+		return false, "", false
 	}
 	resp.Body.Close()
-	return resp.StatusCode >= 200 && resp.StatusCode < 300
+	return resp.StatusCode >= 200 && resp.StatusCode < 300, resp.Header.Get(HeaderPartition), true
+}
+
+// HeaderPartition is the header of a backend's readiness answer that says
+// which partition of how many it serves: "N/M".
+const HeaderPartition = "X-Partition"
+
+// Claim is a partition and the partition count, as X-Partition carries it.
+type Claim struct {
+	Partition, Count int
+}
+
+// String is the header value "N/M".
+func (c Claim) String() string { return fmt.Sprintf("%d/%d", c.Partition, c.Count) }
+
+// ParseClaim reads an X-Partition value "N/M" (0 <= N < M).
+func ParseClaim(s string) (Claim, error) {
+	ns, ms, ok := strings.Cut(strings.TrimSpace(s), "/")
+	n, err1 := strconv.Atoi(ns)
+	m, err2 := strconv.Atoi(ms)
+	if !ok || err1 != nil || err2 != nil || m < 1 || n < 0 || n >= m {
+		return Claim{}, fmt.Errorf("delivery: %s %q is not N/M with 0 <= N < M", HeaderPartition, s)
+	}
+	return Claim{Partition: n, Count: m}, nil
+}
+
+// checkClaim compares a backend's X-Partition header with want, the
+// edge's mapping of that backend: "" when they agree or the header is
+// absent (a backend that says nothing is taken as it is), else the header
+// as sent (an unreadable header disagrees too).
+func checkClaim(header string, want Claim) string {
+	if header == "" {
+		return ""
+	}
+	if c, err := ParseClaim(header); err == nil && c == want {
+		return ""
+	}
+	return header
 }

@@ -301,3 +301,20 @@ func TestGateDistinctKeysOpen(t *testing.T) {
 	g.report(false, evidenceKey, "d")
 	assertSnapshot(t, g, true, BreakerOpen)
 }
+
+// TestCheckClaim: an absent X-Partition is taken as it is; a claim of
+// another partition, another count, or an unreadable one disagrees.
+func TestCheckClaim(t *testing.T) {
+	want := Claim{Partition: 1, Count: 3}
+	for header, disagrees := range map[string]bool{
+		"": false, "1/3": false, " 1/3 ": false,
+		"0/3": true, "1/2": true, "2/3": true, "1/1": true, "1": true, "a/b": true, "1/3/5": true, "-1/3": true,
+	} {
+		if got := checkClaim(header, want); (got != "") != disagrees {
+			t.Errorf("checkClaim(%q) = %q, want disagreement %v", header, got, disagrees)
+		}
+	}
+	if want.String() != "1/3" {
+		t.Errorf("String() = %q", want.String())
+	}
+}

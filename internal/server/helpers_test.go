@@ -34,6 +34,8 @@ type backend struct {
 	uris     map[string]string                                          // X-Request-ID → request target as received
 	batches  int                                                        // batch requests served
 	batch    bool                                                       // serve POST /_edge/batch (the edge's batch delivery)
+	claim    string                                                     // X-Partition of the readiness answer; "" = none
+	probes   int                                                        // readiness probes answered
 	answer   func(w http.ResponseWriter, r *http.Request, hit int) bool // optional: true = answered
 }
 
@@ -91,6 +93,12 @@ func (b *backend) restart() {
 
 func (b *backend) handle(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Path == "/health/readiness" {
+		b.mu.Lock()
+		b.probes++
+		if b.claim != "" {
+			w.Header().Set("X-Partition", b.claim)
+		}
+		b.mu.Unlock()
 		w.WriteHeader(http.StatusOK)
 		return
 	}
@@ -139,6 +147,32 @@ func (b *backend) setAnswer(f func(w http.ResponseWriter, r *http.Request, hit i
 	b.mu.Lock()
 	b.answer = f
 	b.mu.Unlock()
+}
+
+// setClaim sets the partition claim of the readiness answer ("N/M"; "" =
+// none).
+func (b *backend) setClaim(claim string) {
+	b.mu.Lock()
+	b.claim = claim
+	b.mu.Unlock()
+}
+
+// probeCount is how many readiness probes the backend answered.
+func (b *backend) probeCount() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.probes
+}
+
+// hitCount is how many requests other than readiness probes arrived.
+func (b *backend) hitCount() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n := 0
+	for _, h := range b.hits {
+		n += h
+	}
+	return n
 }
 
 func (b *backend) effectCount() int {

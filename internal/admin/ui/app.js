@@ -58,7 +58,7 @@ async function refreshPartitions() {
     tr.dataset.partition = p.partition;
     cell(tr, String(p.partition), "num");
     cell(tr, p.backend, "mono");
-    if (p.misconfigured) cell(tr, "misconfigured", "bad");
+    if (p.misconfigured) cell(tr, "misconfigured", "bad").title = "the backend claims " + (p.claim || "another partition");
     else cell(tr, p.ready ? "ready" : "not ready", p.ready ? "ok" : "bad");
     cell(tr, p.breaker, p.breaker === "closed" ? "ok" : "bad");
     cell(tr, String(p.queued), "num");
