@@ -88,7 +88,7 @@ func (q *queue) reclaim(ctx context.Context, last []time.Time) error {
 	)
 	tables := q.db.Tables()
 	for _, p := range empty {
-		if n := tableBytes(tables, partPrefix(prefixQueue, p)); n > 0 {
+		if n := tableBytes(tables, partPrefix(prefixQueue, p)) + tableBytes(tables, partPrefix(prefixSeg, p)); n > 0 {
 			size += n
 			cands = append(cands, p)
 		}
@@ -148,8 +148,13 @@ func (q *queue) reclaimNow(parts []int) error {
 	q.mu.Lock()
 	for _, p := range parts {
 		if q.parts[p].Records == 0 {
-			prefixes = append(prefixes, partPrefix(prefixQueue, p))
+			// Every record of p is final: its segments, finished sets and
+			// retry states go together.
+			for _, k := range []byte{prefixQueue, prefixSeg, prefixSegDone, prefixRetry} {
+				prefixes = append(prefixes, partPrefix(k, p))
+			}
 			q.parts[p].peak = 0
+			q.open[p] = map[uint64]*segState{}
 		}
 	}
 	q.mu.Unlock()
