@@ -40,6 +40,7 @@ const (
 	opReplay
 	opDiscard
 	opQuarantine
+	opTrim    // deletes the oldest outcomes (trim.go)
 	opReclaim // not a write: DropPrefix of empty partitions, run between batches
 )
 
@@ -79,6 +80,7 @@ type op struct {
 	seqs     []uint64       // append
 	locs     []recLoc       // append: where each record was stored (set at commit)
 	replayed *Record        // replay
+	trimmed  int            // trim: outcomes deleted
 	err      error
 	done     chan struct{}
 }
@@ -419,6 +421,9 @@ func (q *queue) commitWork(batch []*op) {
 		if s.drained {
 			signal(q.gcKick)
 		}
+		if s.outcomeBytes > q.opts.OutcomeMaxBytes {
+			signal(q.trimKick)
+		}
 	}
 	if f.needSync {
 		q.syncCh <- f // blocks only if 1024 flights wait for the syncer
@@ -631,6 +636,8 @@ func (q *queue) plan(o *op, s *txBatch) (*stage, func(), error) {
 		apply, err = q.planDiscard(o, s, st)
 	case opQuarantine:
 		apply, err = q.planQuarantine(o, s, st)
+	case opTrim:
+		apply, err = q.planTrim(o, s, st)
 	default:
 		err = fmt.Errorf("buffer: unknown op %d", o.kind)
 	}

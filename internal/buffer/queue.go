@@ -69,6 +69,8 @@ type tuning struct {
 	gcDrainDelay    time.Duration // the same, this long after the queue became empty
 	reclaimMin      int64         // backlog (peak Bytes) after which a drained partition is reclaimed
 	reclaimInterval time.Duration // least time between two reclaims
+	budgetInterval  time.Duration // outcome age trim and disk budget check
+	diskOverhead    int64         // DiskOverhead (tests lower it)
 
 	sync syncMode // how a flight is made durable
 
@@ -125,6 +127,8 @@ func defaultTuning() tuning {
 		gcDrainDelay:    2 * time.Second,
 		reclaimMin:      32 << 20,
 		reclaimInterval: 5 * time.Minute,
+		budgetInterval:  5 * time.Second,
+		diskOverhead:    DiskOverhead,
 	}
 }
 
@@ -184,6 +188,7 @@ type queue struct {
 	freed  chan struct{}
 
 	gcKick   chan struct{}
+	trimKick chan struct{} // the outcomes passed their budget
 	gcCancel context.CancelFunc
 	wg       sync.WaitGroup
 }
@@ -265,22 +270,23 @@ func openTuned(opts Options, t tuning) (Queue, error) {
 		return nil, fmt.Errorf("buffer: open %s: %w", opts.Path, err)
 	}
 	q := &queue{
-		opts:    opts,
-		fsync:   fsync,
-		tune:    t,
-		db:      db,
-		log:     opts.Logger.With("component", "buffer"),
-		ops:     make(chan *op, 4096),
-		closing: make(chan struct{}),
-		syncCh:  make(chan *flight, 1024),
-		stopped: make(chan struct{}),
-		durable: make([]atomic.Uint64, opts.Partitions),
-		parts:   make([]partState, opts.Partitions),
-		notify:  make([]chan struct{}, opts.Partitions),
-		tails:   make([]tail, opts.Partitions),
-		freed:   make(chan struct{}, 1),
-		gcKick:  make(chan struct{}, 1),
-		wal:     newWALSyncer(opts.Path),
+		opts:     opts,
+		fsync:    fsync,
+		tune:     t,
+		db:       db,
+		log:      opts.Logger.With("component", "buffer"),
+		ops:      make(chan *op, 4096),
+		closing:  make(chan struct{}),
+		syncCh:   make(chan *flight, 1024),
+		stopped:  make(chan struct{}),
+		durable:  make([]atomic.Uint64, opts.Partitions),
+		parts:    make([]partState, opts.Partitions),
+		notify:   make([]chan struct{}, opts.Partitions),
+		tails:    make([]tail, opts.Partitions),
+		freed:    make(chan struct{}, 1),
+		gcKick:   make(chan struct{}, 1),
+		trimKick: make(chan struct{}, 1),
+		wal:      newWALSyncer(opts.Path),
 	}
 	for i := range q.notify {
 		q.notify[i] = make(chan struct{}, 1)
