@@ -25,10 +25,12 @@ const (
 )
 
 // DiskOverhead is what the queue's directory may hold beyond MaxBytes +
-// OutcomeMaxBytes: Badger's memtables and their write-ahead logs, the
-// value log file being written, the manifest, idempotency keys and the
-// garbage compactions have not reclaimed yet. Stats.DiskBudget includes it.
-const DiskOverhead int64 = 96 << 20
+// OutcomeMaxBytes, from the tuning below: the memtable files (3 × 8 MiB),
+// level-0 tables up to the write stall (9 × ~8 MiB), the base level (10
+// MiB), the manifest and discard file, idempotency entries of queued
+// records, and deleted data compactions have not dropped yet.
+// Stats.DiskBudget includes it.
+const DiskOverhead int64 = 128 << 20
 
 // MaxRecordBytes bounds the encoded size of one record (body, headers and
 // fields). Append refuses a larger record with an error.
