@@ -461,6 +461,9 @@ func (q *queue) syncLoop() {
 		for _, g := range flights {
 			vlog = vlog || g.vlog
 		}
+		if q.tune.beforeSync != nil {
+			q.tune.beforeSync(q)
+		}
 		err := q.syncFlights(vlog)
 		for _, g := range flights {
 			q.release(g, err)

@@ -2,6 +2,7 @@ package buffer
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -75,6 +76,10 @@ type tuning struct {
 	diskOverhead    int64         // DiskOverhead (tests lower it)
 
 	sync syncMode // how a flight is made durable
+
+	l0Tables, l0Stall int // level-0 tables that start a compaction / stall writes; 0 = from numMemtables
+
+	beforeSync func(*queue) // tests only: run by the syncer before each sync
 
 	rehomeFailAfter int // tests only: rehome stops with an error after this many committed moves (a crash part-way); 0 = never
 }
@@ -244,8 +249,8 @@ func badgerOptions(path string, t tuning, log *slog.Logger, readOnly bool) badge
 		WithNumVersionsToKeep(1).
 		WithMemTableSize(t.memTableSize).
 		WithNumMemtables(t.numMemtables).
-		WithNumLevelZeroTables(t.numMemtables + 1).
-		WithNumLevelZeroTablesStall(3 * (t.numMemtables + 1)).
+		WithNumLevelZeroTables(cmp.Or(t.l0Tables, t.numMemtables+1)).
+		WithNumLevelZeroTablesStall(cmp.Or(t.l0Stall, 3*(t.numMemtables+1))).
 		WithValueThreshold(t.valueThreshold).
 		WithBlockCacheSize(t.blockCache).
 		WithIndexCacheSize(t.indexCache).
