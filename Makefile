@@ -37,6 +37,7 @@ test-go:
 ## bench: buffer and end-to-end benchmarks against same-run baselines (see docs/benchmarks.md)
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./internal/buffer/ ./internal/partition/
+	FLOWEDGE_SOAK=30m $(GO) test -run TestSustainedLoadDiskFlat -v -timeout 40m ./internal/buffer/
 	$(GO) run ./bench/e2e -duration 10s -connections 64 -edge-bin $(BIN)/edge
 
 ## reliability: the e2e suite (real binaries, real faults); writes its figures into docs/reliability.md
