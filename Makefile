@@ -53,6 +53,7 @@ bench: build
 	$(GO) test -run '^$$' -bench 'Append' -benchtime 2s ./internal/api/ ./internal/api/store/badgerstore/ ./internal/api/store/pgstore/
 	FLOW_API_BENCH=1 $(GO) test -run TestPacedLatency -v ./internal/api/
 	$(GO) run ./bench/e2e -duration 10s -connections 64 -edge-bin $(BIN)/edge -api-bin $(BIN)/api
+	FLOWEDGE_SOAK=30m $(GO) test -run TestSustainedLoadDiskFlat -v -timeout 40m ./internal/buffer/
 
 ## reliability: the e2e suite (real binaries, real faults); writes its figures into docs/reliability.md
 reliability:

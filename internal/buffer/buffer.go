@@ -58,7 +58,7 @@ type Record struct {
 	// ingress computes from the credential hash, method, path, partition key
 	// and the client's Idempotency-Key, so that the same key under another
 	// scope is a different key. "" = no idempotency (never deduped). It is
-	// not stored with the record.
+	// stored with the record (Read returns it).
 	IdempotencyScope string
 	Method           string      // HTTP method
 	Path             string      // URL path as received
@@ -69,6 +69,8 @@ type Record struct {
 	Attempts         int       // attempts made so far (persisted by Nack)
 	NextAttemptAt    time.Time // zero: at once
 	LastError        string    // error of the last attempt, "" if none
+
+	loc recLoc // where the record is stored, set by Append and Read
 }
 
 // Outcome is the final result of a delivery, kept for Options.OutcomeTTL.
@@ -84,6 +86,8 @@ type Outcome struct {
 	LastError      string      // why it was dead-lettered or the last attempt failed
 	ReceivedAt     time.Time
 	FinishedAt     time.Time
+
+	scope string // the record's IdempotencyScope: dropped with the outcome
 }
 
 // Delivery is what Lookup knows of an id: the record while it is queued or

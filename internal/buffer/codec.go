@@ -16,10 +16,17 @@ import (
 // partition sort in Seq order and a seek lands on the first record after a
 // cursor.
 //
-//	q <p> <seq>   queued record            → encoded record
+//	s <p> <first> segment: the records of p appended by one group commit,
+//	              Seqs first, first+1, ... → encoded segment
+//	a <p> <first> finished set of a segment some of whose records are final
+//	              (acknowledged, dead-lettered, quarantined) → encoded bitmap
+//	r <p> <seq>   retry state of a record that failed an attempt → mutable section
+//	q <p> <seq>   queued record on its own (earlier versions, and replayed
+//	              dead letters) → encoded record
 //	d <p> <seq>   dead letter              → encoded dead letter (record + outcome)
-//	i <id>        id index (queued, dead)  → state byte, p, seq
-//	o <id>        outcome (TTL OutcomeTTL) → encoded outcome
+//	i <id>        id index of dead letters (and of records stored by
+//	              earlier versions) → state byte, p, seq
+//	o <id>        outcome (kept OutcomeTTL, within OutcomeMaxBytes) → encoded outcome
 //	k <idem key>  unscoped idempotency key of earlier versions (TTL; no longer read)
 //	K <scope>     scoped idempotency key (TTL IdempotencyTTL) → encoded idem entry
 //	P <p> <key>   parked key               → id of the dead letter parking it
@@ -29,6 +36,9 @@ import (
 //	L             partition count at the last Open → uvarint (see rehome.go)
 const (
 	prefixQueue      byte = 'q'
+	prefixSeg        byte = 's'
+	prefixSegDone    byte = 'a'
+	prefixRetry      byte = 'r'
 	prefixDead       byte = 'd'
 	prefixIndex      byte = 'i'
 	prefixOutcome    byte = 'o'
@@ -101,7 +111,10 @@ func quarantineKey(orig []byte) []byte {
 // torn or foreign value is detected rather than misread.
 const (
 	recordV1     byte = 1
+	recordV2     byte = 2 // v1 + the idempotency scope after the query
 	outcomeV1    byte = 1
+	outcomeV2    byte = 2 // v1 + the idempotency scope at the end
+	segmentV1    byte = 1
 	deadV1       byte = 1
 	partMetaV1   byte = 1
 	globalMetaV1 byte = 1
@@ -298,7 +311,7 @@ func (d *decoder) int(what string) int {
 // recordSize returns an upper bound of the encoded size of r.
 func recordSize(r *Record) int {
 	return 1 + 4*binary.MaxVarintLen64 + len(r.LastError) +
-		len(r.ID) + len(r.Key) + len(r.IdempotencyKey) + len(r.Method) + len(r.Path) + len(r.RawQuery) +
+		len(r.ID) + len(r.Key) + len(r.IdempotencyKey) + len(r.IdempotencyScope) + len(r.Method) + len(r.Path) + len(r.RawQuery) +
 		7*binary.MaxVarintLen64 + headerSize(r.Header) + len(r.Body) + binary.MaxVarintLen64 + 4
 }
 
@@ -325,7 +338,7 @@ func appendMutable(b []byte, attempts int, next time.Time, lastErr string) []byt
 // encodeRecord returns the value stored for r.
 func encodeRecord(r *Record) []byte {
 	b := make([]byte, 0, recordSize(r))
-	b = append(b, recordV1)
+	b = append(b, recordV2)
 	b = appendMutable(b, r.Attempts, r.NextAttemptAt, r.LastError)
 	b = appendString(b, r.ID)
 	b = appendString(b, r.Key)
@@ -333,6 +346,7 @@ func encodeRecord(r *Record) []byte {
 	b = appendString(b, r.Method)
 	b = appendString(b, r.Path)
 	b = appendString(b, r.RawQuery)
+	b = appendString(b, r.IdempotencyScope)
 	b = binary.AppendVarint(b, unixNano(r.ReceivedAt))
 	b = appendHeader(b, r.Header)
 	b = appendBytes(b, r.Body)
@@ -346,7 +360,7 @@ func withMutable(v []byte, attempts int, next time.Time, lastErr string) ([]byte
 	if err != nil {
 		return nil, err
 	}
-	if body[0] != recordV1 {
+	if body[0] != recordV1 && body[0] != recordV2 {
 		return nil, corruptf("record: unknown version %d", body[0])
 	}
 	d := decoder{b: body[1:]}
@@ -356,7 +370,7 @@ func withMutable(v []byte, attempts int, next time.Time, lastErr string) ([]byte
 	}
 	rest := d.b[mlen:]
 	b := make([]byte, 0, len(v)+len(lastErr)+2*binary.MaxVarintLen64)
-	b = append(b, recordV1)
+	b = append(b, body[0])
 	b = appendMutable(b, attempts, next, lastErr)
 	b = append(b, rest...)
 	return appendCRC(b), nil
@@ -370,7 +384,7 @@ func decodeRecord(v []byte, p int, seq uint64, body bool) (*Record, error) {
 	if err != nil {
 		return nil, err
 	}
-	if b[0] != recordV1 {
+	if b[0] != recordV1 && b[0] != recordV2 {
 		return nil, corruptf("record: unknown version %d", b[0])
 	}
 	d := decoder{b: b[1:]}
@@ -388,6 +402,9 @@ func decodeRecord(v []byte, p int, seq uint64, body bool) (*Record, error) {
 	r.Method = d.string("method")
 	r.Path = d.string("path")
 	r.RawQuery = d.string("query")
+	if b[0] == recordV2 {
+		r.IdempotencyScope = d.string("idempotency scope")
+	}
 	r.ReceivedAt = fromUnixNano(d.varint("received at"))
 	r.Header = d.header("header")
 	bb := d.bytes("body")
@@ -418,7 +435,7 @@ func encodeOutcome(o *Outcome, maxBody int) []byte {
 	}
 	b := make([]byte, 0, 1+len(o.ID)+len(o.Key)+len(o.Status)+len(respBody)+len(o.LastError)+
 		headerSize(o.ResponseHeader)+12*binary.MaxVarintLen64+4)
-	b = append(b, outcomeV1)
+	b = append(b, outcomeV2)
 	b = appendString(b, o.ID)
 	b = binary.AppendUvarint(b, uint64(max(o.Partition, 0)))
 	b = appendString(b, o.Key)
@@ -430,6 +447,7 @@ func encodeOutcome(o *Outcome, maxBody int) []byte {
 	b = appendString(b, o.LastError)
 	b = binary.AppendVarint(b, unixNano(o.ReceivedAt))
 	b = binary.AppendVarint(b, unixNano(o.FinishedAt))
+	b = appendString(b, o.scope)
 	return appendCRC(b)
 }
 
@@ -438,7 +456,7 @@ func decodeOutcome(v []byte) (*Outcome, error) {
 	if err != nil {
 		return nil, err
 	}
-	if b[0] != outcomeV1 {
+	if b[0] != outcomeV1 && b[0] != outcomeV2 {
 		return nil, corruptf("outcome: unknown version %d", b[0])
 	}
 	d := decoder{b: b[1:]}
@@ -456,6 +474,9 @@ func decodeOutcome(v []byte) (*Outcome, error) {
 	o.LastError = d.string("last error")
 	o.ReceivedAt = fromUnixNano(d.varint("received at"))
 	o.FinishedAt = fromUnixNano(d.varint("finished at"))
+	if b[0] == outcomeV2 {
+		o.scope = d.string("idempotency scope")
+	}
 	if d.err != nil {
 		return nil, d.err
 	}
@@ -564,12 +585,14 @@ func decodePartMeta(v []byte) (partMeta, error) {
 
 // globalMeta are the persisted queue-wide counters.
 type globalMeta struct {
-	Quarantined int64
+	Quarantined  int64
+	OutcomeBytes int64 // encoded size of the outcomes kept (absent before: 0)
 }
 
 func encodeGlobalMeta(m globalMeta) []byte {
 	b := []byte{globalMetaV1}
-	return binary.AppendUvarint(b, uint64(max(m.Quarantined, 0)))
+	b = binary.AppendUvarint(b, uint64(max(m.Quarantined, 0)))
+	return binary.AppendUvarint(b, uint64(max(m.OutcomeBytes, 0)))
 }
 
 func decodeGlobalMeta(v []byte) (globalMeta, error) {
@@ -578,7 +601,10 @@ func decodeGlobalMeta(v []byte) (globalMeta, error) {
 	}
 	d := decoder{b: v[1:]}
 	m := globalMeta{Quarantined: int64(d.uvarint("quarantined"))}
-	if d.err != nil || m.Quarantined < 0 {
+	if len(d.b) > 0 {
+		m.OutcomeBytes = int64(d.uvarint("outcome bytes"))
+	}
+	if d.err != nil || m.Quarantined < 0 || m.OutcomeBytes < 0 {
 		return globalMeta{}, corruptf("global meta")
 	}
 	return m, nil

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"time"
@@ -39,6 +40,7 @@ const (
 	opReplay
 	opDiscard
 	opQuarantine
+	opTrim    // deletes the oldest outcomes (trim.go)
 	opReclaim // not a write: DropPrefix of empty partitions, run between batches
 )
 
@@ -62,6 +64,8 @@ type op struct {
 
 	p        int    // nack, ack, dead
 	seq      uint64 // nack, ack, dead
+	loc      recLoc // nack, ack, dead: where the record is, if the caller's record knows
+	retried  bool   // ack, dead: the record has retry state to delete
 	id       string // nack, ack, dead, replay, discard
 	park     bool   // dead
 	outcome  []byte // ack, dead: encoded outcome
@@ -74,7 +78,9 @@ type op struct {
 
 	results  []AppendResult // append
 	seqs     []uint64       // append
+	locs     []recLoc       // append: where each record was stored (set at commit)
 	replayed *Record        // replay
+	trimmed  int            // trim: outcomes deleted
 	err      error
 	done     chan struct{}
 }
@@ -169,8 +175,18 @@ func (q *queue) commitLoop() {
 type stage struct {
 	sets  []*badger.Entry
 	dels  [][]byte
-	size  int64 // as Badger estimates it
+	recs  []stagedRec // records to append to their partition's segment
+	size  int64       // as Badger estimates it
 	count int64
+	vlog  bool // a value goes to the value log
+}
+
+// stagedRec is a record an Append stages into its partition's segment.
+type stagedRec struct {
+	p     int
+	seq   uint64
+	value []byte
+	loc   *recLoc
 }
 
 func (s *stage) set(threshold int64, k, v []byte, ttl time.Duration) {
@@ -180,6 +196,7 @@ func (s *stage) set(threshold int64, k, v []byte, ttl time.Duration) {
 	}
 	s.sets = append(s.sets, e)
 	s.size += entrySize(threshold, k, v)
+	s.vlog = s.vlog || int64(len(v)) >= threshold
 	s.count++
 }
 
@@ -197,10 +214,10 @@ func entrySize(threshold int64, k, v []byte) int64 {
 	return int64(len(k)) + 12 + 2 + 10
 }
 
-// segment is one Badger transaction of a batch, with scratch copies of the
-// state it changes. Most batches are one segment; a batch too big for one
+// txBatch is one Badger transaction of a batch, with scratch copies of the
+// state it changes. Most batches are one transaction; a batch too big for one
 // transaction is split.
-type segment struct {
+type txBatch struct {
 	txn         *badger.Txn
 	size, count int64
 	parts       map[int]*partState
@@ -212,23 +229,63 @@ type segment struct {
 	freed       bool
 	drained     bool
 	durable     bool // holds changes that must be synced
+	vlog        bool // wrote a value over the value threshold
+
+	outcomeBytes int64               // scratch copy of queue.outcomeBytes
+	segs         map[segID]*segState // scratch copies of the finished sets touched
+	pend         map[int]*pendSeg    // records appended, by partition: one segment each
+	fresh        map[segID]bool      // segments whose state was created by this transaction (no finished-set entry yet)
 }
 
-func (q *queue) newSegment() *segment {
+// segID names a segment: partition and first Seq.
+type segID struct {
+	p     int
+	first uint64
+}
+
+// pendSeg is the segment a transaction writes for one partition.
+type pendSeg struct {
+	first uint64
+	vals  [][]byte
+	locs  []*recLoc // where to note each record's location once known
+}
+
+func (q *queue) newTxBatch() *txBatch {
 	q.mu.Lock()
-	total, quarantined := q.totalBytes, q.quarantined
+	total, quarantined, ob := q.totalBytes, q.quarantined, q.outcomeBytes
 	q.mu.Unlock()
-	return &segment{
-		txn:         q.db.NewTransaction(true),
-		parts:       map[int]*partState{},
-		total:       total,
-		quarantined: quarantined,
-		appended:    map[int]uint64{},
+	return &txBatch{
+		txn:          q.db.NewTransaction(true),
+		parts:        map[int]*partState{},
+		total:        total,
+		quarantined:  quarantined,
+		outcomeBytes: ob,
+		appended:     map[int]uint64{},
+		segs:         map[segID]*segState{},
+		pend:         map[int]*pendSeg{},
+		fresh:        map[segID]bool{},
 	}
 }
 
+// segState returns the scratch finished set of segment (p, first), or nil
+// if the segment has none yet (no record of it is final).
+func (s *txBatch) segState(q *queue, id segID) *segState {
+	if st, ok := s.segs[id]; ok {
+		return st
+	}
+	q.mu.Lock()
+	st := q.open[id.p][id.first]
+	q.mu.Unlock()
+	if st == nil {
+		return nil
+	}
+	st = st.clone()
+	s.segs[id] = st
+	return st
+}
+
 // part returns the scratch copy of partition p's state.
-func (s *segment) part(q *queue, p int) *partState {
+func (s *txBatch) part(q *queue, p int) *partState {
 	if st, ok := s.parts[p]; ok {
 		return st
 	}
@@ -239,17 +296,27 @@ func (s *segment) part(q *queue, p int) *partState {
 	return &st
 }
 
-// fits tells whether st can join the segment's transaction, keeping room
+// fits tells whether st can join the transaction's transaction, keeping room
 // for the counters written at commit (one per partition in s.parts, plus
 // slack for the partitions an op registers only when applied).
-func (q *queue) fits(s *segment, st *stage) bool {
-	metas := int64(len(s.parts) + 4)
+func (q *queue) fits(s *txBatch, st *stage) bool {
+	metas := int64(len(s.parts) + 2*len(s.segs) + len(s.pend) + 4)
 	limSize := q.db.MaxBatchSize() * 9 / 10
 	limCount := q.db.MaxBatchCount() * 9 / 10
 	return s.size+st.size+64*metas < limSize && s.count+st.count+metas < limCount
 }
 
-func (s *segment) add(st *stage) error {
+func (s *txBatch) add(st *stage) error {
+	s.vlog = s.vlog || st.vlog
+	for _, r := range st.recs {
+		ps := s.pend[r.p]
+		if ps == nil {
+			ps = &pendSeg{first: r.seq}
+			s.pend[r.p] = ps
+		}
+		ps.vals = append(ps.vals, r.value)
+		ps.locs = append(ps.locs, r.loc)
+	}
 	for _, e := range st.sets {
 		if err := s.txn.SetEntry(e); err != nil {
 			return err
@@ -269,9 +336,10 @@ func (s *segment) add(st *stage) error {
 // syncer when it must be synced first.
 type flight struct {
 	ops      []*op
-	done     []*segment // committed segments
+	done     []*txBatch // committed transactions
 	failed   error      // first commit failure, if any
 	needSync bool
+	vlog     bool // wrote a value to the value log (over the value threshold)
 }
 
 // commit runs one batch of ops. Batches that need no sync are released at
@@ -301,16 +369,16 @@ func (q *queue) commit(batch []*op) {
 // commitWork writes a batch of ops (no reclaims).
 func (q *queue) commitWork(batch []*op) {
 	f := &flight{ops: batch}
-	seg := q.newSegment()
+	seg := q.newTxBatch()
 	for _, o := range batch {
 		st, apply, err := q.plan(o, seg)
 		if err == nil && !q.fits(seg, st) && len(seg.ops) > 0 {
-			if cerr := q.commitSegment(seg); cerr != nil {
+			if cerr := q.commitTx(seg); cerr != nil {
 				f.failed = cmp.Or(f.failed, cerr)
 			} else {
 				f.done = append(f.done, seg)
 			}
-			seg = q.newSegment()
+			seg = q.newTxBatch()
 			st, apply, err = q.plan(o, seg)
 		}
 		if err == nil && !q.fits(seg, st) {
@@ -321,7 +389,7 @@ func (q *queue) commitWork(batch []*op) {
 			continue
 		}
 		if err := seg.add(st); err != nil {
-			// The transaction may hold part of this op: drop the segment.
+			// The transaction may hold part of this op: drop the transaction.
 			err = fmt.Errorf("buffer: stage write: %w", err)
 			o.err = err
 			for _, so := range seg.ops {
@@ -329,14 +397,14 @@ func (q *queue) commitWork(batch []*op) {
 			}
 			seg.txn.Discard()
 			f.failed = cmp.Or(f.failed, err)
-			seg = q.newSegment()
+			seg = q.newTxBatch()
 			continue
 		}
 		apply()
 		seg.ops = append(seg.ops, o)
 	}
 	if len(seg.ops) > 0 {
-		if err := q.commitSegment(seg); err != nil {
+		if err := q.commitTx(seg); err != nil {
 			f.failed = cmp.Or(f.failed, err)
 		} else {
 			f.done = append(f.done, seg)
@@ -346,11 +414,15 @@ func (q *queue) commitWork(batch []*op) {
 	}
 	for _, s := range f.done {
 		f.needSync = f.needSync || (s.durable && q.fsync)
+		f.vlog = f.vlog || s.vlog
 		if s.freed {
 			signal(q.freed)
 		}
 		if s.drained {
 			signal(q.gcKick)
+		}
+		if s.outcomeBytes > q.opts.OutcomeMaxBytes {
+			signal(q.trimKick)
 		}
 	}
 	if f.needSync {
@@ -367,6 +439,7 @@ func (q *queue) commitWork(batch []*op) {
 func (q *queue) syncLoop() {
 	defer q.wg.Done()
 	defer close(q.stopped)
+	defer q.wal.close()
 	var flights []*flight
 	for f := range q.syncCh {
 		flights = append(flights[:0], f)
@@ -384,10 +457,14 @@ func (q *queue) syncLoop() {
 				break more
 			}
 		}
-		var err error
-		if serr := q.db.Sync(); serr != nil {
-			err = fmt.Errorf("buffer: sync: %w", serr)
+		var vlog bool
+		for _, g := range flights {
+			vlog = vlog || g.vlog
 		}
+		if q.tune.beforeSync != nil {
+			q.tune.beforeSync(q)
+		}
+		err := q.syncFlights(vlog)
 		for _, g := range flights {
 			q.release(g, err)
 		}
@@ -395,6 +472,25 @@ func (q *queue) syncLoop() {
 			return
 		}
 	}
+}
+
+// syncFlights makes what was committed so far durable, as tuning.sync says.
+func (q *queue) syncFlights(vlog bool) error {
+	var err error
+	switch q.tune.sync {
+	case syncWAL:
+		err = q.wal.sync()
+		if err == nil && vlog {
+			err = q.db.Sync()
+		}
+	case syncDB:
+		err = q.db.Sync()
+	case syncWrites:
+	}
+	if err != nil {
+		return fmt.Errorf("buffer: sync: %w", err)
+	}
+	return nil
 }
 
 // release ends a flight: a sync error fails every op whose writes it
@@ -438,22 +534,49 @@ func (q *queue) release(f *flight, syncErr error) {
 	}
 }
 
-// commitSegment writes the segment's counters and commits it. On success
+// commitTx writes the transaction's segments, finished sets and counters and commits it. On success
 // the scratch state becomes the queue's state.
-func (q *queue) commitSegment(s *segment) error {
+func (q *queue) commitTx(s *txBatch) error {
 	defer s.txn.Discard()
+	for p, ps := range s.pend {
+		v := encodeSegment(ps.vals)
+		if int64(len(v)) >= q.tune.valueThreshold {
+			s.vlog = true
+		}
+		if err := s.txn.Set(segKey(p, ps.first), v); err != nil {
+			return q.failTx(s, fmt.Errorf("buffer: write segment: %w", err))
+		}
+		for i, l := range ps.locs {
+			*l = recLoc{seg: ps.first, n: uint32(len(ps.vals)), size: int64(len(ps.vals[i]))}
+		}
+	}
+	for id, st := range s.segs {
+		var err error
+		switch {
+		case st.left == 0:
+			err = s.txn.Delete(segKey(id.p, id.first))
+			if err == nil && !s.fresh[id] {
+				err = s.txn.Delete(segDoneKey(id.p, id.first))
+			}
+		default:
+			err = s.txn.Set(segDoneKey(id.p, id.first), encodeSegState(st))
+		}
+		if err != nil {
+			return q.failTx(s, fmt.Errorf("buffer: write finished set: %w", err))
+		}
+	}
 	for p, st := range s.parts {
 		if err := s.txn.Set(metaKey(p), encodePartMeta(st.partMeta)); err != nil {
-			return q.failSegment(s, fmt.Errorf("buffer: write counters: %w", err))
+			return q.failTx(s, fmt.Errorf("buffer: write counters: %w", err))
 		}
 	}
 	if s.globalDirty {
-		if err := s.txn.Set(globalKey, encodeGlobalMeta(globalMeta{Quarantined: s.quarantined})); err != nil {
-			return q.failSegment(s, fmt.Errorf("buffer: write counters: %w", err))
+		if err := s.txn.Set(globalKey, encodeGlobalMeta(globalMeta{Quarantined: s.quarantined, OutcomeBytes: s.outcomeBytes})); err != nil {
+			return q.failTx(s, fmt.Errorf("buffer: write counters: %w", err))
 		}
 	}
 	if err := s.txn.Commit(); err != nil {
-		return q.failSegment(s, fmt.Errorf("buffer: commit: %w", err))
+		return q.failTx(s, fmt.Errorf("buffer: commit: %w", err))
 	}
 	q.mu.Lock()
 	for p, st := range s.parts {
@@ -462,14 +585,22 @@ func (q *queue) commitSegment(s *segment) error {
 	}
 	q.totalBytes = s.total
 	q.quarantined = s.quarantined
+	q.outcomeBytes = s.outcomeBytes
+	for id, st := range s.segs {
+		if st.left == 0 {
+			delete(q.open[id.p], id.first)
+		} else {
+			q.open[id.p][id.first] = st
+		}
+	}
 	q.mu.Unlock()
 	return nil
 }
 
-// failSegment fails the segment's ops. Sequence numbers stay consumed: a
+// failTx fails the transaction's ops. Sequence numbers stay consumed: a
 // failed write may still surface after a restart, and a Seq is never given
 // twice.
-func (q *queue) failSegment(s *segment, err error) error {
+func (q *queue) failTx(s *txBatch, err error) error {
 	for _, o := range s.ops {
 		o.err = err
 	}
@@ -483,11 +614,11 @@ func (q *queue) failSegment(s *segment, err error) error {
 	return err
 }
 
-// plan reads what op o needs through the segment's transaction and returns
+// plan reads what op o needs through the transaction's transaction and returns
 // its writes and the function that applies its effect to the scratch state
 // (called only if the writes are taken). An error fails the op alone,
 // nothing staged.
-func (q *queue) plan(o *op, s *segment) (*stage, func(), error) {
+func (q *queue) plan(o *op, s *txBatch) (*stage, func(), error) {
 	st := &stage{}
 	var (
 		apply func()
@@ -508,6 +639,8 @@ func (q *queue) plan(o *op, s *segment) (*stage, func(), error) {
 		apply, err = q.planDiscard(o, s, st)
 	case opQuarantine:
 		apply, err = q.planQuarantine(o, s, st)
+	case opTrim:
+		apply, err = q.planTrim(o, s, st)
 	default:
 		err = fmt.Errorf("buffer: unknown op %d", o.kind)
 	}
@@ -532,9 +665,10 @@ func getCopy(txn *badger.Txn, k []byte) ([]byte, bool, error) {
 	return v, true, nil
 }
 
-func (q *queue) planAppend(o *op, s *segment, st *stage) (func(), error) {
+func (q *queue) planAppend(o *op, s *txBatch, st *stage) (func(), error) {
 	o.results = make([]AppendResult, len(o.items))
 	o.seqs = make([]uint64, len(o.items))
+	o.locs = make([]recLoc, len(o.items))
 	type first struct {
 		id     string
 		digest [digestLen]byte
@@ -589,8 +723,10 @@ func (q *queue) planAppend(o *op, s *segment, st *stage) (func(), error) {
 		}
 		next[it.p] = seq + 1
 		o.seqs[i] = seq
-		st.set(q.tune.valueThreshold, seqKey(prefixQueue, it.p, seq), it.value, 0)
-		st.set(q.tune.valueThreshold, stringKey(prefixIndex, it.id), encodeIndex(indexQueued, it.p, seq), 0)
+		st.recs = append(st.recs, stagedRec{p: it.p, seq: seq, value: it.value, loc: &o.locs[i]})
+		// As Badger counts it: a segment over the value threshold goes to
+		// the value log and weighs a pointer in the transaction.
+		st.size += min(int64(len(it.value)), q.tune.valueThreshold) + binary.MaxVarintLen32
 		if it.scope != "" {
 			st.set(q.tune.valueThreshold, stringKey(prefixIdemScoped, it.scope), encodeIdem(it.id, it.digest), q.opts.IdempotencyTTL)
 		}
@@ -623,7 +759,7 @@ func (q *queue) planAppend(o *op, s *segment, st *stage) (func(), error) {
 
 // recordID reads the id of a record value without decoding the rest.
 func recordID(v []byte) (string, bool) {
-	if len(v) < 5 || v[0] != recordV1 {
+	if len(v) < 5 || (v[0] != recordV1 && v[0] != recordV2) {
 		return "", false
 	}
 	d := decoder{b: v[1 : len(v)-4]}
@@ -635,26 +771,101 @@ func recordID(v []byte) (string, bool) {
 	return string(id), true
 }
 
-// queued reads the record value at (p, seq) and checks it is id's.
-func (q *queue) queued(s *segment, p int, seq uint64, id string) ([]byte, error) {
-	if p < 0 || p >= len(q.parts) {
+// located is a queued record found by locate.
+type located struct {
+	single bool   // stored on its own (q key)
+	seg    segID  // its segment, when !single
+	index  int    // its index in the segment
+	n      int    // records in the segment
+	value  []byte // its stored value, when read (singles always; segments when want)
+}
+
+// locate finds the queued record (p, seq) with id: through the finished set
+// in memory when its segment has one (no read), else by reading. want asks
+// for the record's value. ErrNotFound if it is not queued.
+func (q *queue) locate(s *txBatch, p int, seq uint64, id string, loc recLoc, want bool) (*located, error) {
+	if p < 0 || p >= len(q.parts) || seq == 0 {
 		return nil, ErrNotFound
 	}
+	if loc.seg != 0 && loc.seg <= seq && seq-loc.seg < uint64(loc.n) {
+		sid := segID{p, loc.seg}
+		if st := s.segState(q, sid); st != nil && !want {
+			i := int(seq - loc.seg)
+			if st.isDone(i) || st.n != int(loc.n) {
+				return nil, ErrNotFound
+			}
+			return &located{seg: sid, index: i, n: st.n}, nil
+		}
+		return q.readSegRec(s, sid, seq, id)
+	}
 	v, found, err := getCopy(s.txn, seqKey(prefixQueue, p, seq))
+	if err != nil {
+		return nil, err
+	}
+	if found {
+		if got, ok := recordID(v); !ok || got != id {
+			return nil, ErrNotFound
+		}
+		return &located{single: true, value: v}, nil
+	}
+	// The segment holding seq starts at or before it.
+	it := s.txn.NewIterator(badger.IteratorOptions{Prefix: partPrefix(prefixSeg, p), Reverse: true})
+	it.Seek(segKey(p, seq))
+	var first uint64
+	if it.Valid() {
+		_, _, first, _ = parseSeqKey(it.Item().Key())
+	}
+	it.Close()
+	if first == 0 {
+		return nil, ErrNotFound
+	}
+	return q.readSegRec(s, segID{p, first}, seq, id)
+}
+
+// readSegRec reads record seq of segment sid and checks it is id's and not
+// final.
+func (q *queue) readSegRec(s *txBatch, sid segID, seq uint64, id string) (*located, error) {
+	v, found, err := getCopy(s.txn, segKey(sid.p, sid.first))
 	if err != nil {
 		return nil, err
 	}
 	if !found {
 		return nil, ErrNotFound
 	}
-	if got, ok := recordID(v); !ok || got != id {
+	n, recs, _, _ := parseSegment(v)
+	i := int(seq - sid.first)
+	if seq < sid.first || i >= n || i >= len(recs) || recs[i] == nil {
 		return nil, ErrNotFound
 	}
-	return v, nil
+	if st := s.segState(q, sid); st != nil && st.isDone(i) {
+		return nil, ErrNotFound
+	}
+	if got, ok := recordID(recs[i]); !ok || got != id {
+		return nil, ErrNotFound
+	}
+	return &located{seg: sid, index: i, n: n, value: recs[i]}, nil
+}
+
+// finish marks a located segment record final in the transaction's scratch
+// state. The caller has checked it is not final yet.
+func (s *txBatch) finish(q *queue, l *located) {
+	st := s.segState(q, l.seg)
+	if st == nil {
+		st = newSegState(l.n)
+		s.segs[l.seg] = st
+		s.fresh[l.seg] = true
+	}
+	st.finish(l.index)
+}
+
+// retryOf reads the retry state of (p, seq), nil if none.
+func retryOf(s *txBatch, p int, seq uint64) ([]byte, error) {
+	v, _, err := getCopy(s.txn, retryKey(p, seq))
+	return v, err
 }
 
 // removed updates ps for the removal of a queued record of size n at seq.
-func (s *segment) removed(ps *partState, seq uint64, n int64) {
+func (s *txBatch) removed(ps *partState, seq uint64, n int64) {
 	ps.Records--
 	ps.Bytes -= n
 	s.total -= n
@@ -669,46 +880,79 @@ func (s *segment) removed(ps *partState, seq uint64, n int64) {
 	}
 }
 
-func (q *queue) planAck(o *op, s *segment, st *stage) (func(), error) {
-	v, err := q.queued(s, o.p, o.seq, o.id)
+func (q *queue) planAck(o *op, s *txBatch, st *stage) (func(), error) {
+	l, err := q.locate(s, o.p, o.seq, o.id, o.loc, false)
 	if err != nil {
 		return nil, err
 	}
-	st.del(seqKey(prefixQueue, o.p, o.seq))
-	st.del(stringKey(prefixIndex, o.id))
-	st.set(q.tune.valueThreshold, stringKey(prefixOutcome, o.id), o.outcome, q.opts.OutcomeTTL)
+	size := o.loc.size
+	if l.value != nil {
+		size = int64(len(l.value))
+	}
+	if l.single {
+		st.del(seqKey(prefixQueue, o.p, o.seq))
+		st.del(stringKey(prefixIndex, o.id))
+	} else if o.retried {
+		st.del(retryKey(o.p, o.seq))
+	}
+	if o.outcome != nil {
+		st.set(q.tune.valueThreshold, stringKey(prefixOutcome, o.id), o.outcome, 0)
+	}
 	return func() {
-		s.removed(s.part(q, o.p), o.seq, int64(len(v)))
+		if !l.single {
+			s.finish(q, l)
+		}
+		s.removed(s.part(q, o.p), o.seq, size)
+		if o.outcome != nil {
+			s.outcomeBytes += int64(len(o.outcome))
+			s.globalDirty = true
+		}
 	}, nil
 }
 
-func (q *queue) planNack(o *op, s *segment, st *stage) (func(), error) {
-	v, err := q.queued(s, o.p, o.seq, o.id)
+func (q *queue) planNack(o *op, s *txBatch, st *stage) (func(), error) {
+	l, err := q.locate(s, o.p, o.seq, o.id, o.loc, false)
 	if err != nil {
 		return nil, err
 	}
-	nv, err := withMutable(v, o.attempts, o.next, o.lastErr)
-	if err != nil {
-		return nil, fmt.Errorf("buffer: nack %s: %w", o.id, err)
+	if l.single {
+		nv, err := withMutable(l.value, o.attempts, o.next, o.lastErr)
+		if err != nil {
+			return nil, fmt.Errorf("buffer: nack %s: %w", o.id, err)
+		}
+		st.set(q.tune.valueThreshold, seqKey(prefixQueue, o.p, o.seq), nv, 0)
+		return func() {
+			d := int64(len(nv) - len(l.value))
+			s.part(q, o.p).Bytes += d
+			s.total += d
+		}, nil
 	}
-	st.set(q.tune.valueThreshold, seqKey(prefixQueue, o.p, o.seq), nv, 0)
-	return func() {
-		d := int64(len(nv) - len(v))
-		s.part(q, o.p).Bytes += d
-		s.total += d
-	}, nil
+	st.set(q.tune.valueThreshold, retryKey(o.p, o.seq), encodeRetry(o.attempts, unixNano(o.next), o.lastErr), 0)
+	return func() {}, nil
 }
 
-func (q *queue) planDead(o *op, s *segment, st *stage) (func(), error) {
-	v, err := q.queued(s, o.p, o.seq, o.id)
+func (q *queue) planDead(o *op, s *txBatch, st *stage) (func(), error) {
+	l, err := q.locate(s, o.p, o.seq, o.id, o.loc, true)
 	if err != nil {
 		return nil, err
+	}
+	v := l.value
+	if !l.single {
+		// The stored value has the state of its append; the dead letter
+		// keeps the caller's (attempts, last error).
+		if v, err = withMutable(v, o.attempts, o.next, o.lastErr); err != nil {
+			return nil, fmt.Errorf("buffer: dead letter %s: %w", o.id, err)
+		}
 	}
 	rec, err := decodeRecord(v, o.p, o.seq, false)
 	if err != nil {
 		return nil, fmt.Errorf("buffer: dead letter %s: %w", o.id, err)
 	}
-	st.del(seqKey(prefixQueue, o.p, o.seq))
+	if l.single {
+		st.del(seqKey(prefixQueue, o.p, o.seq))
+	} else {
+		st.del(retryKey(o.p, o.seq))
+	}
 	st.set(q.tune.valueThreshold, seqKey(prefixDead, o.p, o.seq), encodeDead(v, o.outcome), 0)
 	st.set(q.tune.valueThreshold, stringKey(prefixIndex, o.id), encodeIndex(indexDead, o.p, o.seq), 0)
 	if o.park {
@@ -723,14 +967,17 @@ func (q *queue) planDead(o *op, s *segment, st *stage) (func(), error) {
 	}
 	return func() {
 		ps := s.part(q, o.p)
-		s.removed(ps, o.seq, int64(len(v)))
+		if !l.single {
+			s.finish(q, l)
+		}
+		s.removed(ps, o.seq, int64(len(l.value)))
 		ps.Dead++
 		s.durable = true
 	}, nil
 }
 
 // deadOf finds dead letter id: its partition, seq and value.
-func (q *queue) deadOf(s *segment, id string) (int, uint64, []byte, error) {
+func (q *queue) deadOf(s *txBatch, id string) (int, uint64, []byte, error) {
 	iv, found, err := getCopy(s.txn, stringKey(prefixIndex, id))
 	if err != nil {
 		return 0, 0, nil, err
@@ -753,7 +1000,7 @@ func (q *queue) deadOf(s *segment, id string) (int, uint64, []byte, error) {
 }
 
 // liftPark stages the removal of key's park if dead letter id holds it.
-func (q *queue) liftPark(s *segment, st *stage, p int, key, id string) error {
+func (q *queue) liftPark(s *txBatch, st *stage, p int, key, id string) error {
 	pk := parkedKey(p, key)
 	v, found, err := getCopy(s.txn, pk)
 	if err != nil {
@@ -765,7 +1012,7 @@ func (q *queue) liftPark(s *segment, st *stage, p int, key, id string) error {
 	return nil
 }
 
-func (q *queue) planReplay(o *op, s *segment, st *stage) (func(), error) {
+func (q *queue) planReplay(o *op, s *txBatch, st *stage) (func(), error) {
 	p, seq, v, err := q.deadOf(s, o.id)
 	if err != nil {
 		return nil, err
@@ -803,13 +1050,14 @@ func (q *queue) planReplay(o *op, s *segment, st *stage) (func(), error) {
 	}, nil
 }
 
-func (q *queue) planDiscard(o *op, s *segment, st *stage) (func(), error) {
+func (q *queue) planDiscard(o *op, s *txBatch, st *stage) (func(), error) {
 	p, seq, v, err := q.deadOf(s, o.id)
 	if err != nil {
 		return nil, err
 	}
 	st.del(seqKey(prefixDead, p, seq))
 	st.del(stringKey(prefixIndex, o.id))
+	var ov []byte
 	if rec, out, err := decodeDead(v, p, seq, false); err == nil {
 		if err := q.liftPark(s, st, p, rec.Key, o.id); err != nil {
 			return nil, err
@@ -821,27 +1069,64 @@ func (q *queue) planDiscard(o *op, s *segment, st *stage) (func(), error) {
 		} else {
 			out.LastError += "; discarded"
 		}
-		st.set(q.tune.valueThreshold, stringKey(prefixOutcome, o.id), encodeOutcome(out, q.opts.MaxOutcomeBody), q.opts.OutcomeTTL)
+		ov = encodeOutcome(out, q.opts.MaxOutcomeBody)
+		st.set(q.tune.valueThreshold, stringKey(prefixOutcome, o.id), ov, 0)
 	}
 	return func() {
 		ps := s.part(q, p)
 		ps.Dead = max(ps.Dead-1, 0)
 		s.durable = true
+		if ov != nil {
+			s.outcomeBytes += int64(len(ov))
+			s.globalDirty = true
+		}
 	}, nil
 }
 
-func (q *queue) planQuarantine(o *op, s *segment, st *stage) (func(), error) {
+func (q *queue) planQuarantine(o *op, s *txBatch, st *stage) (func(), error) {
 	type moved struct {
 		prefix byte
 		p      int
 		seq    uint64
 		ok     bool
 		n      int64
+		segs   []*located // segment records set aside (marked final)
 	}
 	var (
 		ms []moved
 	)
 	for _, c := range o.corrupt {
+		if c.seg != 0 {
+			// Records of a segment: the segment stays, the records are
+			// marked final and their bytes kept aside.
+			sid := segID{c.p, c.seg}
+			v, found, err := getCopy(s.txn, segKey(c.p, c.seg))
+			if err != nil {
+				return nil, err
+			}
+			if !found || c.p >= len(q.parts) {
+				continue
+			}
+			n, _, _, _ := parseSegment(v)
+			if n == 0 {
+				n = 1 // no readable count: the whole value is one record
+			}
+			stt := s.segState(q, sid)
+			var ls []*located
+			for i := c.index; i < c.index+max(c.span, 1) && i < n; i++ {
+				if stt != nil && stt.isDone(i) {
+					continue
+				}
+				ls = append(ls, &located{seg: sid, index: i, n: n})
+			}
+			if len(ls) == 0 {
+				continue
+			}
+			qk := binary.BigEndian.AppendUint32(quarantineKey(segKey(c.p, c.seg)), uint32(c.index))
+			st.set(q.tune.valueThreshold, qk, c.value, 0)
+			ms = append(ms, moved{prefix: prefixSeg, p: c.p, seq: c.seg + uint64(c.index), ok: true, n: int64(len(c.value)), segs: ls})
+			continue
+		}
 		v, found, err := getCopy(s.txn, c.key)
 		if err != nil {
 			return nil, err
@@ -853,7 +1138,7 @@ func (q *queue) planQuarantine(o *op, s *segment, st *stage) (func(), error) {
 		st.del(c.key)
 		prefix, p, seq, ok := parseSeqKey(c.key)
 		ok = ok && p < len(q.parts)
-		ms = append(ms, moved{prefix, p, seq, ok, int64(len(v))})
+		ms = append(ms, moved{prefix: prefix, p: p, seq: seq, ok: ok, n: int64(len(v))})
 	}
 	return func() {
 		for _, m := range ms {
@@ -866,6 +1151,15 @@ func (q *queue) planQuarantine(o *op, s *segment, st *stage) (func(), error) {
 			switch m.prefix {
 			case prefixQueue:
 				s.removed(ps, m.seq, m.n)
+			case prefixSeg:
+				for k, l := range m.segs {
+					s.finish(q, l)
+					n := int64(0)
+					if k == 0 {
+						n = m.n
+					}
+					s.removed(ps, l.seg.first+uint64(l.index), n)
+				}
 			case prefixDead:
 				ps.Dead = max(ps.Dead-1, 0)
 			}
@@ -931,6 +1225,7 @@ func (q *queue) Append(ctx context.Context, recs []*Record) ([]AppendResult, err
 	for i, r := range recs {
 		if !o.results[i].Duplicate && !o.results[i].Conflict {
 			r.Seq = o.seqs[i]
+			r.loc = o.locs[i]
 		}
 	}
 	return o.results, nil
@@ -941,19 +1236,25 @@ func (q *queue) Nack(ctx context.Context, rec *Record) error {
 	if rec == nil {
 		return errors.New("buffer: nack: nil record")
 	}
-	o := &op{kind: opNack, p: rec.Partition, seq: rec.Seq, id: rec.ID,
+	o := &op{kind: opNack, p: rec.Partition, seq: rec.Seq, id: rec.ID, loc: rec.loc,
 		attempts: rec.Attempts, next: rec.NextAttemptAt, lastErr: rec.LastError}
 	return q.run(ctx, o, "nack "+rec.ID)
 }
 
 // Ack implements Queue. ErrNotFound if rec is no longer queued (already
-// acknowledged or dead-lettered).
+// acknowledged or dead-lettered). The outcome is kept whole for a record
+// with an IdempotencyScope (a repeat is answered from it) and for a
+// rejection; a delivered record without one keeps its status line only
+// (no headers, no body).
 func (q *queue) Ack(ctx context.Context, rec *Record, out Outcome) error {
 	if rec == nil {
 		return errors.New("buffer: ack: nil record")
 	}
 	fillOutcome(&out, rec)
-	o := &op{kind: opAck, p: rec.Partition, seq: rec.Seq, id: rec.ID,
+	if out.Status == StatusDelivered && rec.IdempotencyScope == "" {
+		out.ResponseHeader, out.ResponseBody = nil, nil
+	}
+	o := &op{kind: opAck, p: rec.Partition, seq: rec.Seq, id: rec.ID, loc: rec.loc, retried: rec.Attempts > 0,
 		outcome: encodeOutcome(&out, q.opts.MaxOutcomeBody)}
 	return q.run(ctx, o, "ack "+rec.ID)
 }
@@ -965,7 +1266,8 @@ func (q *queue) DeadLetter(ctx context.Context, rec *Record, out Outcome, park b
 	}
 	fillOutcome(&out, rec)
 	out.Status = StatusDead
-	o := &op{kind: opDead, p: rec.Partition, seq: rec.Seq, id: rec.ID, park: park,
+	o := &op{kind: opDead, p: rec.Partition, seq: rec.Seq, id: rec.ID, park: park, loc: rec.loc,
+		attempts: rec.Attempts, next: rec.NextAttemptAt, lastErr: rec.LastError,
 		outcome: encodeOutcome(&out, q.opts.MaxOutcomeBody)}
 	return q.run(ctx, o, "dead letter "+rec.ID)
 }
@@ -975,6 +1277,7 @@ func fillOutcome(out *Outcome, rec *Record) {
 	out.ID = rec.ID
 	out.Partition = rec.Partition
 	out.Key = rec.Key
+	out.scope = rec.IdempotencyScope
 	if out.ReceivedAt.IsZero() {
 		out.ReceivedAt = rec.ReceivedAt
 	}

@@ -57,10 +57,19 @@ func fillCorrupt(t *testing.T, dir string) []*Record {
 	if err := q.Close(); err != nil {
 		t.Fatal(err)
 	}
-	good := encodeRecord(recs[3])
+	// The six were appended together: one segment. Damage two of its
+	// records in place; the others must survive.
+	vals := make([][]byte, len(recs))
+	for i, r := range recs {
+		vals[i] = encodeRecord(r)
+	}
+	vals[1] = []byte("this is not a record")
+	vals[3] = vals[3][:len(vals[3])/2]
+	if recs[0].loc.seg != recs[0].Seq || recs[5].loc.seg != recs[0].Seq {
+		t.Fatalf("records not in one segment: %+v %+v", recs[0].loc, recs[5].loc)
+	}
 	rawSet(t, dir, map[string][]byte{
-		string(seqKey(prefixQueue, 0, recs[1].Seq)): []byte("this is not a record"),
-		string(seqKey(prefixQueue, 0, recs[3].Seq)): good[:len(good)/2],
+		string(segKey(0, recs[0].Seq)): encodeSegment(vals),
 	})
 	return recs
 }

@@ -56,5 +56,5 @@ func dirSize(dir string) int64 {
 
 // diskBudget is what the directory should stay under.
 func (q *queue) diskBudget() int64 {
-	return q.opts.MaxBytes + q.opts.OutcomeMaxBytes + DiskOverhead
+	return q.opts.MaxBytes + q.opts.OutcomeMaxBytes + q.tune.diskOverhead
 }

@@ -47,10 +47,24 @@ func (q *queue) gcLoop(ctx context.Context) {
 	drain.Stop()
 	defer drain.Stop()
 	last := make([]time.Time, len(q.parts)) // last reclaim of each partition
+	budget := time.NewTicker(q.tune.budgetInterval)
+	defer budget.Stop()
+	level := 0 // disk use band last logged: 0 below 80%, 1 from 80%, 2 from 100%
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-q.trimKick:
+			if _, err := q.trimOutcomes(ctx); err != nil && ctx.Err() == nil {
+				q.log.Warn("buffer: dropping old outcomes failed", "err", err)
+			}
+			continue
+		case <-budget.C:
+			if _, err := q.trimOutcomes(ctx); err != nil && ctx.Err() == nil {
+				q.log.Warn("buffer: dropping old outcomes failed", "err", err)
+			}
+			level = q.checkBudget(level)
+			continue
 		case <-q.gcKick:
 			// Let the drain settle (the last acks) before looking.
 			drain.Reset(q.tune.gcDrainDelay)
@@ -88,7 +102,7 @@ func (q *queue) reclaim(ctx context.Context, last []time.Time) error {
 	)
 	tables := q.db.Tables()
 	for _, p := range empty {
-		if n := tableBytes(tables, partPrefix(prefixQueue, p)); n > 0 {
+		if n := tableBytes(tables, partPrefix(prefixQueue, p)) + tableBytes(tables, partPrefix(prefixSeg, p)); n > 0 {
 			size += n
 			cands = append(cands, p)
 		}
@@ -148,8 +162,13 @@ func (q *queue) reclaimNow(parts []int) error {
 	q.mu.Lock()
 	for _, p := range parts {
 		if q.parts[p].Records == 0 {
-			prefixes = append(prefixes, partPrefix(prefixQueue, p))
+			// Every record of p is final: its segments, finished sets and
+			// retry states go together.
+			for _, k := range []byte{prefixQueue, prefixSeg, prefixSegDone, prefixRetry} {
+				prefixes = append(prefixes, partPrefix(k, p))
+			}
 			q.parts[p].peak = 0
+			q.open[p] = map[uint64]*segState{}
 		}
 	}
 	q.mu.Unlock()
@@ -168,6 +187,36 @@ func (q *queue) reclaimNow(parts []int) error {
 		return fmt.Errorf("buffer: reclaim: drop prefix: %w", err)
 	}
 	return nil
+}
+
+// checkBudget logs one line when the directory's size crosses 80% or 100%
+// of the disk budget upwards (and one when it is back under 80%), given the
+// band last logged; it returns the current band.
+func (q *queue) checkBudget(level int) int {
+	size, budget := q.disk.size(q.opts.Path), q.diskBudget()
+	now := 0
+	switch {
+	case size >= budget:
+		now = 2
+	case size*10 >= budget*8:
+		now = 1
+	}
+	switch {
+	case now > level && now == 2:
+		q.log.Error("buffer: disk use reached its budget", "disk_bytes", size, "budget_bytes", budget,
+			"queued_bytes", q.Stats().Bytes, "outcome_bytes", q.outcomeBytesNow())
+	case now > level && now == 1:
+		q.log.Warn("buffer: disk use passed 80% of its budget", "disk_bytes", size, "budget_bytes", budget)
+	case now == 0 && level > 0:
+		q.log.Info("buffer: disk use back under 80% of its budget", "disk_bytes", size, "budget_bytes", budget)
+	}
+	return now
+}
+
+func (q *queue) outcomeBytesNow() int64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.outcomeBytes
 }
 
 // collect runs value-log GC until it finds nothing to rewrite.

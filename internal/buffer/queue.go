@@ -2,6 +2,7 @@ package buffer
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -25,10 +26,12 @@ const (
 )
 
 // DiskOverhead is what the queue's directory may hold beyond MaxBytes +
-// OutcomeMaxBytes: Badger's memtables and their write-ahead logs, the
-// value log file being written, the manifest, idempotency keys and the
-// garbage compactions have not reclaimed yet. Stats.DiskBudget includes it.
-const DiskOverhead int64 = 96 << 20
+// OutcomeMaxBytes, from the tuning below: the memtable files (3 × 8 MiB),
+// level-0 tables up to the write stall (9 × ~8 MiB), the base level (10
+// MiB), the manifest and discard file, idempotency entries of queued
+// records, and deleted data compactions have not dropped yet.
+// Stats.DiskBudget includes it.
+const DiskOverhead int64 = 128 << 20
 
 // MaxRecordBytes bounds the encoded size of one record (body, headers and
 // fields). Append refuses a larger record with an error.
@@ -69,9 +72,33 @@ type tuning struct {
 	gcDrainDelay    time.Duration // the same, this long after the queue became empty
 	reclaimMin      int64         // backlog (peak Bytes) after which a drained partition is reclaimed
 	reclaimInterval time.Duration // least time between two reclaims
+	budgetInterval  time.Duration // outcome age trim and disk budget check
+	diskOverhead    int64         // DiskOverhead (tests lower it)
+
+	sync syncMode // how a flight is made durable
+
+	l0Tables, l0Stall int // level-0 tables that start a compaction / stall writes; 0 = from numMemtables
+
+	beforeSync func(*queue) // tests only: run by the syncer before each sync
 
 	rehomeFailAfter int // tests only: rehome stops with an error after this many committed moves (a crash part-way); 0 = never
 }
+
+// syncMode is how the syncer makes committed writes durable.
+type syncMode uint8
+
+const (
+	// syncWAL fdatasyncs every memtable file (active and rotated) and, when
+	// the flight wrote to the value log, calls DB.Sync (walsync.go).
+	syncWAL syncMode = iota
+	// syncDB calls DB.Sync alone: the active memtable and the value log.
+	// It misses memtables rotated between a commit and the sync (kept for
+	// the test that shows the gap and for the benchmark).
+	syncDB
+	// syncWrites has Badger sync inside every write (Options.SyncWrites):
+	// the committer waits for each sync, the syncer has nothing to do.
+	syncWrites
+)
 
 // defaultTuning is tuned for a proxy's queue on a small machine, from the
 // measurements in docs/benchmarks-buffer.md:
@@ -107,6 +134,8 @@ func defaultTuning() tuning {
 		gcDrainDelay:    2 * time.Second,
 		reclaimMin:      32 << 20,
 		reclaimInterval: 5 * time.Minute,
+		budgetInterval:  5 * time.Second,
+		diskOverhead:    DiskOverhead,
 	}
 }
 
@@ -142,6 +171,8 @@ type queue struct {
 	rw     sync.RWMutex
 	closed atomic.Bool
 
+	wal *walSyncer // owned by the syncer
+
 	closeOnce sync.Once
 	closeErr  error
 
@@ -149,6 +180,10 @@ type queue struct {
 	parts       []partState
 	totalBytes  int64
 	quarantined int64
+	// open[p] holds the finished sets of partition p's segments some of
+	// whose records are final (guarded by mu; replaced, never changed in
+	// place, by the committer).
+	open []map[uint64]*segState
 	// outcomeBytes is the encoded size of the kept outcomes (guarded by mu).
 	outcomeBytes int64
 
@@ -160,6 +195,7 @@ type queue struct {
 	freed  chan struct{}
 
 	gcKick   chan struct{}
+	trimKick chan struct{} // the outcomes passed their budget
 	gcCancel context.CancelFunc
 	wg       sync.WaitGroup
 }
@@ -206,15 +242,15 @@ func (o *Options) resolve() (fsync bool, err error) {
 
 func badgerOptions(path string, t tuning, log *slog.Logger, readOnly bool) badger.Options {
 	o := badger.DefaultOptions(path).
-		WithSyncWrites(false). // the committer syncs once per group commit
+		WithSyncWrites(t.sync == syncWrites && !readOnly). // else the syncer syncs once per group commit
 		WithLogger(badgerLogger{log}).
 		WithMetricsEnabled(false).
 		WithDetectConflicts(false). // one writer
 		WithNumVersionsToKeep(1).
 		WithMemTableSize(t.memTableSize).
 		WithNumMemtables(t.numMemtables).
-		WithNumLevelZeroTables(t.numMemtables + 1).
-		WithNumLevelZeroTablesStall(3 * (t.numMemtables + 1)).
+		WithNumLevelZeroTables(cmp.Or(t.l0Tables, t.numMemtables+1)).
+		WithNumLevelZeroTablesStall(cmp.Or(t.l0Stall, 3*(t.numMemtables+1))).
 		WithValueThreshold(t.valueThreshold).
 		WithBlockCacheSize(t.blockCache).
 		WithIndexCacheSize(t.indexCache).
@@ -241,25 +277,28 @@ func openTuned(opts Options, t tuning) (Queue, error) {
 		return nil, fmt.Errorf("buffer: open %s: %w", opts.Path, err)
 	}
 	q := &queue{
-		opts:    opts,
-		fsync:   fsync,
-		tune:    t,
-		db:      db,
-		log:     opts.Logger.With("component", "buffer"),
-		ops:     make(chan *op, 4096),
-		closing: make(chan struct{}),
-		syncCh:  make(chan *flight, 1024),
-		stopped: make(chan struct{}),
-		durable: make([]atomic.Uint64, opts.Partitions),
-		parts:   make([]partState, opts.Partitions),
-		notify:  make([]chan struct{}, opts.Partitions),
-		tails:   make([]tail, opts.Partitions),
-		freed:   make(chan struct{}, 1),
-		gcKick:  make(chan struct{}, 1),
+		opts:     opts,
+		fsync:    fsync,
+		tune:     t,
+		db:       db,
+		log:      opts.Logger.With("component", "buffer"),
+		ops:      make(chan *op, 4096),
+		closing:  make(chan struct{}),
+		syncCh:   make(chan *flight, 1024),
+		stopped:  make(chan struct{}),
+		durable:  make([]atomic.Uint64, opts.Partitions),
+		parts:    make([]partState, opts.Partitions),
+		notify:   make([]chan struct{}, opts.Partitions),
+		tails:    make([]tail, opts.Partitions),
+		freed:    make(chan struct{}, 1),
+		gcKick:   make(chan struct{}, 1),
+		trimKick: make(chan struct{}, 1),
+		wal:      newWALSyncer(opts.Path),
 	}
 	for i := range q.notify {
 		q.notify[i] = make(chan struct{}, 1)
 	}
+	q.open = make([]map[uint64]*segState, opts.Partitions)
 	if err := q.load(); err != nil {
 		_ = db.Close()
 		return nil, err
@@ -269,7 +308,7 @@ func openTuned(opts Options, t tuning) (Queue, error) {
 		return nil, err
 	} else if moved {
 		clear(q.parts)
-		q.totalBytes, q.quarantined = 0, 0
+		q.totalBytes, q.quarantined, q.outcomeBytes = 0, 0, 0
 		if err := q.load(); err != nil {
 			_ = db.Close()
 			return nil, err
@@ -293,6 +332,13 @@ func openTuned(opts Options, t tuning) (Queue, error) {
 func (q *queue) load() error {
 	return q.db.View(func(txn *badger.Txn) error {
 		for p := range q.parts {
+			open, err := loadOpen(txn, p)
+			if err != nil {
+				return err
+			}
+			q.open[p] = open
+		}
+		for p := range q.parts {
 			st := &q.parts[p]
 			item, err := txn.Get(metaKey(p))
 			switch {
@@ -305,10 +351,14 @@ func (q *queue) load() error {
 				if err != nil {
 					return err
 				}
+				lastSeg, err := lastSeq(txn, prefixSeg, p)
+				if err != nil {
+					return err
+				}
 				st.NextSeq, st.Head = 1, 1
-				if last > 0 || lastDead > 0 {
+				if last > 0 || lastDead > 0 || lastSeg > 0 {
 					q.log.Error("buffer: counters missing, rebuilding them by a scan", "partition", p)
-					if st.partMeta, err = rebuildMeta(txn, p); err != nil {
+					if st.partMeta, err = rebuildMeta(txn, p, q.open[p]); err != nil {
 						return err
 					}
 				}
@@ -318,7 +368,7 @@ func (q *queue) load() error {
 				var m partMeta
 				if err := item.Value(func(v []byte) (err error) { m, err = decodePartMeta(v); return }); err != nil {
 					q.log.Error("buffer: counters unreadable, rebuilding them by a scan", "partition", p, "err", err)
-					if m, err = rebuildMeta(txn, p); err != nil {
+					if m, err = rebuildMeta(txn, p, q.open[p]); err != nil {
 						return err
 					}
 				}
@@ -336,6 +386,7 @@ func (q *queue) load() error {
 				q.log.Error("buffer: global counters unreadable, quarantine count restarts at 0", "err", err)
 			}
 			q.quarantined = g.Quarantined
+			q.outcomeBytes = g.OutcomeBytes
 		} else if !errors.Is(err, badger.ErrKeyNotFound) {
 			return fmt.Errorf("buffer: read global counters: %w", err)
 		}
@@ -364,34 +415,71 @@ func (q *queue) load() error {
 
 // rebuildMeta recomputes partition p's counters by scanning its queued
 // records and dead letters.
-func rebuildMeta(txn *badger.Txn, p int) (partMeta, error) {
+func rebuildMeta(txn *badger.Txn, p int, open map[uint64]*segState) (partMeta, error) {
 	var m partMeta
-	for _, prefix := range []byte{prefixQueue, prefixDead} {
-		pre := partPrefix(prefix, p)
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: pre})
-		for it.Seek(seqKey(prefix, p, 1)); it.Valid(); it.Next() {
-			_, _, seq, ok := parseSeqKey(it.Item().Key())
-			if !ok {
-				continue
-			}
-			m.NextSeq = max(m.NextSeq, seq+1)
-			if prefix == prefixDead {
-				m.Dead++
-				continue
-			}
-			if m.Records == 0 {
-				m.Head = seq
-			}
-			m.Records++
-			m.Bytes += it.Item().ValueSize()
+	err := scanLive(txn, p, 1, func(first uint64, i int) bool {
+		st := open[first]
+		return st != nil && st.isDone(i)
+	}, func(lr *liveRec) bool {
+		if lr.seq == 0 {
+			return true
 		}
-		it.Close()
+		m.NextSeq = max(m.NextSeq, lr.seq+1)
+		if m.Records == 0 {
+			m.Head = lr.seq
+		}
+		m.Records++
+		m.Bytes += int64(len(lr.value))
+		return true
+	})
+	if err != nil {
+		return m, err
 	}
+	// NextSeq must pass every Seq ever given, final ones included.
+	lastSeg, err := lastSeq(txn, prefixSeg, p)
+	if err != nil {
+		return m, err
+	}
+	m.NextSeq = max(m.NextSeq, lastSeg+1)
+	pre := partPrefix(prefixDead, p)
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: pre})
+	for it.Seek(seqKey(prefixDead, p, 1)); it.Valid(); it.Next() {
+		_, _, seq, ok := parseSeqKey(it.Item().Key())
+		if !ok {
+			continue
+		}
+		m.NextSeq = max(m.NextSeq, seq+1)
+		m.Dead++
+	}
+	it.Close()
 	m.NextSeq = max(m.NextSeq, 1)
 	if m.Records == 0 {
 		m.Head = m.NextSeq
 	}
 	return m, nil
+}
+
+// loadOpen reads the finished sets of partition p's segments.
+func loadOpen(txn *badger.Txn, p int) (map[uint64]*segState, error) {
+	open := map[uint64]*segState{}
+	pre := partPrefix(prefixSegDone, p)
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: pre})
+	defer it.Close()
+	for it.Seek(pre); it.Valid(); it.Next() {
+		_, _, first, ok := parseSeqKey(it.Item().Key())
+		if !ok {
+			continue
+		}
+		var st *segState
+		err := it.Item().Value(func(v []byte) (err error) { st, err = decodeSegState(v); return })
+		if err != nil {
+			// A damaged finished set: its records are delivered again
+			// (at-least-once), never lost.
+			continue
+		}
+		open[first] = st
+	}
+	return open, nil
 }
 
 // lastSeq returns the Seq of the last key of partition p under prefix, 0 if
@@ -406,6 +494,14 @@ func lastSeq(txn *badger.Txn, prefix byte, p int) (uint64, error) {
 	_, _, seq, ok := parseSeqKey(it.Item().Key())
 	if !ok {
 		return 0, fmt.Errorf("buffer: unexpected key %x", it.Item().Key())
+	}
+	if prefix == prefixSeg {
+		// The last Seq of the segment.
+		var n int
+		if err := it.Item().Value(func(v []byte) (err error) { n, err = segmentCount(v); return }); err != nil || n == 0 {
+			return seq, nil
+		}
+		return seq + uint64(n) - 1, nil
 	}
 	return seq, nil
 }
@@ -427,10 +523,17 @@ func (q *queue) checkPartition(p int) error {
 	return nil
 }
 
-// corruptValue is a value that did not decode, to be quarantined.
+// corruptValue is a value that did not decode, to be quarantined. For
+// records of a segment, seg is the segment's first Seq (key is the
+// segment's key) and index..index+span-1 the records set aside.
 type corruptValue struct {
 	key, value []byte
 	err        error
+
+	p     int
+	seg   uint64
+	index int
+	span  int
 }
 
 // Read implements Queue. max <= 0 means DefaultReadMax, maxBytes <= 0 no
@@ -462,46 +565,30 @@ func (q *queue) Read(p int, after uint64, max int, maxBytes int) ([]*Record, err
 		return recs, nil
 	}
 	err := q.view(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: partPrefix(prefixQueue, p)})
-		defer it.Close()
-		for it.Seek(seqKey(prefixQueue, p, after+1)); it.Valid(); it.Next() {
-			item := it.Item()
-			_, _, seq, ok := parseSeqKey(item.Key())
-			if ok && seq > durable {
-				break // not synced yet
+		var ierr error
+		err := scanLive(txn, p, after+1, q.doneFunc(p), func(lr *liveRec) bool {
+			if lr.seq > durable {
+				return false // not synced yet
 			}
 			var rec *Record
-			err := item.Value(func(v []byte) error {
-				var derr error
-				if ok {
-					rec, derr = decodeRecord(v, p, seq, true)
-				} else {
-					derr = corruptf("malformed queue key")
-				}
-				if derr != nil {
-					corrupt = append(corrupt, corruptValue{item.KeyCopy(nil), bytes.Clone(v), derr})
-				}
-				return nil
-			})
-			if err != nil {
-				if len(out) > 0 {
-					return nil // return what was read; the rest next time
-				}
-				return fmt.Errorf("buffer: read partition %d: %w", p, err)
+			if lr.err == nil {
+				rec, lr.err = liveRecord(lr, p, true)
 			}
-			if rec == nil {
-				continue
+			if lr.err != nil {
+				corrupt = append(corrupt, corruptOf(p, lr))
+				return true
 			}
 			if len(out) > 0 && maxBytes > 0 && total+len(rec.Body) > maxBytes {
-				break
+				return false
 			}
 			out = append(out, rec)
 			total += len(rec.Body)
-			if len(out) >= max {
-				break
-			}
+			return len(out) < max
+		})
+		if err != nil && len(out) == 0 {
+			ierr = fmt.Errorf("buffer: read partition %d: %w", p, err)
 		}
-		return nil
+		return ierr
 	})
 	if len(corrupt) > 0 {
 		q.quarantine(corrupt)
@@ -510,6 +597,26 @@ func (q *queue) Read(p int, after uint64, max int, maxBytes int) ([]*Record, err
 		return nil, err
 	}
 	return out, nil
+}
+
+// doneFunc tells which records of partition p's segments are final, from
+// the finished sets in memory.
+func (q *queue) doneFunc(p int) doneFunc {
+	return func(first uint64, i int) bool {
+		q.mu.Lock()
+		st := q.open[p][first]
+		q.mu.Unlock()
+		return st != nil && st.isDone(i)
+	}
+}
+
+// corruptOf is the quarantine request for a damaged record met by scanLive.
+func corruptOf(p int, lr *liveRec) corruptValue {
+	c := corruptValue{key: lr.key, value: bytes.Clone(lr.value), err: lr.err, p: p}
+	if lr.loc.seg != 0 {
+		c.seg, c.index, c.span = lr.loc.seg, lr.index, max(lr.span, 1)
+	}
+	return c
 }
 
 // quarantine moves corrupt values aside through the committer. Failures are
@@ -625,7 +732,7 @@ func (q *queue) DeadLetters(p int, cursor string, limit int) ([]DeadLetter, stri
 					derr = corruptf("malformed dead letter key")
 				}
 				if derr != nil {
-					corrupt = append(corrupt, corruptValue{item.KeyCopy(nil), bytes.Clone(v), derr})
+					corrupt = append(corrupt, corruptValue{key: item.KeyCopy(nil), value: bytes.Clone(v), err: derr})
 				}
 				return nil
 			})
@@ -716,7 +823,12 @@ func (q *queue) Lookup(id string) (Delivery, error) {
 		}
 		item, err = txn.Get(stringKey(prefixOutcome, id))
 		if errors.Is(err, badger.ErrKeyNotFound) {
-			return ErrNotFound
+			rec, err := q.findQueued(txn, id)
+			if err != nil {
+				return err
+			}
+			d = Delivery{Status: StatusQueued, Record: rec}
+			return nil
 		}
 		if err != nil {
 			return fmt.Errorf("buffer: lookup %s: %w", id, err)
@@ -734,6 +846,45 @@ func (q *queue) Lookup(id string) (Delivery, error) {
 		return Delivery{}, err
 	}
 	return d, nil
+}
+
+// findQueued looks for queued record id in the segments, partition by
+// partition from each head (a record in a segment has no id index: the
+// cost of an index entry and its tombstone per record is what the segment
+// layout saves). It costs a walk of the queued records, so Lookup of a
+// queued id is slow behind a deep backlog; outcomes, dead letters and
+// idempotent repeats are found by key. ErrNotFound if it is not queued.
+func (q *queue) findQueued(txn *badger.Txn, id string) (*Record, error) {
+	for p := range q.parts {
+		durable := q.durable[p].Load()
+		q.mu.Lock()
+		head := q.parts[p].Head
+		q.mu.Unlock()
+		var found *Record
+		err := scanLive(txn, p, head, q.doneFunc(p), func(lr *liveRec) bool {
+			if lr.seq > durable {
+				return false
+			}
+			if lr.err != nil {
+				return true
+			}
+			if got, ok := recordID(lr.value); !ok || got != id {
+				return true
+			}
+			rec, err := liveRecord(lr, p, false)
+			if err == nil {
+				found = rec
+			}
+			return false
+		})
+		if err != nil {
+			return nil, fmt.Errorf("buffer: lookup %s: %w", id, err)
+		}
+		if found != nil {
+			return found, nil
+		}
+	}
+	return nil, ErrNotFound
 }
 
 // Stats implements Queue. It finds the oldest record of a partition whose
@@ -775,22 +926,17 @@ func (q *queue) Stats() Stats {
 			at  time.Time
 		)
 		err := q.view(func(txn *badger.Txn) error {
-			it := txn.NewIterator(badger.IteratorOptions{Prefix: partPrefix(prefixQueue, w.p)})
-			defer it.Close()
-			for it.Seek(seqKey(prefixQueue, w.p, w.head)); it.Valid(); it.Next() {
-				_, _, s, ok := parseSeqKey(it.Item().Key())
-				if !ok {
-					continue
+			return scanLive(txn, w.p, w.head, q.doneFunc(w.p), func(lr *liveRec) bool {
+				if lr.err != nil || lr.seq == 0 {
+					return true
 				}
-				var rec *Record
-				_ = it.Item().Value(func(v []byte) (err error) { rec, err = decodeRecord(v, w.p, s, false); return })
-				if rec == nil {
-					continue // corrupt: Read quarantines it
+				rec, err := decodeRecord(lr.value, w.p, lr.seq, false)
+				if err != nil {
+					return true // corrupt: Read quarantines it
 				}
-				seq, at = s, rec.ReceivedAt
-				return nil
-			}
-			return nil
+				seq, at = lr.seq, rec.ReceivedAt
+				return false
+			})
 		})
 		if err != nil || seq == 0 {
 			continue

@@ -200,10 +200,12 @@ func TestAckNackLookup(t *testing.T) {
 	if fmt.Sprint(ids(got)) != fmt.Sprint([]string{b.ID, c.ID}) {
 		t.Fatalf("after Ack: %v", ids(got))
 	}
+	// A delivered record without an idempotency scope keeps its status
+	// line only: nobody can be answered from its headers and body.
 	d, err = q.Lookup(a.ID)
 	if err != nil || d.Status != StatusDelivered || d.Outcome == nil || d.Outcome.ResponseStatus != 201 ||
-		string(d.Outcome.ResponseBody) != `{"ok":true}` || d.Outcome.ID != a.ID || d.Outcome.Key != "k1" ||
-		d.Outcome.ResponseHeader.Get("X-A") != "1" {
+		d.Outcome.ResponseBody != nil || d.Outcome.ID != a.ID || d.Outcome.Key != "k1" ||
+		d.Outcome.ResponseHeader != nil {
 		t.Fatalf("Lookup delivered: %+v %+v, %v", d, d.Outcome, err)
 	}
 	st := q.Stats()
@@ -215,9 +217,12 @@ func TestAckNackLookup(t *testing.T) {
 	default:
 		t.Fatal("Freed not signalled after Ack")
 	}
-	// Acking a record with a wrong id is refused.
+	// Acking a record with a wrong id is refused. (A record handed out by
+	// Read or Append carries its location, and an ack through it is not
+	// checked against the stored id once its segment has a finished set: a
+	// made-up record has none.)
 	fake := *b
-	fake.ID = "other"
+	fake.ID, fake.loc = "other", recLoc{}
 	if err := q.Ack(ctx, &fake, out); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("Ack with wrong id: %v", err)
 	}

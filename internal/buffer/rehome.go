@@ -132,7 +132,21 @@ func (q *queue) rehome() (moved bool, err error) {
 	pending := 0
 	dirty := map[int]bool{}
 	committed := 0
+	touched := map[segID]*segState{} // finished sets changed by moves out of segments
 	flush := func() error {
+		for sid, st := range touched {
+			var err error
+			if st.left == 0 {
+				if err = wb.Delete(segKey(sid.p, sid.first)); err == nil {
+					err = wb.Delete(segDoneKey(sid.p, sid.first))
+				}
+			} else {
+				err = wb.Set(segDoneKey(sid.p, sid.first), encodeSegState(st))
+			}
+			if err != nil {
+				return fmt.Errorf("buffer: rehome: stage: %w", err)
+			}
+		}
 		for p := range dirty {
 			if err := wb.Set(metaKey(p), encodePartMeta(*metas[p])); err != nil {
 				return err
@@ -142,6 +156,17 @@ func (q *queue) rehome() (moved bool, err error) {
 			return fmt.Errorf("buffer: rehome: commit: %w", err)
 		}
 		wb = q.db.NewTransaction(true)
+		for sid, st := range touched {
+			if sid.p >= len(q.open) {
+				continue
+			}
+			if st.left == 0 {
+				delete(q.open[sid.p], sid.first)
+			} else {
+				q.open[sid.p][sid.first] = st
+			}
+		}
+		clear(touched)
 		committed += pending
 		pending = 0
 		clear(dirty)
@@ -154,7 +179,17 @@ func (q *queue) rehome() (moved bool, err error) {
 
 	for p := 0; p < scan; p++ {
 		err := q.db.View(func(txn *badger.Txn) error {
-			return mergeSeq(txn, p, func(prefix byte, seq uint64, v []byte) error {
+			var open map[uint64]*segState
+			if p < len(q.open) {
+				open = q.open[p]
+			} else {
+				var err error
+				if open, err = loadOpen(txn, p); err != nil {
+					return err
+				}
+			}
+			return mergeSeq(txn, p, open, func(prefix byte, lr *liveRec) error {
+				seq, v := lr.seq, lr.value
 				recV := v
 				if prefix == prefixDead {
 					rv, _, err := splitDead(v)
@@ -162,6 +197,12 @@ func (q *queue) rehome() (moved bool, err error) {
 						return nil // left in place; quarantined when read
 					}
 					recV = rv
+				} else if lr.retry != nil {
+					nv, err := liveValue(lr)
+					if err != nil {
+						return nil
+					}
+					v, recV = nv, nv
 				}
 				rec, err := decodeRecord(recV, p, seq, false)
 				if err != nil {
@@ -189,7 +230,7 @@ func (q *queue) rehome() (moved bool, err error) {
 					movedDead++
 				} else {
 					src.Records--
-					src.Bytes -= int64(len(v))
+					src.Bytes -= int64(len(lr.value))
 					if dst.Records == 0 {
 						dst.Head = newSeq
 					}
@@ -197,11 +238,33 @@ func (q *queue) rehome() (moved bool, err error) {
 					dst.Bytes += int64(len(v))
 					records++
 				}
-				for _, e := range []error{
-					wb.Delete(seqKey(prefix, p, seq)),
-					wb.Set(seqKey(prefix, to, newSeq), bytes.Clone(v)),
-					wb.Set(stringKey(prefixIndex, rec.ID), encodeIndex(state, to, newSeq)),
-				} {
+				// Moved records are stored on their own in their new
+				// partition (a one-off: no segment is worth building).
+				var errs []error
+				if prefix == prefixSeg {
+					sid := segID{p, lr.loc.seg}
+					st := touched[sid]
+					if st == nil {
+						if o := open[sid.first]; o != nil {
+							st = o.clone()
+						} else {
+							st = newSegState(int(lr.loc.n))
+						}
+						touched[sid] = st
+					}
+					st.finish(lr.index)
+					errs = append(errs, wb.Delete(retryKey(p, seq)))
+				} else {
+					errs = append(errs, wb.Delete(seqKey(prefix, p, seq)))
+				}
+				outPrefix := prefix
+				if prefix == prefixSeg {
+					outPrefix = prefixQueue
+				}
+				errs = append(errs,
+					wb.Set(seqKey(outPrefix, to, newSeq), bytes.Clone(v)),
+					wb.Set(stringKey(prefixIndex, rec.ID), encodeIndex(state, to, newSeq)))
+				for _, e := range errs {
 					if e != nil {
 						return fmt.Errorf("buffer: rehome: stage: %w", e)
 					}
@@ -274,40 +337,63 @@ func (q *queue) storeCount() error {
 	return nil
 }
 
-// mergeSeq calls fn for partition p's queued records and dead letters in
-// Seq order (the two kinds merged), with values valid only during the call.
-func mergeSeq(txn *badger.Txn, p int, fn func(prefix byte, seq uint64, v []byte) error) error {
-	type cur struct {
-		prefix byte
-		it     *badger.Iterator
-	}
-	var curs []cur
-	for _, prefix := range []byte{prefixQueue, prefixDead} {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: partPrefix(prefix, p)})
-		defer it.Close()
-		it.Seek(seqKey(prefix, p, 0))
-		curs = append(curs, cur{prefix, it})
-	}
-	for {
-		best, bestSeq := -1, uint64(0)
-		for i, c := range curs {
-			for c.it.Valid() {
-				if _, _, seq, ok := parseSeqKey(c.it.Item().Key()); ok {
-					if best < 0 || seq < bestSeq {
-						best, bestSeq = i, seq
-					}
-					break
-				}
-				c.it.Next() // a malformed key: not ours to move
-			}
-		}
-		if best < 0 {
-			return nil
-		}
-		c := curs[best]
-		if err := c.it.Item().Value(func(v []byte) error { return fn(c.prefix, bestSeq, v) }); err != nil {
+// mergeSeq calls fn for partition p's queued records (segments and single
+// records, final ones skipped; prefix prefixSeg or prefixQueue) and dead
+// letters (prefixDead), in Seq order, with values valid only during the
+// call. open holds p's finished sets (nil for a partition beyond the
+// configured count: its finished sets are read here).
+func mergeSeq(txn *badger.Txn, p int, open map[uint64]*segState, fn func(prefix byte, lr *liveRec) error) error {
+	if open == nil {
+		var err error
+		if open, err = loadOpen(txn, p); err != nil {
 			return err
 		}
-		c.it.Next()
 	}
+	dit := txn.NewIterator(badger.IteratorOptions{Prefix: partPrefix(prefixDead, p)})
+	defer dit.Close()
+	dit.Seek(seqKey(prefixDead, p, 1))
+	// emitDead passes the dead letters before seq (all when seq is 0).
+	emitDead := func(seq uint64) error {
+		for ; dit.Valid(); dit.Next() {
+			_, _, ds, ok := parseSeqKey(dit.Item().Key())
+			if !ok {
+				continue // a malformed key: not ours to move
+			}
+			if seq != 0 && ds >= seq {
+				return nil
+			}
+			err := dit.Item().Value(func(v []byte) error {
+				return fn(prefixDead, &liveRec{seq: ds, value: v})
+			})
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	var ferr error
+	err := scanLive(txn, p, 1, func(first uint64, i int) bool {
+		st := open[first]
+		return st != nil && st.isDone(i)
+	}, func(lr *liveRec) bool {
+		if lr.err != nil || lr.seq == 0 {
+			return true // damaged: left in place, quarantined when read
+		}
+		if ferr = emitDead(lr.seq); ferr != nil {
+			return false
+		}
+		prefix := prefixQueue
+		if lr.loc.seg != 0 {
+			prefix = prefixSeg
+		}
+		ferr = fn(prefix, lr)
+		return ferr == nil
+	})
+	if err != nil {
+		return err
+	}
+	if ferr != nil {
+		return ferr
+	}
+	return emitDead(0)
 }

@@ -124,11 +124,12 @@ func (q *queue) publishTail(f *flight) {
 				continue
 			}
 			for i, it := range o.items {
-				if it.rec == nil || o.results[i].Duplicate {
+				if it.rec == nil || o.results[i].Duplicate || o.results[i].Conflict {
 					continue
 				}
 				c := *it.rec
 				c.Seq = o.seqs[i]
+				c.loc = o.locs[i]
 				c.ReceivedAt = it.received
 				if byPart == nil {
 					byPart = map[int][]*Record{}

@@ -3,6 +3,7 @@ package buffer
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -89,7 +90,7 @@ func Check(path string) (CheckReport, error) {
 			}
 			err := item.Value(func(v []byte) error {
 				bad := func(err error) {
-					corrupt = append(corrupt, corruptValue{item.KeyCopy(nil), bytes.Clone(v), err})
+					corrupt = append(corrupt, corruptValue{key: item.KeyCopy(nil), value: bytes.Clone(v), err: err})
 				}
 				switch k[0] {
 				case prefixQueue, prefixDead:
@@ -103,31 +104,22 @@ func Check(path string) (CheckReport, error) {
 						markers = append(markers, item.KeyCopy(nil))
 						return nil
 					}
-					pr := part(p)
-					if k[0] == prefixDead {
-						if _, _, err := decodeDead(v, p, seq, false); err != nil {
-							pr.Corrupt++
-							bad(err)
-							return nil
-						}
-						pr.DeadLetters++
-						lastSeqs[p] = max(lastSeqs[p], seq)
-						return nil
+					if k[0] == prefixQueue {
+						return nil // counted below, merged with the segments
 					}
-					rec, err := decodeRecord(v, p, seq, false)
-					if err != nil {
+					pr := part(p)
+					if _, _, err := decodeDead(v, p, seq, false); err != nil {
 						pr.Corrupt++
 						bad(err)
 						return nil
 					}
-					pr.Records++
-					pr.Bytes += int64(len(v))
-					if pr.FirstSeq == 0 {
-						pr.FirstSeq, pr.Oldest = seq, rec.ReceivedAt
-						heads[p] = seq
-					}
-					pr.LastSeq = seq
+					pr.DeadLetters++
 					lastSeqs[p] = max(lastSeqs[p], seq)
+					return nil
+				case prefixSeg:
+					if _, _, seq, ok := parseSeqKey(k); ok && seq == 0 {
+						markers = append(markers, item.KeyCopy(nil))
+					}
 				case prefixParked:
 					if len(k) >= 3 {
 						part(int(k[1])<<8|int(k[2])).Parked++
@@ -165,17 +157,122 @@ func Check(path string) (CheckReport, error) {
 	if err != nil {
 		return rep, err
 	}
+	// Queued records, both layouts merged, in Seq order.
+	opens := map[int]map[uint64]*segState{}
+	err = db.View(func(txn *badger.Txn) error {
+		ps, err := storedPartitions(txn)
+		if err != nil {
+			return err
+		}
+		for _, p := range ps {
+			open, err := loadOpen(txn, p)
+			if err != nil {
+				return err
+			}
+			opens[p] = open
+			last, err := lastSeq(txn, prefixSeg, p)
+			if err != nil {
+				return err
+			}
+			lastSeqs[p] = max(lastSeqs[p], last)
+			pr := part(p)
+			err = scanLive(txn, p, 1, func(first uint64, i int) bool {
+				st := open[first]
+				return st != nil && st.isDone(i)
+			}, func(lr *liveRec) bool {
+				var rec *Record
+				if lr.err == nil && lr.seq != 0 {
+					rec, lr.err = decodeRecord(lr.value, p, lr.seq, false)
+				}
+				if lr.err != nil || lr.seq == 0 {
+					pr.Corrupt++
+					c := corruptOf(p, lr)
+					if c.err == nil {
+						c.err = corruptf("malformed key")
+					}
+					corrupt = append(corrupt, c)
+					return true
+				}
+				pr.Records++
+				pr.Bytes += int64(len(lr.value))
+				if pr.FirstSeq == 0 {
+					pr.FirstSeq, pr.Oldest = lr.seq, rec.ReceivedAt
+					heads[p] = lr.seq
+				}
+				pr.LastSeq = lr.seq
+				lastSeqs[p] = max(lastSeqs[p], lr.seq)
+				return true
+			})
+			if err != nil {
+				return fmt.Errorf("buffer: check: partition %d: %w", p, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return rep, err
+	}
 	rep.Corrupt = len(corrupt)
 	rep.Quarantined += len(corrupt)
 
 	// Quarantine, and repair counters that disagree with what is stored.
 	wb := db.NewWriteBatch()
 	defer wb.Cancel()
+	touched := map[segID]*segState{}
 	for _, c := range corrupt {
+		if c.seg != 0 {
+			// Records of a segment: set aside, marked final; the rest of
+			// the segment stays.
+			qk := binary.BigEndian.AppendUint32(quarantineKey(c.key), uint32(c.index))
+			if err := wb.Set(qk, c.value); err != nil {
+				return rep, fmt.Errorf("buffer: check: quarantine: %w", err)
+			}
+			sid := segID{c.p, c.seg}
+			st := touched[sid]
+			if st == nil {
+				if o := opens[c.p][c.seg]; o != nil {
+					st = o.clone()
+				} else {
+					n := 1
+					_ = db.View(func(txn *badger.Txn) error {
+						item, err := txn.Get(c.key)
+						if err != nil {
+							return err
+						}
+						return item.Value(func(v []byte) error {
+							if k, err := segmentCount(v); err == nil {
+								n = k
+							}
+							return nil
+						})
+					})
+					st = newSegState(n)
+				}
+				touched[sid] = st
+			}
+			for i := c.index; i < c.index+max(c.span, 1); i++ {
+				st.finish(i)
+			}
+			continue
+		}
 		if err := wb.Set(quarantineKey(c.key), c.value); err != nil {
 			return rep, fmt.Errorf("buffer: check: quarantine: %w", err)
 		}
 		if err := wb.Delete(c.key); err != nil {
+			return rep, fmt.Errorf("buffer: check: quarantine: %w", err)
+		}
+	}
+	for sid, st := range touched {
+		var err error
+		if st.left == 0 {
+			err = wb.Delete(segKey(sid.p, sid.first))
+			if err == nil {
+				err = wb.Delete(segDoneKey(sid.p, sid.first))
+			}
+		} else {
+			err = wb.Set(segDoneKey(sid.p, sid.first), encodeSegState(st))
+		}
+		if err != nil {
 			return rep, fmt.Errorf("buffer: check: quarantine: %w", err)
 		}
 	}
@@ -259,6 +356,59 @@ type exportRecord struct {
 	LastError      string      `json:"last_error,omitempty"`
 }
 
+// exportLine writes rec as one NDJSON line.
+func exportLine(enc *json.Encoder, rec *Record) error {
+	line := exportRecord{
+		ID: rec.ID, Partition: rec.Partition, Seq: rec.Seq, Key: rec.Key,
+		IdempotencyKey: rec.IdempotencyKey, Method: rec.Method, Path: rec.Path,
+		Query: rec.RawQuery, Headers: rec.Header, Body: rec.Body,
+		ReceivedAt: rec.ReceivedAt.UTC(), Attempts: rec.Attempts, LastError: rec.LastError,
+	}
+	if line.Headers == nil {
+		line.Headers = http.Header{}
+	}
+	if line.Body == nil {
+		line.Body = []byte{}
+	}
+	if !rec.NextAttemptAt.IsZero() {
+		t := rec.NextAttemptAt.UTC()
+		line.NextAttemptAt = &t
+	}
+	if err := enc.Encode(line); err != nil {
+		return fmt.Errorf("buffer: export: write: %w", err)
+	}
+	return nil
+}
+
+// storedPartitions lists the partitions that hold queued records (either
+// layout) or counters, in order.
+func storedPartitions(txn *badger.Txn) ([]int, error) {
+	seen := map[int]bool{}
+	for _, prefix := range []byte{prefixQueue, prefixSeg, prefixMeta} {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefix}, PrefetchValues: false})
+		for it.Seek([]byte{prefix}); it.Valid(); {
+			k := it.Item().Key()
+			if len(k) < 3 {
+				it.Next()
+				continue
+			}
+			p := int(k[1])<<8 | int(k[2])
+			seen[p] = true
+			if p == maxPartitions-1 {
+				break
+			}
+			it.Seek(partPrefix(prefix, p+1)) // next partition
+		}
+		it.Close()
+	}
+	out := make([]int, 0, len(seen))
+	for p := range seen {
+		out = append(out, p)
+	}
+	sort.Ints(out)
+	return out, nil
+}
+
 // ErrCorruptSkipped is returned (wrapped) by Export when it skipped corrupt
 // records; everything else was written.
 var ErrCorruptSkipped = errors.New("buffer: corrupt records skipped")
@@ -282,48 +432,39 @@ func Export(path string, w io.Writer) error {
 	enc.SetEscapeHTML(false)
 	skipped := 0
 	err = db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixQueue}})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			item := it.Item()
-			_, p, seq, ok := parseSeqKey(item.Key())
-			if !ok {
-				skipped++
-				continue
+		parts, err := storedPartitions(txn)
+		if err != nil {
+			return err
+		}
+		for _, p := range parts {
+			open, err := loadOpen(txn, p)
+			if err != nil {
+				return err
 			}
-			if seq == 0 {
-				continue // reclaim marker
-			}
-			var rec *Record
-			if err := item.Value(func(v []byte) error {
-				var derr error
-				rec, derr = decodeRecord(v, p, seq, true)
-				return derr
-			}); err != nil {
-				if errors.Is(err, errCorrupt) {
-					skipped++
-					continue
+			var werr error
+			err = scanLive(txn, p, 1, func(first uint64, i int) bool {
+				st := open[first]
+				return st != nil && st.isDone(i)
+			}, func(lr *liveRec) bool {
+				if lr.err != nil || lr.seq == 0 {
+					skipped += max(lr.span, 1)
+					return true
 				}
+				rec, err := liveRecord(lr, p, true)
+				if err != nil {
+					skipped++
+					return true
+				}
+				if werr = exportLine(enc, rec); werr != nil {
+					return false
+				}
+				return true
+			})
+			if err != nil {
 				return fmt.Errorf("buffer: export: read: %w", err)
 			}
-			line := exportRecord{
-				ID: rec.ID, Partition: rec.Partition, Seq: rec.Seq, Key: rec.Key,
-				IdempotencyKey: rec.IdempotencyKey, Method: rec.Method, Path: rec.Path,
-				Query: rec.RawQuery, Headers: rec.Header, Body: rec.Body,
-				ReceivedAt: rec.ReceivedAt.UTC(), Attempts: rec.Attempts, LastError: rec.LastError,
-			}
-			if line.Headers == nil {
-				line.Headers = http.Header{}
-			}
-			if line.Body == nil {
-				line.Body = []byte{}
-			}
-			if !rec.NextAttemptAt.IsZero() {
-				t := rec.NextAttemptAt.UTC()
-				line.NextAttemptAt = &t
-			}
-			if err := enc.Encode(line); err != nil {
-				return fmt.Errorf("buffer: export: write: %w", err)
+			if werr != nil {
+				return werr
 			}
 		}
 		return nil

@@ -126,6 +126,9 @@ type Buffer struct {
 	Fsync          *bool    `toml:"fsync"`           // fsync before answering; nil = not set = true. Use FsyncEnabled.
 	IdempotencyTTL Duration `toml:"idempotency_ttl"` // how long an Idempotency-Key is remembered; default 24h
 	OutcomeTTL     Duration `toml:"outcome_ttl"`     // how long a final outcome is kept; default 24h
+	// OutcomeMaxBytes bounds the kept outcomes (oldest dropped first);
+	// default 256 MiB.
+	OutcomeMaxBytes int64 `toml:"outcome_max_bytes"`
 }
 
 // FsyncEnabled reports whether appends are fsynced before the client is
@@ -212,12 +215,13 @@ func Default() Config {
 			BreakerCooldown: seconds(60),
 		},
 		Buffer: Buffer{
-			Path:           "./data/edge",
-			MaxBytes:       1 << 30,
-			WhenFull:       WhenFullReject,
-			BlockTimeout:   seconds(5),
-			IdempotencyTTL: seconds(24 * 3600),
-			OutcomeTTL:     seconds(24 * 3600),
+			Path:            "./data/edge",
+			MaxBytes:        1 << 30,
+			WhenFull:        WhenFullReject,
+			BlockTimeout:    seconds(5),
+			IdempotencyTTL:  seconds(24 * 3600),
+			OutcomeTTL:      seconds(24 * 3600),
+			OutcomeMaxBytes: 256 << 20,
 		},
 		Retry: Retry{
 			InitialBackoff: millis(100),

@@ -149,6 +149,7 @@ func TestDefaults(t *testing.T) {
 		{"buffer.fsync set", cfg.Buffer.Fsync == nil, true},
 		{"buffer.idempotency_ttl", cfg.Buffer.IdempotencyTTL.Duration, 24 * time.Hour},
 		{"buffer.outcome_ttl", cfg.Buffer.OutcomeTTL.Duration, 24 * time.Hour},
+		{"buffer.outcome_max_bytes", cfg.Buffer.OutcomeMaxBytes, int64(256 << 20)},
 		{"retry.initial_backoff", cfg.Retry.InitialBackoff.Duration, 100 * time.Millisecond},
 		{"retry.max_backoff", cfg.Retry.MaxBackoff.Duration, 30 * time.Second},
 		{"retry.max_duration", cfg.Retry.MaxDuration.Duration, 24 * time.Hour},

@@ -232,6 +232,7 @@ func (c Config) validateBuffer(v *validator) {
 	v.duration("buffer.block_timeout", b.BlockTimeout)
 	v.duration("buffer.idempotency_ttl", b.IdempotencyTTL)
 	v.duration("buffer.outcome_ttl", b.OutcomeTTL)
+	v.positive("buffer.outcome_max_bytes", b.OutcomeMaxBytes)
 }
 
 func (c Config) validateRetry(v *validator) {

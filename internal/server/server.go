@@ -55,14 +55,15 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger, version str
 	}
 	fsync := cfg.Buffer.FsyncEnabled()
 	q, err := buffer.Open(buffer.Options{
-		Path:           cfg.Buffer.Path,
-		Partitions:     cfg.Partition.Count,
-		MaxBytes:       cfg.Buffer.MaxBytes,
-		Fsync:          &fsync,
-		IdempotencyTTL: cfg.Buffer.IdempotencyTTL.Duration,
-		OutcomeTTL:     cfg.Buffer.OutcomeTTL.Duration,
-		Logger:         log.With("component", "buffer"),
-		Route:          partition.OfString,
+		Path:            cfg.Buffer.Path,
+		Partitions:      cfg.Partition.Count,
+		MaxBytes:        cfg.Buffer.MaxBytes,
+		Fsync:           &fsync,
+		IdempotencyTTL:  cfg.Buffer.IdempotencyTTL.Duration,
+		OutcomeTTL:      cfg.Buffer.OutcomeTTL.Duration,
+		OutcomeMaxBytes: cfg.Buffer.OutcomeMaxBytes,
+		Logger:          log.With("component", "buffer"),
+		Route:           partition.OfString,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("opening buffer %s: %w", cfg.Buffer.Path, err)
