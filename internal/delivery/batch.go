@@ -136,7 +136,7 @@ func (l *loop) sendBatch(ctx context.Context, items []*item) (answers []answer, 
 			return fail(i, fmt.Errorf("batch answer ended after %d of %d parts: %w", i, len(items), err)), false
 		}
 		br := bufio.NewReader(part)
-		pr, err := http.ReadResponse(br, &http.Request{Method: it.rec.Method})
+		pr, err := readFinal(br, it.rec.Method)
 		if err != nil {
 			return fail(i, fmt.Errorf("batch answer part %d: %w", i+1, err)), false
 		}

@@ -113,6 +113,7 @@ func outboundHeader(rec *buffer.Record) http.Header {
 		h[k] = vs
 	}
 	httpx.RemoveHopByHop(h)
+	delete(h, "Expect") // the body goes at once; see skipHeader
 	h["X-Request-Id"] = []string{rec.ID}
 	h["X-Process-Id"] = []string{rec.Key}
 	ik := rec.IdempotencyKey

@@ -271,10 +271,12 @@ func (h *Handler) tooLarge(w http.ResponseWriter) {
 }
 
 // dropHeaders are client headers the backend must never get as sent: the
-// edge sets its own (forwarding, request id, attempt, idempotency key).
+// edge sets its own (forwarding, request id, attempt, idempotency key), and
+// Expect was answered to the client already (the body is read whole): sent
+// on, it makes the backend answer 100 Continue before its real answer.
 var dropHeaders = []string{"X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "X-Forwarded-Port",
 	"X-Forwarded-Prefix", "Forwarded", "X-Real-Ip", "X-Edge-Attempt", "X-Request-Id", "Idempotency-Key",
-	"Content-Length", "Host"}
+	"Content-Length", "Host", "Expect"}
 
 // forwardHeader returns the client's headers as a backend should see them:
 // hop-by-hop and client-made forwarding headers removed, fresh

@@ -402,3 +402,32 @@ func TestInFlightWhileDown(t *testing.T) {
 		}
 	}
 }
+
+// TestExpectNotForwarded pins a response desync: a client's "Expect:
+// 100-continue" was stored and forwarded, the backend answered "100
+// Continue" before its real answer, the edge's worker connection took the
+// 100 as the record's final answer (relayed to the client as a bodiless
+// 100-something) and the real answer was read as the next request's, so
+// each client got the previous client's response. Connection-listed
+// headers must not reach the backend either.
+func TestExpectNotForwarded(t *testing.T) {
+	eachProtocol(t, func(t *testing.T, batch bool) {
+		b := newBackend(t, "b0")
+		e := startEdge(t, protoConfig(t, batch, b))
+		for i := range 4 {
+			body := fmt.Sprintf("k:%d", i)
+			resp := send(t, e, "POST", "/x", "k", body, map[string]string{
+				"Expect": "100-continue", "Connection": "X-Secret", "X-Secret": "hop"})
+			got := readBody(t, resp)
+			if want := "b0 took " + body; resp.StatusCode != http.StatusCreated || got != want {
+				t.Fatalf("request %d: %d %q, want 201 %q", i, resp.StatusCode, got, want)
+			}
+			b.mu.Lock()
+			h := b.headers[resp.Header.Get("X-Delivery-ID")]
+			b.mu.Unlock()
+			if h.Get("Expect") != "" || h.Get("X-Secret") != "" {
+				t.Errorf("request %d: backend got Expect %q, X-Secret %q", i, h.Get("Expect"), h.Get("X-Secret"))
+			}
+		}
+	})
+}
