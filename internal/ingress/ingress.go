@@ -228,7 +228,7 @@ func (h *Handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 				Detail: "missing " + h.opt.KeyHeader + " header: it names the process this request belongs to"})
 			return
 		}
-		key = uuid.NewString()
+		key = spreadKey(r, path)
 	}
 	if r.ContentLength > h.opt.MaxBodyBytes {
 		h.tooLarge(w)
@@ -494,6 +494,19 @@ func methodLabel(m string) string {
 		return m
 	}
 	return "OTHER"
+}
+
+// spreadKey is the routing key of a request without one (missing_key =
+// "spread"): random, except that a request with an Idempotency-Key gets a
+// key derived from its scope (credentials, method, path, Idempotency-Key),
+// so a repeat reaches the same partition and scope and is recognised
+// instead of being delivered again.
+func spreadKey(r *http.Request, path string) string {
+	ik := r.Header.Get("Idempotency-Key")
+	if ik == "" {
+		return uuid.NewString()
+	}
+	return "spread-" + idempotencyScope(r, path, "", ik)[:32]
 }
 
 // idempotencyScope is the scope an Idempotency-Key matches in: a digest of

@@ -431,3 +431,40 @@ func TestExpectNotForwarded(t *testing.T) {
 		}
 	})
 }
+
+// TestSpreadIdempotent pins the bug where, with missing_key = "spread", a
+// request without a partition key got a fresh random key on every try, and
+// since the key is part of the idempotency scope (and picks the partition)
+// a client's retry with the same Idempotency-Key was stored and delivered
+// again. The repeat must be recognised and applied once.
+func TestSpreadIdempotent(t *testing.T) {
+	b0, b1 := newBackend(t, "b0"), newBackend(t, "b1")
+	cfg := testConfig(t, b0, b1)
+	cfg.Partition.MissingKey = "spread"
+	e := startEdge(t, cfg)
+	h := map[string]string{"Idempotency-Key": "pay-1", "Authorization": "Bearer alice"}
+	var ids []string
+	for range 4 {
+		resp := send(t, e, "POST", "/x", "", "x:1", h)
+		readBody(t, resp)
+		if resp.StatusCode != http.StatusCreated {
+			t.Fatalf("status %d, want 201", resp.StatusCode)
+		}
+		ids = append(ids, resp.Header.Get("X-Delivery-ID"))
+	}
+	for i, id := range ids[1:] {
+		if id != ids[0] {
+			t.Errorf("repeat %d got delivery %s, want the first's %s", i+1, id, ids[0])
+		}
+	}
+	if n := b0.effectCount() + b1.effectCount(); n != 1 {
+		t.Errorf("backends applied %d requests, want 1", n)
+	}
+	// Without an Idempotency-Key requests still spread over the partitions.
+	for i := range 16 {
+		readBody(t, send(t, e, "POST", "/x", "", fmt.Sprintf("x:%d", i), nil))
+	}
+	if b0.effectCount() == 0 || b1.effectCount() == 0 {
+		t.Errorf("effects b0 %d, b1 %d: requests without a key are not spread", b0.effectCount(), b1.effectCount())
+	}
+}
