@@ -68,6 +68,7 @@ type loop struct {
 	waitingN  atomic.Int32 // records backing off
 	parkedN   atomic.Int32 // parked keys
 	batchOff  atomic.Bool  // the backend refused batches: request mode
+	batchBig  atomic.Bool  // the backend refused a batch as too large (logged once)
 
 	cursor      uint64             // highest Seq read from the queue
 	atEnd       bool               // the last Read returned everything there was
