@@ -40,3 +40,32 @@ func TestFullTablesSweepRarely(t *testing.T) {
 			g.limit, nb, nv, want)
 	}
 }
+
+// TestCheckRedirectNotFollowed pins a fail-open: the check's client
+// followed redirects, so a check that sends unauthenticated callers to a
+// sign-in page (302, then 200) admitted every credential and cached the
+// admission, even with when_down = "reject". A 3xx is not a verdict: it
+// counts as a check that cannot answer.
+func TestCheckRedirectNotFollowed(t *testing.T) {
+	check := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/login" {
+			w.WriteHeader(http.StatusOK)
+			return
+		}
+		http.Redirect(w, r, "/login", http.StatusFound)
+	}))
+	t.Cleanup(check.Close)
+	g := New(Options{CheckURL: check.URL + "/check", RejectWhenDown: true})
+	stored := false
+	h := g.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		stored = true
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	r := httptest.NewRequest(http.MethodPost, "/x", nil)
+	r.Header.Set("Authorization", "Bearer forged")
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	if stored || w.Code != http.StatusServiceUnavailable {
+		t.Fatalf("redirecting check: %d, stored %v; want 503 and nothing stored", w.Code, stored)
+	}
+}

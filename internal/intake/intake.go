@@ -79,7 +79,8 @@ type Options struct {
 	Stored func(r *http.Request) bool
 	// Partition returns the request's partition for "{N}" (nil: 0).
 	Partition func(r *http.Request) int
-	// Client makes the checks (nil: a client with CheckTimeout).
+	// Client makes the checks (nil: a client with CheckTimeout that does
+	// not follow redirects: a 3xx is an answer other than a verdict).
 	Client *http.Client
 	// Logger (nil: discard). The guard logs transitions only (the check
 	// becoming unreachable and reachable again), never one line per request.
@@ -141,7 +142,11 @@ func New(opt Options) *Guard {
 		opt.Burst = 1
 	}
 	if opt.Client == nil {
-		opt.Client = &http.Client{Timeout: opt.CheckTimeout}
+		// A redirect is the check's answer, never followed: a check that
+		// sends unauthenticated callers to a sign-in page (200) must not
+		// admit them.
+		opt.Client = &http.Client{Timeout: opt.CheckTimeout,
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	}
 	log := opt.Logger
 	if log == nil {
