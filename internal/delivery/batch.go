@@ -69,8 +69,10 @@ func EncodeBatch(w io.Writer, host string, recs []*buffer.Record) (string, error
 // k parts, a malformed part) get an error answer: retryable, as a lost
 // connection is. fallback is true when the backend does not speak batches
 // (404, 405, 415): nothing was attempted, and the partition now sends
-// single requests (logged once).
-func (l *loop) sendBatch(ctx context.Context, items []*item) (answers []answer, fallback bool) {
+// single requests (logged once). singly is true when the backend refused
+// the envelope as too large (413: its body limit is below batch_bytes):
+// nothing was applied, and this job's records go as single requests.
+func (l *loop) sendBatch(ctx context.Context, items []*item) (answers []answer, fallback, singly bool) {
 	answers = make([]answer, len(items))
 	fail := func(from int, err error) []answer {
 		for i := from; i < len(answers); i++ {
@@ -81,7 +83,7 @@ func (l *loop) sendBatch(ctx context.Context, items []*item) (answers []answer, 
 	base := l.e.opt.BackendURL(l.p)
 	u, err := url.Parse(base + l.e.opt.BatchPath)
 	if err != nil {
-		return fail(0, fmt.Errorf("building batch request: %w", err)), false
+		return fail(0, fmt.Errorf("building batch request: %w", err)), false, false
 	}
 	recs := make([]*buffer.Record, len(items))
 	for i, it := range items {
@@ -92,16 +94,16 @@ func (l *loop) sendBatch(ctx context.Context, items []*item) (answers []answer, 
 	defer batchBufs.Put(buf)
 	ct, err := EncodeBatch(buf, u.Host, recs)
 	if err != nil {
-		return fail(0, err), false
+		return fail(0, err), false, false
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u.String(), bytes.NewReader(buf.Bytes()))
 	if err != nil {
-		return fail(0, fmt.Errorf("building batch request: %w", err)), false
+		return fail(0, fmt.Errorf("building batch request: %w", err)), false, false
 	}
 	req.Header.Set("Content-Type", ct)
 	resp, err := l.e.batchC.Do(req)
 	if err != nil {
-		return fail(0, err), false
+		return fail(0, err), false, false
 	}
 	defer resp.Body.Close()
 	switch resp.StatusCode {
@@ -111,42 +113,49 @@ func (l *loop) sendBatch(ctx context.Context, items []*item) (answers []answer, 
 			l.gate.log.Warn("protocol fallback: the backend does not speak batch delivery; sending single requests",
 				"batch_path", l.e.opt.BatchPath, "status", resp.StatusCode)
 		}
-		return nil, true
+		return nil, true, false
+	case http.StatusRequestEntityTooLarge:
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		if l.batchBig.CompareAndSwap(false, true) {
+			l.gate.log.Warn("the backend refused a batch as too large (413): lower [delivery] batch_bytes to its body limit; sending such batches' records singly",
+				"batch_bytes", l.e.opt.BatchBytes, "bytes", buf.Len())
+		}
+		return nil, false, true
 	case http.StatusOK:
 	default:
 		// The envelope itself failed: every record gets that answer
 		// (a 5xx is retried per record, like a single request's).
 		a := l.readAnswer(resp, resp.Body)
 		if resp.StatusCode < 500 && resp.StatusCode != http.StatusRequestTimeout && resp.StatusCode != http.StatusTooManyRequests {
-			return fail(0, fmt.Errorf("batch answered %d", resp.StatusCode)), false
+			return fail(0, fmt.Errorf("batch answered %d", resp.StatusCode)), false, false
 		}
 		for i := range answers {
 			answers[i] = a
 		}
-		return answers, false
+		return answers, false, false
 	}
 	mt, params, err := mime.ParseMediaType(resp.Header.Get("Content-Type"))
 	if err != nil || mt != "multipart/mixed" || params["boundary"] == "" {
-		return fail(0, fmt.Errorf("batch answer is not multipart/mixed: %q", resp.Header.Get("Content-Type"))), false
+		return fail(0, fmt.Errorf("batch answer is not multipart/mixed: %q", resp.Header.Get("Content-Type"))), false, false
 	}
 	mr := multipart.NewReader(resp.Body, params["boundary"])
 	for i, it := range items {
 		part, err := mr.NextPart()
 		if err != nil {
-			return fail(i, fmt.Errorf("batch answer ended after %d of %d parts: %w", i, len(items), err)), false
+			return fail(i, fmt.Errorf("batch answer ended after %d of %d parts: %w", i, len(items), err)), false, false
 		}
 		br := bufio.NewReader(part)
-		pr, err := http.ReadResponse(br, &http.Request{Method: it.rec.Method})
+		pr, err := readFinal(br, it.rec.Method)
 		if err != nil {
-			return fail(i, fmt.Errorf("batch answer part %d: %w", i+1, err)), false
+			return fail(i, fmt.Errorf("batch answer part %d: %w", i+1, err)), false, false
 		}
 		a := l.readAnswer(pr, pr.Body)
 		pr.Body.Close()
 		if a.cut && a.err == nil && int64(len(a.body)) < l.e.opt.MaxResponseBody {
 			// A part cut short: the connection broke mid-part.
-			return fail(i, fmt.Errorf("batch answer part %d cut short", i+1)), false
+			return fail(i, fmt.Errorf("batch answer part %d cut short", i+1)), false, false
 		}
 		answers[i] = a
 	}
-	return answers, false
+	return answers, false, false
 }

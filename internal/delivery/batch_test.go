@@ -14,7 +14,9 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/flowedge/flowedge/internal/buffer"
 )
@@ -337,4 +339,42 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// TestBatchTooLarge pins a stall: a backend whose body limit is below
+// batch_bytes answers the envelope 413; that was taken as a connection
+// error for every record of the batch (evidence the backend is down), so
+// the same records were batched and refused again and again, the breaker
+// opened, and nothing was ever delivered. A 413 envelope sends that
+// batch's records as single requests.
+func TestBatchTooLarge(t *testing.T) {
+	const parts, nKeys, perKey = 1, 8, 3
+	store := newDedupeStore()
+	bs := &batchServer{store: store}
+	var refused atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/_edge/batch" && r.ContentLength > 600 {
+			refused.Add(1)
+			http.Error(w, "request body too large", http.StatusRequestEntityTooLarge)
+			return
+		}
+		bs.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	q := openQueue(t, t.TempDir(), parts)
+	recs, keys := keysRecords(parts, nKeys, perKey)
+	appendRecs(t, q, recs...)
+	e := startEngine(t, q, parts, srv, func(o *Options) {
+		batchOptions(o)
+		o.BreakerFailures = 2
+		o.BreakerCooldown = time.Hour
+	})
+	waitFor(t, "queue drained", queueEmpty(q))
+	checkOrder(t, store, keys, perKey)
+	if refused.Load() == 0 {
+		t.Fatal("no batch was refused: the test does not exercise 413")
+	}
+	if _, br := e.PartitionReady(0); br != BreakerClosed {
+		t.Errorf("breaker %s after 413 envelopes, want closed", br)
+	}
 }

@@ -114,7 +114,7 @@ func (w *wire) roundTrip(ctx context.Context, rec *buffer.Record, maxBody int64,
 		}
 		return fail(fmt.Errorf("writing request: %w", err))
 	}
-	resp, err := http.ReadResponse(w.br, &http.Request{Method: rec.Method})
+	resp, err := readFinal(w.br, rec.Method)
 	if err != nil {
 		if reused && closedByPeer(err) && w.br.Buffered() == 0 {
 			return fail(errStale)
@@ -130,6 +130,27 @@ func (w *wire) roundTrip(ctx context.Context, rec *buffer.Record, maxBody int64,
 	}
 	resp.Body.Close()
 	return a, nil
+}
+
+// maxInterim bounds the 1xx answers skipped before a final one.
+const maxInterim = 8
+
+// readFinal reads the final answer to a request, skipping 1xx interim
+// answers (100 Continue, 103 Early Hints): read as final, one would leave
+// the real answer on the connection for the next request to take. 101 is
+// final (the edge never asks to switch protocols).
+func readFinal(br *bufio.Reader, method string) (*http.Response, error) {
+	for range maxInterim {
+		resp, err := http.ReadResponse(br, &http.Request{Method: method})
+		if err != nil {
+			return nil, err
+		}
+		if resp.StatusCode < 100 || resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
+			return resp, nil
+		}
+		resp.Body.Close() // a 1xx has no body
+	}
+	return nil, fmt.Errorf("more than %d interim (1xx) answers", maxInterim)
 }
 
 // closedByPeer: the backend closed the connection (an idle keep-alive
@@ -182,11 +203,12 @@ func writeField(bw *bufio.Writer, k, v string) {
 	bw.WriteString("\r\n")
 }
 
-// skipHeader: headers the edge sets itself or that are hop-by-hop (the
-// ingress removed them already; records from older versions may hold them).
+// skipHeader: headers the edge sets itself, that are hop-by-hop, or Expect
+// (the edge sends the body at once; the ingress removed them already,
+// records from older versions may hold them).
 func skipHeader(k string) bool {
 	switch k {
-	case "Host", "Content-Length", "X-Request-Id", "X-Process-Id", "Idempotency-Key", "X-Edge-Attempt",
+	case "Host", "Content-Length", "X-Request-Id", "X-Process-Id", "Idempotency-Key", "X-Edge-Attempt", "Expect",
 		"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
 		"Te", "Trailer", "Transfer-Encoding", "Upgrade":
 		return true

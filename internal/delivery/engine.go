@@ -510,19 +510,35 @@ func resultOf(o *buffer.Outcome) Result {
 
 // Replay moves dead letter id back into its partition's queue at its
 // original place, lifts its key's park and hands it to the partition's loop.
+//
+// A ctx already done does nothing; once begun, the replay is not cut short
+// by ctx (bounded by bookkeepTimeout): a queue write abandoned half-way may
+// still commit, and a record put back that the partition's loop never
+// hears of stays stuck until a restart.
 func (e *Engine) Replay(ctx context.Context, id string) (*buffer.Record, error) {
-	rec, err := e.q.Replay(ctx, id)
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("replay %s: %w", id, err)
+	}
+	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bookkeepTimeout)
+	defer cancel()
+	rec, err := e.q.Replay(bctx, id)
 	if err != nil {
 		return nil, fmt.Errorf("replay %s: %w", id, err)
 	}
 	if rec.Partition >= 0 && rec.Partition < len(e.loops) {
-		e.loops[rec.Partition].send(ctx, e.loops[rec.Partition].replays, rec)
+		e.loops[rec.Partition].send(e.loops[rec.Partition].replays, rec)
 	}
 	return rec, nil
 }
 
-// Discard deletes dead letter id and lifts its key's park.
+// Discard deletes dead letter id and lifts its key's park. Like Replay, it
+// is not cut short by ctx once begun.
 func (e *Engine) Discard(ctx context.Context, id string) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("discard %s: %w", id, err)
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bookkeepTimeout)
+	defer cancel()
 	d, err := e.q.Lookup(id)
 	if err != nil {
 		return fmt.Errorf("discard %s: %w", id, err)
@@ -545,7 +561,7 @@ func (e *Engine) Discard(ctx context.Context, id string) error {
 	}
 	if p >= 0 && p < len(e.loops) {
 		l := e.loops[p]
-		l.send(ctx, l.unparks, &buffer.Record{ID: id, Key: key})
+		l.send(l.unparks, &buffer.Record{ID: id, Key: key})
 	}
 	return nil
 }

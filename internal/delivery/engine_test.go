@@ -588,3 +588,80 @@ func TestSpillParkedKey(t *testing.T) {
 		}
 	}
 }
+
+// TestReplayCallerGone pins a record left stuck by Replay when its caller
+// hung up mid-call (an admin client that timed out): the queue write could
+// commit although Replay returned the context's error, and the record put
+// back below the partition loop's cursor was handed to the loop in a
+// select that also gave up on the caller's context (Go picks a ready case
+// at random). Either way the loop never heard of it: the record sat in the
+// queue, undelivered and its key parked, until a restart.
+func TestReplayCallerGone(t *testing.T) {
+	const n = 12
+	var mu sync.Mutex
+	dead := true
+	delivered := map[string]bool{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		defer mu.Unlock()
+		if dead {
+			w.WriteHeader(http.StatusMisdirectedRequest) // dead letter at once
+			return
+		}
+		delivered[string(body)] = true
+		w.WriteHeader(http.StatusOK)
+	}))
+	t.Cleanup(srv.Close)
+	q := openQueue(t, t.TempDir(), 1)
+	var recs []*buffer.Record
+	for i := range n {
+		recs = append(recs, testRecord(fmt.Sprintf("k%d", i), 1, fmt.Sprintf("r%d", i)))
+	}
+	appendRecs(t, q, recs...)
+	e := startEngine(t, q, 1, srv, func(o *Options) { o.OnDead = OnDeadPark })
+	waitFor(t, "all dead", func() bool {
+		for _, r := range recs {
+			if d, err := q.Lookup(r.ID); err != nil || d.Status != buffer.StatusDead {
+				return false
+			}
+		}
+		return true
+	})
+	mu.Lock()
+	dead = false
+	mu.Unlock()
+	for _, r := range recs {
+		if _, err := e.Replay(&hangUpCtx{Context: context.Background()}, r.ID); err != nil {
+			t.Fatalf("Replay %s: %v", r.ID, err)
+		}
+	}
+	waitFor(t, "every replayed record delivered", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(delivered) == n
+	})
+}
+
+// hangUpCtx is a caller that hangs up once its call has begun: Err is nil
+// on the first check, and from then on it is done.
+type hangUpCtx struct {
+	context.Context
+	checks atomic.Int32
+}
+
+var closedCh = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+func (c *hangUpCtx) Done() <-chan struct{} {
+	if c.checks.Load() == 0 {
+		return nil
+	}
+	return closedCh
+}
+
+func (c *hangUpCtx) Err() error {
+	if c.checks.Add(1) == 1 {
+		return nil
+	}
+	return context.Canceled
+}

@@ -68,6 +68,7 @@ type loop struct {
 	waitingN  atomic.Int32 // records backing off
 	parkedN   atomic.Int32 // parked keys
 	batchOff  atomic.Bool  // the backend refused batches: request mode
+	batchBig  atomic.Bool  // the backend refused a batch as too large (logged once)
 
 	cursor      uint64             // highest Seq read from the queue
 	atEnd       bool               // the last Read returned everything there was
@@ -549,11 +550,18 @@ func (l *loop) lift(key, id string) {
 	delete(l.parkedItems, key)
 }
 
-// send hands rec to the loop on ch.
-func (l *loop) send(ctx context.Context, ch chan *buffer.Record, rec *buffer.Record) {
+// send hands rec to the loop on ch. The caller's context cannot cut it
+// short: the queue has already taken the change (a replayed record back
+// below the loop's cursor, a lifted park), and a loop that never heard of
+// it would leave the record stuck until a restart. It returns without
+// handing when the engine never started or is stopping (a loop that starts
+// reads the queue and its parked keys afresh).
+func (l *loop) send(ch chan *buffer.Record, rec *buffer.Record) {
+	if !l.e.started.Load() {
+		return
+	}
 	select {
 	case ch <- rec:
-	case <-ctx.Done():
 	case <-l.e.stopping:
 	}
 }

@@ -42,8 +42,14 @@ func (l *loop) run(ctx context.Context, j *job, w *wire) report {
 	l.mu.Unlock()
 	var answers []answer
 	if j.batch {
-		var fallback bool
-		answers, fallback = l.sendBatch(ctx, j.items)
+		var fallback, singly bool
+		answers, fallback, singly = l.sendBatch(ctx, j.items)
+		if singly {
+			answers = make([]answer, len(j.items))
+			for i, it := range j.items {
+				answers[i] = l.sendOne(ctx, it.rec, w)
+			}
+		}
 		if fallback {
 			l.undoAttempts(j.items)
 			l.gate.report(j.probe, evidenceUp, "")
@@ -113,6 +119,7 @@ func outboundHeader(rec *buffer.Record) http.Header {
 		h[k] = vs
 	}
 	httpx.RemoveHopByHop(h)
+	delete(h, "Expect") // the body goes at once; see skipHeader
 	h["X-Request-Id"] = []string{rec.ID}
 	h["X-Process-Id"] = []string{rec.Key}
 	ik := rec.IdempotencyKey

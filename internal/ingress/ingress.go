@@ -228,7 +228,7 @@ func (h *Handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 				Detail: "missing " + h.opt.KeyHeader + " header: it names the process this request belongs to"})
 			return
 		}
-		key = uuid.NewString()
+		key = spreadKey(r, path)
 	}
 	if r.ContentLength > h.opt.MaxBodyBytes {
 		h.tooLarge(w)
@@ -271,10 +271,12 @@ func (h *Handler) tooLarge(w http.ResponseWriter) {
 }
 
 // dropHeaders are client headers the backend must never get as sent: the
-// edge sets its own (forwarding, request id, attempt, idempotency key).
+// edge sets its own (forwarding, request id, attempt, idempotency key), and
+// Expect was answered to the client already (the body is read whole): sent
+// on, it makes the backend answer 100 Continue before its real answer.
 var dropHeaders = []string{"X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "X-Forwarded-Port",
 	"X-Forwarded-Prefix", "Forwarded", "X-Real-Ip", "X-Edge-Attempt", "X-Request-Id", "Idempotency-Key",
-	"Content-Length", "Host"}
+	"Content-Length", "Host", "Expect"}
 
 // forwardHeader returns the client's headers as a backend should see them:
 // hop-by-hop and client-made forwarding headers removed, fresh
@@ -492,6 +494,19 @@ func methodLabel(m string) string {
 		return m
 	}
 	return "OTHER"
+}
+
+// spreadKey is the routing key of a request without one (missing_key =
+// "spread"): random, except that a request with an Idempotency-Key gets a
+// key derived from its scope (credentials, method, path, Idempotency-Key),
+// so a repeat reaches the same partition and scope and is recognised
+// instead of being delivered again.
+func spreadKey(r *http.Request, path string) string {
+	ik := r.Header.Get("Idempotency-Key")
+	if ik == "" {
+		return uuid.NewString()
+	}
+	return "spread-" + idempotencyScope(r, path, "", ik)[:32]
 }
 
 // idempotencyScope is the scope an Idempotency-Key matches in: a digest of

@@ -48,7 +48,10 @@ const (
 	// StaleFor is how long a verdict past its TTL is still used when the
 	// check cannot be reached.
 	StaleFor = time.Hour
-	// maxEntries bounds the verdict cache and the limiter table each.
+	// maxEntries bounds the verdict cache and the limiter table each. A
+	// full table is cut to 7/8 of it (expired entries first, then arbitrary
+	// ones), so the O(n) sweep runs once per maxEntries/8 new clients, not
+	// once per request.
 	maxEntries = 100_000
 	// maxDenialBody bounds the body of a 401/403 relayed from the check.
 	maxDenialBody = 64 << 10
@@ -76,7 +79,8 @@ type Options struct {
 	Stored func(r *http.Request) bool
 	// Partition returns the request's partition for "{N}" (nil: 0).
 	Partition func(r *http.Request) int
-	// Client makes the checks (nil: a client with CheckTimeout).
+	// Client makes the checks (nil: a client with CheckTimeout that does
+	// not follow redirects: a 3xx is an answer other than a verdict).
 	Client *http.Client
 	// Logger (nil: discard). The guard logs transitions only (the check
 	// becoming unreachable and reachable again), never one line per request.
@@ -105,6 +109,7 @@ type Guard struct {
 	mu       sync.Mutex
 	verdicts map[string]*verdict // credential hash (and partition) → last answer of the check
 	buckets  map[string]*bucket  // client → token bucket
+	limit    int                 // entries per table: maxEntries (tests lower it)
 	now      func() time.Time
 }
 
@@ -137,13 +142,17 @@ func New(opt Options) *Guard {
 		opt.Burst = 1
 	}
 	if opt.Client == nil {
-		opt.Client = &http.Client{Timeout: opt.CheckTimeout}
+		// A redirect is the check's answer, never followed: a check that
+		// sends unauthenticated callers to a sign-in page (200) must not
+		// admit them.
+		opt.Client = &http.Client{Timeout: opt.CheckTimeout,
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	}
 	log := opt.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	g := &Guard{opt: opt, log: log, verdicts: map[string]*verdict{}, buckets: map[string]*bucket{}, now: time.Now,
+	g := &Guard{opt: opt, log: log, verdicts: map[string]*verdict{}, buckets: map[string]*bucket{}, limit: maxEntries, now: time.Now,
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "edge_intake_refused_total",
 			Help: "Requests the intake guard refused before storing them, by reason (rate, auth, check_down).",
@@ -225,7 +234,7 @@ func (g *Guard) allow(client string) (time.Duration, bool) {
 	g.mu.Lock()
 	b := g.buckets[client]
 	if b == nil {
-		if len(g.buckets) >= maxEntries {
+		if len(g.buckets) >= g.limit {
 			g.sweepBuckets(now)
 		}
 		b = &bucket{lim: rate.NewLimiter(rate.Limit(g.opt.Rate), g.opt.Burst)}
@@ -242,7 +251,8 @@ func (g *Guard) allow(client string) (time.Duration, bool) {
 }
 
 // sweepBuckets drops buckets that have refilled (idle long enough that a
-// fresh bucket is the same), then, if still full, arbitrary ones. g.mu held.
+// fresh bucket is the same), then, if more than 7/8 of the limit remain,
+// arbitrary ones down to that. g.mu held.
 func (g *Guard) sweepBuckets(now time.Time) {
 	refill := time.Duration(float64(g.opt.Burst) / g.opt.Rate * float64(time.Second))
 	for k, b := range g.buckets {
@@ -251,12 +261,15 @@ func (g *Guard) sweepBuckets(now time.Time) {
 		}
 	}
 	for k := range g.buckets {
-		if len(g.buckets) < maxEntries {
+		if len(g.buckets) <= g.low() {
 			break
 		}
 		delete(g.buckets, k)
 	}
 }
+
+// low is what a sweep of a full table leaves at most: 7/8 of the limit.
+func (g *Guard) low() int { return g.limit - max(g.limit/8, 1) }
 
 // check returns the verdict for the request's credentials: a fresh cached
 // one, or the check's answer (concurrent checks of one credential share one
@@ -355,7 +368,7 @@ func (g *Guard) ask(ctx context.Context, target, auth, apiKey string) (*verdict,
 func (g *Guard) store(key string, v *verdict) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if _, ok := g.verdicts[key]; !ok && len(g.verdicts) >= maxEntries {
+	if _, ok := g.verdicts[key]; !ok && len(g.verdicts) >= g.limit {
 		now := g.now()
 		for k, old := range g.verdicts {
 			if now.Sub(old.at) > g.opt.CacheTTL+StaleFor {
@@ -363,7 +376,7 @@ func (g *Guard) store(key string, v *verdict) {
 			}
 		}
 		for k := range g.verdicts {
-			if len(g.verdicts) < maxEntries {
+			if len(g.verdicts) <= g.low() {
 				break
 			}
 			delete(g.verdicts, k)

@@ -402,3 +402,69 @@ func TestInFlightWhileDown(t *testing.T) {
 		}
 	}
 }
+
+// TestExpectNotForwarded pins a response desync: a client's "Expect:
+// 100-continue" was stored and forwarded, the backend answered "100
+// Continue" before its real answer, the edge's worker connection took the
+// 100 as the record's final answer (relayed to the client as a bodiless
+// 100-something) and the real answer was read as the next request's, so
+// each client got the previous client's response. Connection-listed
+// headers must not reach the backend either.
+func TestExpectNotForwarded(t *testing.T) {
+	eachProtocol(t, func(t *testing.T, batch bool) {
+		b := newBackend(t, "b0")
+		e := startEdge(t, protoConfig(t, batch, b))
+		for i := range 4 {
+			body := fmt.Sprintf("k:%d", i)
+			resp := send(t, e, "POST", "/x", "k", body, map[string]string{
+				"Expect": "100-continue", "Connection": "X-Secret", "X-Secret": "hop"})
+			got := readBody(t, resp)
+			if want := "b0 took " + body; resp.StatusCode != http.StatusCreated || got != want {
+				t.Fatalf("request %d: %d %q, want 201 %q", i, resp.StatusCode, got, want)
+			}
+			b.mu.Lock()
+			h := b.headers[resp.Header.Get("X-Delivery-ID")]
+			b.mu.Unlock()
+			if h.Get("Expect") != "" || h.Get("X-Secret") != "" {
+				t.Errorf("request %d: backend got Expect %q, X-Secret %q", i, h.Get("Expect"), h.Get("X-Secret"))
+			}
+		}
+	})
+}
+
+// TestSpreadIdempotent pins the bug where, with missing_key = "spread", a
+// request without a partition key got a fresh random key on every try, and
+// since the key is part of the idempotency scope (and picks the partition)
+// a client's retry with the same Idempotency-Key was stored and delivered
+// again. The repeat must be recognised and applied once.
+func TestSpreadIdempotent(t *testing.T) {
+	b0, b1 := newBackend(t, "b0"), newBackend(t, "b1")
+	cfg := testConfig(t, b0, b1)
+	cfg.Partition.MissingKey = "spread"
+	e := startEdge(t, cfg)
+	h := map[string]string{"Idempotency-Key": "pay-1", "Authorization": "Bearer alice"}
+	var ids []string
+	for range 4 {
+		resp := send(t, e, "POST", "/x", "", "x:1", h)
+		readBody(t, resp)
+		if resp.StatusCode != http.StatusCreated {
+			t.Fatalf("status %d, want 201", resp.StatusCode)
+		}
+		ids = append(ids, resp.Header.Get("X-Delivery-ID"))
+	}
+	for i, id := range ids[1:] {
+		if id != ids[0] {
+			t.Errorf("repeat %d got delivery %s, want the first's %s", i+1, id, ids[0])
+		}
+	}
+	if n := b0.effectCount() + b1.effectCount(); n != 1 {
+		t.Errorf("backends applied %d requests, want 1", n)
+	}
+	// Without an Idempotency-Key requests still spread over the partitions.
+	for i := range 16 {
+		readBody(t, send(t, e, "POST", "/x", "", fmt.Sprintf("x:%d", i), nil))
+	}
+	if b0.effectCount() == 0 || b1.effectCount() == 0 {
+		t.Errorf("effects b0 %d, b1 %d: requests without a key are not spread", b0.effectCount(), b1.effectCount())
+	}
+}
