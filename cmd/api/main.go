@@ -33,7 +33,9 @@ import (
 	"time"
 
 	"github.com/flowedge/flowedge/internal/api"
+	"github.com/flowedge/flowedge/internal/objstore"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 )
 
 // version is set at build time: -ldflags "-X main.version=1.2.3".
@@ -84,6 +86,22 @@ func run(ctx context.Context, args []string, getenv func(string) string, logw io
 	}
 	defer store.Close()
 
+	// The production components, each only when its variable is set.
+	var rdb *redis.Client
+	if cfg.redisURL != "" {
+		opt, _ := redis.ParseURL(cfg.redisURL) // validated by loadConfig
+		rdb = redis.NewClient(opt)
+		defer rdb.Close()
+	}
+	octx, ocancel := context.WithTimeout(ctx, 30*time.Second)
+	objects, err := objstore.Open(octx, cfg.storage)
+	ocancel()
+	if err != nil {
+		log.Error("cannot open the object storage", "storage", cfg.storage.Describe(), "err", err)
+		return exitFail
+	}
+	defer objects.Close()
+
 	origins, _ := cfg.origins() // validated by loadConfig
 	proxies, _ := cfg.proxies() // validated by loadConfig
 	srv, err := api.New(api.Options{
@@ -101,6 +119,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, logw io
 		DataDir:        cfg.DataDir,
 		AppURLs:        origins,
 		TrustedProxies: proxies,
+		Redis:          redisOption(rdb),
+		Objects:        objects,
 		RateLimits: api.RateLimits{
 			Default:  cfg.RateLimits.Default,
 			Posts:    cfg.RateLimits.Posts,
@@ -136,10 +156,26 @@ func run(ctx context.Context, args []string, getenv func(string) string, logw io
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	serveErr := make(chan error, 1)
+	// /metrics on its own listener, so nothing operational is reachable
+	// through the edge's public port.
+	mln, err := net.Listen("tcp", cfg.MetricsListen)
+	if err != nil {
+		log.Error("cannot listen", "metrics_listen", cfg.MetricsListen, "err", err)
+		ln.Close()
+		closeSrv()
+		return exitFail
+	}
+	mmux := http.NewServeMux()
+	mmux.Handle("GET /metrics", srv.MetricsHandler())
+	ms := &http.Server{Handler: mmux, ReadHeaderTimeout: 10 * time.Second, WriteTimeout: time.Minute,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	serveErr := make(chan error, 2)
 	go func() { serveErr <- hs.Serve(ln) }()
-	log.Info("listening", "addr", ln.Addr().String(), "partition", cfg.Partition, "partitions", cfg.Partitions,
-		"partition_from", cfg.partitionSource, "data_dir", cfg.DataDir, "env", cfg.Env, "version", buildVersion())
+	go func() { serveErr <- ms.Serve(mln) }()
+	defer ms.Close()
+	log.Info("listening", "addr", ln.Addr().String(), "metrics_addr", mln.Addr().String(), "partition", cfg.Partition, "partitions", cfg.Partitions,
+		"partition_from", cfg.partitionSource, "data_dir", cfg.DataDir, "env", cfg.Env, "version", buildVersion(),
+		"redis", rdb != nil, "storage", cfg.storage.Describe())
 
 	select {
 	case <-ctx.Done():
@@ -165,6 +201,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, logw io
 	}
 	log.Info("stopped")
 	return exitOK
+}
+
+// redisOption is rdb as an Options.Redis: nil stays a nil interface.
+func redisOption(rdb *redis.Client) redis.UniversalClient {
+	if rdb == nil {
+		return nil
+	}
+	return rdb
 }
 
 // buildVersion is the -X version, else the module version, else "dev".

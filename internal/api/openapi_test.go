@@ -615,7 +615,6 @@ func TestOpenAPIConformance(t *testing.T) {
 	s.do(oaCall{method: "GET", path: "/health/readiness", want: 200})
 	s.do(oaCall{method: "GET", path: "/health/health", want: 200})
 	s.do(oaCall{method: "GET", path: "/api/v1/health", want: 200})
-	s.do(oaCall{method: "GET", path: "/metrics", want: 200})
 
 	// Keys (admin).
 	decode(s.do(oaCall{method: "POST", path: "/api/v1/keys", key: admin, header: map[string]string{"Idempotency-Key": "key-alice"},

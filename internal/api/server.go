@@ -17,7 +17,9 @@ import (
 	"github.com/flowedge/flowedge/internal/api/webhook"
 	"github.com/flowedge/flowedge/internal/outbound"
 	"github.com/flowedge/flowedge/internal/partition"
+	"github.com/flowedge/flowedge/internal/objstore"
 	"github.com/flowedge/flowedge/internal/ratelimit"
+	"github.com/redis/go-redis/v9"
 	"github.com/microcosm-cc/bluemonday"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -42,7 +44,7 @@ type Options struct {
 	// Logger receives the request log and errors; nil discards them.
 	Logger *slog.Logger
 	// Registry gets the flow_ metrics (and Go and process collectors) and is
-	// what /metrics serves; nil means a fresh registry.
+	// what MetricsHandler serves; nil means a fresh registry.
 	Registry *prometheus.Registry
 	// Workers is how many jobs run at once (of different processes); 0 means 4.
 	Workers int
@@ -83,6 +85,16 @@ type Options struct {
 	Resolver Resolver
 	// Webhooks tunes webhook delivery and the per-host circuit breakers.
 	Webhooks WebhookOptions
+	// Redis (REDIS_URL) holds the rate limit buckets, shared by every pod
+	// that uses it, and is what the queue health check pings. nil means
+	// embedded: per-process limits, and the queue check asks the job
+	// workers only. The Server never closes it.
+	Redis redis.UniversalClient
+	// Objects holds uploaded media (its content bucket) and is what the
+	// storage health check reaches. nil means no object storage: media
+	// routes answer 503 and the storage check watches DataDir only. The
+	// Server never closes it.
+	Objects *objstore.Store
 }
 
 // Server is the Flow API. It is safe for concurrent use.
@@ -151,7 +163,15 @@ func New(opts Options) (*Server, error) {
 		}
 		origins = append(origins, o)
 	}
-	lim, err := ratelimit.New(opts.RateLimits)
+	limits := opts.RateLimits
+	if opts.Redis != nil && limits.Redis == nil {
+		limits.Redis = opts.Redis
+		logger := opts.Logger
+		limits.OnRedisError = func(err error) {
+			logger.Warn("rate limit: Redis failed; this pod's own bucket decided", "err", err)
+		}
+	}
+	lim, err := ratelimit.New(limits)
 	if err != nil {
 		return nil, err
 	}
@@ -206,6 +226,16 @@ func (s *Server) Close(ctx context.Context) error {
 	return s.closeErr
 }
 
+// MetricsHandler serves the flow_ metrics (and the Go and process
+// collectors) of Options.Registry in the Prometheus text format. It is not
+// part of Handler: cmd/api serves it on its own listener (-metrics-listen),
+// so nothing operational is reachable through the edge's public port.
+func (s *Server) MetricsHandler() http.Handler {
+	return promhttp.HandlerFor(s.opts.Registry, promhttp.HandlerOpts{
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelError),
+	})
+}
+
 // access is who may call a route.
 type access int
 
@@ -224,8 +254,6 @@ func (s *Server) routes() http.Handler {
 	handle("GET /health/readiness", public, s.readiness)
 	handle("GET /health/health", public, s.healthReport)
 	handle("GET /api/v1/health", public, s.healthReport)
-	metricsHandler := promhttp.HandlerFor(s.opts.Registry, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelError)})
-	mux.Handle("GET /metrics", s.adaptHTTP("GET /metrics", metricsHandler))
 
 	handle("GET /api/v1/processes", member, s.listProcesses)
 	handle("GET /api/v1/processes/{pid}", member, s.getProcess)
@@ -290,7 +318,7 @@ func (s *Server) adapt(pattern string, acc access, h handler) http.Handler {
 		c.info.route = route
 		res, err := s.admit(c, acc)
 		if c.key != nil { // authenticated, even if then forbidden: it counts
-			v := s.limiter.Take(c.key.ID, class)
+			v := s.limiter.Allow(r.Context(), c.limitKey, class)
 			v.SetHeaders(w.Header())
 			if !v.Allowed {
 				err = tooManyRequests(v)
@@ -330,15 +358,6 @@ func uuidParams(pattern string) []string {
 	}
 }
 
-// adaptHTTP labels a plain http.Handler's route for the log and metrics.
-func (s *Server) adaptHTTP(pattern string, h http.Handler) http.Handler {
-	route := routeOf(pattern)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		infoOf(r).route = route
-		h.ServeHTTP(w, r)
-	})
-}
-
 // admit checks, before a handler runs, that this partition owns the
 // request's process and that the caller may use the route.
 func (s *Server) admit(c *call, acc access) (result, error) {
@@ -348,11 +367,12 @@ func (s *Server) admit(c *call, acc access) (result, error) {
 	if err := s.checkOwner(c.r); err != nil {
 		return result{}, err
 	}
-	key, err := s.authenticate(c.r.Context(), c.r)
+	rec, err := s.authenticate(c.r.Context(), c.r)
 	if err != nil {
 		return result{}, err
 	}
-	c.key = key
+	key := &rec.APIKey
+	c.key, c.limitKey = key, limitKeyOf(rec.Hash)
 	c.info.keyID = key.ID
 	c.info.userID = key.user()
 	if acc == admin && key.Role != RoleAdmin {

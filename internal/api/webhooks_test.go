@@ -189,7 +189,7 @@ func quick(o *api.Options) {
 // at 0 from the start.
 func TestWebhookCRUD(t *testing.T) {
 	e := newEnv(t)
-	metrics := string(must(t, e.do(req{method: "GET", path: "/metrics"}), 200).body)
+	metrics := e.metrics()
 	for _, r := range []string{"success", "failure", "breaker_open", "dropped"} {
 		if want := `flow_webhook_deliveries_total{result="` + r + `"} 0`; !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %s", want)
