@@ -25,7 +25,7 @@ type call struct {
 	// another id in each embedded store) and the secret's own lookup hash
 	// never leaves the store.
 	limitKey string
-	body []byte  // the request body, read by write routes
+	body     []byte // the request body, read by write routes
 }
 
 // handler is a route's logic: it returns what to answer, or an error that

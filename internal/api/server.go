@@ -15,14 +15,14 @@ import (
 
 	"github.com/flowedge/flowedge/internal/api/jobs"
 	"github.com/flowedge/flowedge/internal/api/webhook"
+	"github.com/flowedge/flowedge/internal/objstore"
 	"github.com/flowedge/flowedge/internal/outbound"
 	"github.com/flowedge/flowedge/internal/partition"
-	"github.com/flowedge/flowedge/internal/objstore"
 	"github.com/flowedge/flowedge/internal/ratelimit"
-	"github.com/redis/go-redis/v9"
 	"github.com/microcosm-cc/bluemonday"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
 	"github.com/rs/cors"
 )
 
