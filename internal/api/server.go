@@ -293,6 +293,9 @@ func (s *Server) routes() http.Handler {
 	handle("GET /api/v1/channels/{id}/posts", member, s.listPosts)
 	handle("GET /api/v1/channels/{id}/posts/{post_id}", member, s.getPost)
 
+	handle("POST /api/v1/media", member, s.uploadMedia)
+	handle("GET /api/v1/media/{id}", member, s.getMedia)
+
 	handle("GET /api/v1/audit", admin, s.listAudit)
 	return s.outer(mux)
 }
