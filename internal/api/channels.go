@@ -54,7 +54,7 @@ type Post struct {
 	Content   string    `json:"content"`
 	Media     []Media   `json:"media,omitempty"`
 	MediaIDs  []string  `json:"media_ids,omitempty"` // uploads (POST /api/v1/media) of the author
-	Author    string    `json:"author"` // user id
+	Author    string    `json:"author"`              // user id
 	KeyID     string    `json:"key_id"`
 	CreatedAt time.Time `json:"created_at"`
 }
