@@ -637,7 +637,7 @@ mode = "proxy"
 		want         int64
 	}{
 		{"POST", "/api/v1/media", 10 << 20},
-		{"GET", "/api/v1/media/x", def},   // method not listed
+		{"GET", "/api/v1/media/x", def},    // method not listed
 		{"POST", "/api/v1/reports/1", def}, // route without its own limit
 		{"POST", "/x", def},
 	} {
