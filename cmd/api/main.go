@@ -58,19 +58,12 @@ func main() {
 // run is the whole process: configuration, wiring, serving until ctx ends
 // (a signal), then a graceful shutdown. Logs go to logw as JSON lines.
 func run(ctx context.Context, args []string, getenv func(string) string, logw io.Writer) int {
-	cfg, err := loadConfig(args, getenv, logw)
-	switch {
-	case errors.Is(err, flag.ErrHelp):
-		return exitOK
-	case errors.Is(err, errUsage):
-		fmt.Fprintln(logw, "api:", err)
-		return exitUsage
-	case err != nil:
-		fmt.Fprintln(logw, "api: bad configuration:")
-		for _, line := range splitJoined(err) {
-			fmt.Fprintln(logw, "  "+line)
-		}
-		return exitConfig
+	if len(args) > 0 && (args[0] == "backup" || args[0] == "restore") {
+		return runTool(ctx, args[0], args[1:], getenv, logw)
+	}
+	cfg, code := configOrExit(args, getenv, logw)
+	if code >= 0 {
+		return code
 	}
 	level, _ := parseLevel(cfg.LogLevel)
 	log := slog.New(slog.NewJSONHandler(logw, &slog.HandlerOptions{Level: level}))
@@ -201,6 +194,26 @@ func run(ctx context.Context, args []string, getenv func(string) string, logw io
 	}
 	log.Info("stopped")
 	return exitOK
+}
+
+// configOrExit loads the configuration; on a problem it reports it and
+// returns the exit code, else -1.
+func configOrExit(args []string, getenv func(string) string, logw io.Writer) (config, int) {
+	cfg, err := loadConfig(args, getenv, logw)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		return cfg, exitOK
+	case errors.Is(err, errUsage):
+		fmt.Fprintln(logw, "api:", err)
+		return cfg, exitUsage
+	case err != nil:
+		fmt.Fprintln(logw, "api: bad configuration:")
+		for _, line := range splitJoined(err) {
+			fmt.Fprintln(logw, "  "+line)
+		}
+		return cfg, exitConfig
+	}
+	return cfg, -1
 }
 
 // redisOption is rdb as an Options.Redis: nil stays a nil interface.

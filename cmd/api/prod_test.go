@@ -1,12 +1,19 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -119,5 +126,81 @@ func waitHealth(t *testing.T, p *proc, code int, status string, ok func(healthRe
 			t.Fatalf("health never answered %d %s; last: %s", code, status, last)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// runBin runs the binary with args and env to its end (at most a minute)
+// and returns its exit code, stdout and stderr.
+func runBin(t *testing.T, bin string, env []string, args ...string) (int, string, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Env = append(append(os.Environ(), "HOSTNAME="), env...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	if err != nil {
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) {
+			t.Fatalf("%v: %v", args, err)
+		}
+		code = ee.ExitCode()
+	}
+	return code, stdout.String(), stderr.String()
+}
+
+// TestBackupRestore: `api backup` writes the stopped store to the meta
+// bucket of a real S3 server; `api restore` into an empty directory gives
+// back every process with every event, and the api serves them.
+func TestBackupRestore(t *testing.T) {
+	bin := buildAPI(t)
+	s3 := s3test.Start(t, "flow-content", "flow-meta")
+	env := s3.Env("flow-content", "flow-meta")
+	data := filepath.Join(t.TempDir(), "data")
+	p := startAPIEnv(t, bin, data, env)
+	want := map[string]string{}
+	for i := range 20 {
+		pid := fmt.Sprintf("proc-%02d", i)
+		for j := range i%4 + 1 {
+			p.mustCall(201, "POST", "/api/v1/processes/"+pid+"/events", map[string]any{"type": "step", "n": j},
+				map[string]string{"X-Process-ID": pid}, nil)
+		}
+		want[pid] = string(p.mustCall(200, "GET", "/api/v1/processes/"+pid+"/events", nil, map[string]string{"X-Process-ID": pid}, nil))
+	}
+	if code := p.stop(syscall.SIGTERM); code != 0 {
+		t.Fatalf("api exited %d", code)
+	}
+
+	code, out, errOut := runBin(t, bin, env, "backup", "-data-dir", data)
+	if code != 0 || !strings.HasPrefix(strings.TrimSpace(out), "backups/partition-0/") {
+		t.Fatalf("backup: exit %d, stdout %q\n%s", code, out, errOut)
+	}
+	key := strings.TrimSpace(out)
+	if _, err := os.Stat(filepath.Join(s3.Root, "flow-meta", key)); err != nil {
+		t.Fatalf("the backup is not in the meta bucket: %v", err)
+	}
+
+	restored := filepath.Join(t.TempDir(), "restored")
+	if code, _, errOut := runBin(t, bin, env, "restore", "-data-dir", restored); code != 0 {
+		t.Fatalf("restore: exit %d\n%s", code, errOut)
+	}
+	// Restoring again over the restored store is refused.
+	if code, _, errOut := runBin(t, bin, env, "restore", "-data-dir", restored, "-from", key); code == 0 {
+		t.Fatalf("a restore over a store succeeded:\n%s", errOut)
+	}
+
+	q := startAPIEnv(t, bin, restored, env)
+	for pid, events := range want {
+		got := string(q.mustCall(200, "GET", "/api/v1/processes/"+pid+"/events", nil, map[string]string{"X-Process-ID": pid}, nil))
+		if got != events {
+			t.Fatalf("%s after restore:\n%s\nwant\n%s", pid, got, events)
+		}
+	}
+	var list struct{ Items []json.RawMessage }
+	q.mustCall(200, "GET", "/api/v1/processes?limit=100", nil, nil, &list)
+	if len(list.Items) != len(want) {
+		t.Fatalf("%d processes after restore, want %d", len(list.Items), len(want))
 	}
 }
