@@ -53,6 +53,8 @@ test-go:
 ## bench: buffer and end-to-end benchmarks against same-run baselines (see docs/benchmarks.md)
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./internal/buffer/ ./internal/partition/
+	$(GO) test -run '^$$' -bench 'Append' -benchtime 2s ./internal/api/ ./internal/api/store/badgerstore/ ./internal/api/store/pgstore/
+	FLOW_API_BENCH=1 $(GO) test -run TestPacedLatency -v ./internal/api/
 	$(GO) run ./bench/e2e -duration 10s -connections 64 -edge-bin $(BIN)/edge
 
 ## reliability: the e2e suite (real binaries, real faults); writes its figures into docs/reliability.md

@@ -49,6 +49,7 @@ type config struct {
 	// provider's variables (environment only: they hold secrets).
 	storage         objstore.Config
 	partitionSource string // where Partition came from, for the start-up log
+	shared          bool   // DATABASE_URL is set: the database's partition count rules, Partition may exceed Partitions
 }
 
 func defaultConfig() config {
@@ -239,6 +240,7 @@ func loadConfig(args []string, getenv func(string) string, usage io.Writer) (con
 		problems = append(problems, err)
 	}
 	cfg.storage = storage
+	cfg.shared = getenv("DATABASE_URL") != ""
 
 	if partitionSource == "" {
 		host := getenv("HOSTNAME")
@@ -303,7 +305,7 @@ func (c config) validate() []error {
 	}
 	if c.Partitions < 1 {
 		bad("partitions", "must be at least 1, got %d", c.Partitions)
-	} else if c.partitionSource != "" && (c.Partition < 0 || c.Partition >= c.Partitions) {
+	} else if c.partitionSource != "" && (c.Partition < 0 || (c.Partition >= c.Partitions && !c.shared)) {
 		bad("partition", "must be from 0 to %d (partitions = %d), got %d", c.Partitions-1, c.Partitions, c.Partition)
 	}
 	if strings.TrimSpace(c.DataDir) == "" {

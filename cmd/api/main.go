@@ -1,11 +1,13 @@
 // Command api is the api-flow backend: the Flow API (processes, events,
 // workflows, jobs, apps, API keys) and its health checks, one process per
-// partition behind the edge. All state lives in an embedded Badger store
-// under -data-dir.
+// partition behind the edge. State lives in an embedded Badger store under
+// -data-dir, or, when DATABASE_URL is set, in PostgreSQL (or CockroachDB),
+// shared by all backends.
 //
 // Usage:
 //
 //	api [-listen :8080] [-partition N] [-partitions M] [-data-dir DIR] [-env development|production] [-config api.toml]
+//	api partitions [show | set N]     (with DATABASE_URL: the shared partition count)
 //
 // Every flag is also read from FLOW_<NAME> (FLOW_DATA_DIR for -data-dir);
 // flags win over the environment, which wins over the -config file. With
@@ -58,6 +60,9 @@ func main() {
 // run is the whole process: configuration, wiring, serving until ctx ends
 // (a signal), then a graceful shutdown. Logs go to logw as JSON lines.
 func run(ctx context.Context, args []string, getenv func(string) string, logw io.Writer) int {
+	if len(args) > 0 && args[0] == "partitions" {
+		return runPartitions(ctx, args[1:], getenv, logw)
+	}
 	if len(args) > 0 && (args[0] == "backup" || args[0] == "restore") {
 		return runTool(ctx, args[0], args[1:], getenv, logw)
 	}
@@ -72,9 +77,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, logw io
 		log.Error("cannot create the data directory", "data_dir", cfg.DataDir, "err", err)
 		return exitFail
 	}
-	store, err := api.OpenBadger(cfg.DataDir, api.BadgerOptions{Logger: log})
+	store, err := openStore(ctx, cfg.DataDir, getenv("DATABASE_URL"), log)
 	if err != nil {
-		log.Error("cannot open the store", "data_dir", cfg.DataDir, "err", err)
+		log.Error("cannot open the store", "data_dir", cfg.DataDir, "database", getenv("DATABASE_URL") != "", "err", err)
 		return exitFail
 	}
 	defer store.Close()

@@ -237,7 +237,12 @@ func TestPodsAreHardened(t *testing.T) {
 						t.Errorf("%s: /data (PVC) and /tmp (emptyDir) must be mounted with a read-only root filesystem", where)
 					}
 				}
-				if !hasClaim(s, "data") {
+				switch shared := usesDatabase(ps); {
+				case shared && hasClaim(s, "data"):
+					t.Errorf("%s: a PVC although the state is in the database (DATABASE_URL)", where)
+				case shared && !hasEmptyDir(ps, "data"):
+					t.Errorf("%s: /data must be an emptyDir when the state is in the database", where)
+				case !shared && !hasClaim(s, "data"):
 					t.Errorf("%s: no volumeClaimTemplate \"data\" (a PVC per pod)", where)
 				}
 			}
@@ -265,6 +270,20 @@ func portNumber(c corev1.Container, name string) int32 {
 
 func mounts(c corev1.Container, path string) bool {
 	return slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return m.MountPath == path })
+}
+
+// usesDatabase reports whether a pod's containers get DATABASE_URL (from a
+// Secret): its state is then in the shared database.
+func usesDatabase(ps corev1.PodSpec) bool {
+	return slices.ContainsFunc(ps.Containers, func(c corev1.Container) bool {
+		return slices.ContainsFunc(c.Env, func(e corev1.EnvVar) bool {
+			return e.Name == "DATABASE_URL" && e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil
+		})
+	})
+}
+
+func hasEmptyDir(ps corev1.PodSpec, name string) bool {
+	return slices.ContainsFunc(ps.Volumes, func(v corev1.Volume) bool { return v.Name == name && v.EmptyDir != nil })
 }
 
 func hasClaim(s *appsv1.StatefulSet, name string) bool {

@@ -1,10 +1,8 @@
 package api
 
 import (
-	"strings"
+	"errors"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/flowedge/flowedge/internal/api/store"
 )
@@ -14,34 +12,14 @@ type App struct {
 	ID          string    `json:"id"`
 	Name        string    `json:"name"`
 	Description string    `json:"description,omitempty"`
+	Owner       string    `json:"owner,omitempty"` // user id of the key that created it; "" (stored before owners) means admin keys only
 	CreatedAt   time.Time `json:"created_at"`
 }
 
-// cleanName trims a required name and checks it: at most 100 characters,
-// no control characters.
-func cleanName(field, v string) (string, error) {
-	return cleanText(field, v, 100, true)
-}
-
-// cleanText trims v and checks it is at most max characters of UTF-8
-// without control characters (newlines and tabs allowed in long text).
-func cleanText(field, v string, max int, required bool) (string, error) {
-	v = strings.TrimSpace(v)
-	if v == "" {
-		if required {
-			return "", badRequest("%s: required", field)
-		}
-		return "", nil
-	}
-	if !utf8.ValidString(v) || utf8.RuneCountInString(v) > max {
-		return "", badRequest("%s: at most %d characters of UTF-8", field, max)
-	}
-	for _, r := range v {
-		if unicode.IsControl(r) && (max <= 100 || (r != '\n' && r != '\t' && r != '\r')) {
-			return "", badRequest("%s: control characters are not allowed", field)
-		}
-	}
-	return v, nil
+// cleanName checks a required name and removes its markup (plainText):
+// at most 100 characters, no control characters.
+func (s *Server) cleanName(field, v string) (string, error) {
+	return plainText(s.text, field, v, 100, true, false)
 }
 
 type appInput struct {
@@ -55,24 +33,25 @@ func (s *Server) createApp(c *call, tx Tx) (result, error) {
 	if err := decodeJSON(c.body, &in); err != nil {
 		return result{}, err
 	}
-	name, err := cleanName("name", in.Name)
+	name, err := s.cleanName("name", in.Name)
 	if err != nil {
 		return result{}, err
 	}
-	desc, err := cleanText("description", in.Description, 1000, false)
+	desc, err := plainText(s.text, "description", in.Description, 1000, false, true)
 	if err != nil {
 		return result{}, err
 	}
-	a := App{ID: store.NewID(), Name: name, Description: desc, CreatedAt: time.Now().UTC()}
+	a := App{ID: store.NewID(), Name: name, Description: desc, Owner: c.key.user(), CreatedAt: time.Now().UTC()}
 	if err := store.PutJSON(tx, store.Key(store.PfxApp, a.ID), a); err != nil {
 		return result{}, err
 	}
 	return created(a, "/api/v1/apps/"+a.ID)
 }
 
-// listApps: GET /api/v1/apps, oldest first.
+// listApps: GET /api/v1/apps, oldest first: the caller's (all for an
+// admin key).
 func (s *Server) listApps(c *call) (result, error) {
-	out, err := listRecords(c.r, s.store, store.PfxApp, func(a App) App { return a })
+	out, err := listRecordsWhere(c.r, s.store, store.PfxApp, func(a App) bool { return ownedBy(a.Owner, c.key) }, func(a App) App { return a })
 	if err != nil {
 		return result{}, err
 	}
@@ -81,7 +60,7 @@ func (s *Server) listApps(c *call) (result, error) {
 
 // getApp: GET /api/v1/apps/{id}.
 func (s *Server) getApp(c *call) (result, error) {
-	a, err := getByID[App](c, s.store, store.PfxApp, "app", nil)
+	a, err := getByID(c, s.store, store.PfxApp, "app", func(a App) bool { return ownedBy(a.Owner, c.key) })
 	if err != nil {
 		return result{}, err
 	}
@@ -94,10 +73,11 @@ func (s *Server) deleteApp(c *call, tx Tx) (result, error) {
 	if err != nil {
 		return result{}, err
 	}
-	if found, err := store.Exists(tx, store.Key(store.PfxApp, id)); err != nil {
-		return result{}, err
-	} else if !found {
+	var a App
+	if err := store.GetJSON(tx, store.Key(store.PfxApp, id), &a); errors.Is(err, ErrNotFound) || (err == nil && !ownedBy(a.Owner, c.key)) {
 		return result{}, notFound("no app %s", id)
+	} else if err != nil {
+		return result{}, err
 	}
 	owns := false
 	if err := tx.Scan(store.Key(store.PfxAppWorkflow, id, ""), nil, func(_, _ []byte) (bool, error) {

@@ -159,6 +159,9 @@ func checkMedia(p *bluemonday.Policy, field string, m Media, production bool) (M
 	if len(raw) > MaxMediaURL || !utf8.ValidString(raw) || strings.IndexFunc(raw, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0 {
 		return Media{}, badRequest("%s.url: at most %d bytes of UTF-8 without spaces or control characters", field, MaxMediaURL)
 	}
+	if strings.ContainsAny(raw, "<>\"'`") { // markup characters: a URL carries them percent-encoded
+		return Media{}, badRequest("%s.url: must not contain < > \" ' or ` (percent-encode them)", field)
+	}
 	u, err := url.Parse(raw)
 	if err != nil {
 		return Media{}, badRequest("%s.url: not a URL: %v", field, err)

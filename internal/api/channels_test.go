@@ -191,6 +191,7 @@ func TestPosts(t *testing.T) {
 		"null item":         map[string]any{"media": []any{nil}},
 		"too many":          map[string]any{"media": strings.Split(strings.Repeat("https://x.example/a,", 11), ",")[:11]},
 		"URL with a space":  map[string]any{"media": []any{"https://x.example/a b"}},
+		"URL with markup":   map[string]any{"media": []any{`https://x.example/a?q="><script>alert(1)</script>`}},
 		"huge URL":          map[string]any{"media": []any{"https://x.example/" + strings.Repeat("a", 2100)}},
 		"unknown field":     map[string]any{"content": "x", "html": true},
 		"content not text":  map[string]any{"content": []int{1}},

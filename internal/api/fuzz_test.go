@@ -94,7 +94,7 @@ func FuzzDecodeKey(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
-		in, err := decodeKey(body)
+		in, err := decodeKey(textPolicy(), body)
 		if !checkDecodeErr(t, body, err) {
 			return
 		}

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/flowedge/flowedge/internal/api"
+	"github.com/flowedge/flowedge/internal/api/store/pgstore"
+	"github.com/flowedge/flowedge/internal/testutil/pgtest"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -33,12 +35,33 @@ type env struct {
 	logs   *syncBuffer
 	client *http.Client
 	closed bool
+	// open opens the store at each start; nil means Badger in dir.
+	open func() (api.Store, error)
 }
 
-// newEnv starts a server; mods adjust its options.
+// newEnv starts a server on a Badger store; mods adjust its options.
 func newEnv(t testing.TB, mods ...func(*api.Options)) *env {
 	t.Helper()
-	e := &env{t: t, dir: t.TempDir(), logs: &syncBuffer{}}
+	return newEnvOn(t, nil, mods...)
+}
+
+// newPGEnv starts a server on a PostgreSQL store (a throwaway server).
+func newPGEnv(t testing.TB, mods ...func(*api.Options)) *env {
+	t.Helper()
+	return newPGEnvWith(t, pgtest.Options{}, mods...)
+}
+
+// newPGEnvWith is newPGEnv on a server started with o.
+func newPGEnvWith(t testing.TB, o pgtest.Options, mods ...func(*api.Options)) *env {
+	t.Helper()
+	url := pgtest.DB(t, o)
+	return newEnvOn(t, func() (api.Store, error) { return pgstore.Open(context.Background(), url, pgstore.Options{}) }, mods...)
+}
+
+// newEnvOn starts a server on the store open opens (nil: Badger).
+func newEnvOn(t testing.TB, open func() (api.Store, error), mods ...func(*api.Options)) *env {
+	t.Helper()
+	e := &env{t: t, dir: t.TempDir(), logs: &syncBuffer{}, open: open}
 	// Limits far above what tests send; tests of the limits set their own.
 	lots := api.Rate{Count: 1_000_000, Per: time.Minute}
 	e.opts = api.Options{BootstrapKey: adminKey, Version: "test-1.0", Workers: 4,
@@ -54,7 +77,11 @@ func newEnv(t testing.TB, mods ...func(*api.Options)) *env {
 
 func (e *env) start() {
 	e.t.Helper()
-	store, err := api.OpenBadger(e.dir, api.BadgerOptions{})
+	open := e.open
+	if open == nil {
+		open = func() (api.Store, error) { return api.OpenBadger(e.dir, api.BadgerOptions{}) }
+	}
+	store, err := open()
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -31,20 +31,29 @@ func (s *Server) createJob(c *call, tx Tx) (result, error) {
 		return result{}, err
 	}
 	var w Workflow
-	if err := store.GetJSON(tx, store.Key(store.PfxWorkflow, in.WorkflowID), &w); errors.Is(err, ErrNotFound) {
+	if err := store.GetJSON(tx, store.Key(store.PfxWorkflow, in.WorkflowID), &w); errors.Is(err, ErrNotFound) || (err == nil && !ownedBy(w.Owner, c.key)) {
 		return result{}, unprocessable("workflow_id: no workflow %s", in.WorkflowID)
 	} else if err != nil {
 		return result{}, err
 	}
+	if err := s.checkOwnerTx(tx, pid); err != nil {
+		return result{}, err
+	}
+	if p, err := tx.Process(pid); err == nil && !processVisible(p, c.key) {
+		return result{}, notFound("no process %q", pid)
+	} else if err != nil && !errors.Is(err, ErrNotFound) {
+		return result{}, err
+	}
 	now := time.Now().UTC()
-	p, err := store.LoadProcess(tx, pid, now)
+	p, err := tx.NextJob(pid, c.key.user(), now)
 	if err != nil {
 		return result{}, err
 	}
-	p.Jobs++
-	p.UpdatedAt = now
+	if !processVisible(p, c.key) { // created concurrently by another user
+		return result{}, notFound("no process %q", pid)
+	}
 	j := Job{ID: store.NewID(), Status: JobQueued, WorkflowID: w.ID, ProcessID: pid, Seq: p.Jobs, Input: in.Input,
-		RequestID: c.info.id, CreatedAt: now, Steps: make([]StepRun, len(w.Steps))}
+		RequestID: c.info.id, Owner: c.key.user(), CreatedAt: now, Steps: make([]StepRun, len(w.Steps))}
 	for i, st := range w.Steps {
 		j.Steps[i] = StepRun{Step: st, Status: store.StepPending}
 	}
@@ -58,9 +67,6 @@ func (s *Server) createJob(c *call, tx Tx) (result, error) {
 	if err := tx.Set(store.SeqKey(store.PfxJobQueue, pid, j.Seq), id, 0); err != nil {
 		return result{}, err
 	}
-	if err := store.PutJSON(tx, store.Key(store.PfxProcess, pid), p); err != nil {
-		return result{}, err
-	}
 	res, _ := created(j, "/jobs/"+j.ID)
 	res.after = func() { s.runner.Enqueue(pid, j.ID) }
 	return res, nil
@@ -68,7 +74,7 @@ func (s *Server) createJob(c *call, tx Tx) (result, error) {
 
 // getJob: GET /jobs/{id}.
 func (s *Server) getJob(c *call) (result, error) {
-	j, err := getByID[Job](c, s.store, store.PfxJob, "job", nil)
+	j, err := getByID(c, s.store, store.PfxJob, "job", func(j Job) bool { return ownedBy(j.Owner, c.key) })
 	if err != nil {
 		return result{}, err
 	}
@@ -129,7 +135,7 @@ func (s *Server) listJobs(c *call) (result, error) {
 				}
 				last = j.ID
 			}
-			if status == "" || j.Status == status {
+			if (status == "" || j.Status == status) && ownedBy(j.Owner, c.key) {
 				out.Items = append(out.Items, j)
 			}
 			return true, nil
@@ -146,7 +152,7 @@ func (s *Server) listJobs(c *call) (result, error) {
 // interrupted) and the answer waits for that. Cancelling a cancelled job
 // answers the same again; a job that already succeeded or failed is a 409.
 func (s *Server) cancelJob(c *call) (result, error) {
-	j, err := getByID[Job](c, s.store, store.PfxJob, "job", nil)
+	j, err := getByID(c, s.store, store.PfxJob, "job", func(j Job) bool { return ownedBy(j.Owner, c.key) })
 	if err != nil {
 		return result{}, err
 	}

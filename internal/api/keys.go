@@ -15,6 +15,7 @@ import (
 
 	"github.com/flowedge/flowedge/internal/api/store"
 	"github.com/flowedge/flowedge/internal/httpx"
+	"github.com/microcosm-cc/bluemonday"
 )
 
 // Key roles. An admin key may also manage keys.
@@ -162,12 +163,12 @@ type keyInput struct {
 
 // decodeKey reads and checks a key creation body: a name, a role
 // ("member" if absent) and an optional user id ("" if absent).
-func decodeKey(body []byte) (keyInput, error) {
+func decodeKey(p *bluemonday.Policy, body []byte) (keyInput, error) {
 	var in keyInput
 	if err := decodeJSON(body, &in); err != nil {
 		return keyInput{}, err
 	}
-	name, err := cleanName("name", in.Name)
+	name, err := plainText(p, "name", in.Name, 100, true, false)
 	if err != nil {
 		return keyInput{}, err
 	}
@@ -189,7 +190,7 @@ func decodeKey(body []byte) (keyInput, error) {
 // secret, once. Without user_id the key acts for the creating key's user.
 // The creation is audited ("key.create").
 func (s *Server) createKey(c *call, tx Tx) (result, error) {
-	in, err := decodeKey(c.body)
+	in, err := decodeKey(s.text, c.body)
 	if err != nil {
 		return result{}, err
 	}

@@ -11,6 +11,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/flowedge/flowedge/internal/api/store"
+	"github.com/flowedge/flowedge/internal/partition"
 )
 
 // Process is the state summary of GET /api/v1/processes/{pid}.
@@ -57,20 +58,64 @@ func eventPath(pid string, seq uint64) string {
 	return fmt.Sprintf("/api/v1/processes/%s/events/%d", url.PathEscape(pid), seq)
 }
 
-// appendEvent: POST /api/v1/processes/{pid}/events → 201 Event.
+// processVisible reports whether key k may read and write process p: its
+// owner's keys and admin keys may.
+func processVisible(p store.ProcessRecord, k *APIKey) bool {
+	return k.Role == RoleAdmin || (p.Owner != "" && p.Owner == k.user())
+}
+
+// visibleProcess returns pid's record, or a 404 when it does not exist or
+// the caller may not see it (to whom it does not exist).
+func visibleProcess(tx Tx, c *call, pid string) (store.ProcessRecord, error) {
+	p, err := tx.Process(pid)
+	if errors.Is(err, ErrNotFound) || (err == nil && !processVisible(p, c.key)) {
+		return p, notFound("no process %q", pid)
+	}
+	return p, err
+}
+
+// appendEvent: POST /api/v1/processes/{pid}/events → 201 Event. The first
+// append creates the process, owned by the caller's user; appends by
+// others who may not see it are 404s.
 func (s *Server) appendEvent(c *call, tx Tx) (result, error) {
 	pid := c.r.PathValue("pid")
 	data, typ, err := eventBody(c.body)
 	if err != nil {
 		return result{}, err
 	}
-	ev, err := store.AppendEvent(tx, pid, typ, data, c.info.id, "", time.Now().UTC())
+	ev, err := s.appendEventTx(tx, c, pid, typ, data)
 	if err != nil {
 		return result{}, err
 	}
 	res, _ := created(ev, eventPath(pid, ev.Seq))
 	res.after = s.metrics.events.Inc
 	return res, nil
+}
+
+// appendEventTx appends one event of the request c to pid's log, after
+// checking, in the same transaction, that this partition owns pid under
+// the stored partitioning and that the caller may write to the process.
+func (s *Server) appendEventTx(tx Tx, c *call, pid, typ string, data json.RawMessage) (Event, error) {
+	if err := s.checkOwnerTx(tx, pid); err != nil {
+		return Event{}, err
+	}
+	if p, err := tx.Process(pid); err == nil && !processVisible(p, c.key) {
+		return Event{}, notFound("no process %q", pid)
+	} else if err != nil && !errors.Is(err, ErrNotFound) {
+		return Event{}, err
+	}
+	ev := Event{ProcessID: pid, ID: store.NewID(), Type: typ, Data: data, RequestID: c.info.id, CreatedAt: time.Now().UTC()}
+	p, err := tx.AppendEvent(&ev, c.key.user(), c.info.id)
+	if errors.Is(err, store.ErrDuplicate) {
+		return Event{}, conflict("request %s already appended an event to process %q", c.info.id, pid)
+	}
+	if err != nil {
+		return Event{}, err
+	}
+	if !processVisible(p, c.key) { // created concurrently by another user
+		return Event{}, notFound("no process %q", pid)
+	}
+	return ev, nil
 }
 
 // listEvents: GET /api/v1/processes/{pid}/events?cursor=<seq>&limit= —
@@ -89,24 +134,19 @@ func (s *Server) listEvents(c *call) (result, error) {
 	}
 	out := list[Event]{Items: []Event{}}
 	err = s.store.View(c.r.Context(), func(tx Tx) error {
-		if found, err := store.Exists(tx, store.Key(store.PfxProcess, pid)); err != nil || !found {
-			if err == nil {
-				err = notFound("no process %q", pid)
-			}
+		if _, err := visibleProcess(tx, c, pid); err != nil {
 			return err
 		}
-		return tx.Scan(store.SeqPrefix(store.PfxEvent, pid), store.SeqKey(store.PfxEvent, pid, after+1), func(k, v []byte) (bool, error) {
-			if len(out.Items) == limit {
-				out.NextCursor = strconv.FormatUint(out.Items[limit-1].Seq, 10)
-				return false, nil
-			}
-			var ev Event
-			if err := json.Unmarshal(v, &ev); err != nil {
-				return false, fmt.Errorf("store: decode %q: %w", k, err)
-			}
-			out.Items = append(out.Items, ev)
-			return true, nil
-		})
+		evs, err := tx.Events(pid, after, limit+1)
+		if err != nil {
+			return err
+		}
+		if len(evs) > limit {
+			evs = evs[:limit]
+			out.NextCursor = strconv.FormatUint(evs[limit-1].Seq, 10)
+		}
+		out.Items = evs
+		return nil
 	})
 	if err != nil {
 		return result{}, err
@@ -122,7 +162,13 @@ func (s *Server) getEvent(c *call) (result, error) {
 		return result{}, badRequest("seq: want a positive integer, got %q", c.r.PathValue("seq"))
 	}
 	var ev Event
-	err = s.store.View(c.r.Context(), func(tx Tx) error { return store.GetJSON(tx, store.SeqKey(store.PfxEvent, pid, seq), &ev) })
+	err = s.store.View(c.r.Context(), func(tx Tx) error {
+		if _, err := visibleProcess(tx, c, pid); err != nil {
+			return err
+		}
+		ev, err = tx.Event(pid, seq)
+		return err
+	})
 	if errors.Is(err, ErrNotFound) {
 		return result{}, notFound("process %q has no event %d", pid, seq)
 	}
@@ -144,10 +190,11 @@ func (s *Server) processView(p store.ProcessRecord) Process {
 func (s *Server) getProcess(c *call) (result, error) {
 	pid := c.r.PathValue("pid")
 	var p store.ProcessRecord
-	err := s.store.View(c.r.Context(), func(tx Tx) error { return store.GetJSON(tx, store.Key(store.PfxProcess, pid), &p) })
-	if errors.Is(err, ErrNotFound) {
-		return result{}, notFound("no process %q", pid)
-	}
+	err := s.store.View(c.r.Context(), func(tx Tx) error {
+		var err error
+		p, err = visibleProcess(tx, c, pid)
+		return err
+	})
 	if err != nil {
 		return result{}, err
 	}
@@ -155,33 +202,53 @@ func (s *Server) getProcess(c *call) (result, error) {
 }
 
 // listProcesses: GET /api/v1/processes?cursor=<pid>&limit= — the processes
-// of this partition in id order.
+// in id order: the caller's own, or all for an admin key. With a shared
+// database only those this partition owns are listed.
 func (s *Server) listProcesses(c *call) (result, error) {
 	cursor, limit, err := page(c.r)
 	if err != nil {
 		return result{}, err
 	}
-	var from []byte
 	if cursor != "" {
 		if err := validPID("cursor", cursor); err != nil {
 			return result{}, err
 		}
-		from = append(store.Key(store.PfxProcess, cursor), 0)
+	}
+	owner := c.key.user()
+	if c.key.Role == RoleAdmin {
+		owner = ""
 	}
 	out := list[Process]{Items: []Process{}}
 	err = s.store.View(c.r.Context(), func(tx Tx) error {
-		return tx.Scan([]byte(store.PfxProcess), from, func(k, v []byte) (bool, error) {
-			if len(out.Items) == limit {
-				out.NextCursor = out.Items[limit-1].ID
-				return false, nil
+		part, err := s.partitioning(tx)
+		if err != nil {
+			return err
+		}
+		const batch = 256
+		var items []store.ProcessRecord
+		for after := cursor; ; {
+			ps, err := tx.Processes(after, owner, batch)
+			if err != nil {
+				return err
 			}
-			var p store.ProcessRecord
-			if err := json.Unmarshal(v, &p); err != nil {
-				return false, fmt.Errorf("store: decode %q: %w", k, err)
+			for _, p := range ps {
+				if partition.OfString(p.ID, part.Count) == s.opts.Partition {
+					items = append(items, p)
+				}
 			}
+			if len(ps) < batch || len(items) > limit {
+				break
+			}
+			after = ps[len(ps)-1].ID
+		}
+		if len(items) > limit {
+			items = items[:limit]
+			out.NextCursor = items[limit-1].ID
+		}
+		for _, p := range items {
 			out.Items = append(out.Items, s.processView(p))
-			return true, nil
-		})
+		}
+		return nil
 	})
 	if err != nil {
 		return result{}, err

@@ -8,6 +8,13 @@ import (
 	"github.com/flowedge/flowedge/internal/api/store"
 )
 
+// ownedBy reports whether key k may see and change a resource of user
+// owner: keys of that user and admin keys may; a resource stored before
+// owners (owner "") is for admin keys only.
+func ownedBy(owner string, k *APIKey) bool {
+	return k.Role == RoleAdmin || (owner != "" && owner == k.user())
+}
+
 // getByID reads the JSON record stored under prefix for the request's {id}
 // path value. A missing record, or one that visible (when not nil) says the
 // caller may not see, is a 404 "no <what> <id>".

@@ -14,6 +14,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/flowedge/flowedge/internal/api/jobs"
+	"github.com/flowedge/flowedge/internal/api/store"
 	"github.com/flowedge/flowedge/internal/api/webhook"
 	"github.com/flowedge/flowedge/internal/objstore"
 	"github.com/flowedge/flowedge/internal/outbound"
@@ -34,7 +35,15 @@ type Options struct {
 	// Partition is this backend's ordinal in [0, Partitions).
 	Partition int
 	// Partitions is how many partitions share the processes; 0 means 1.
+	// With a shared store (store.Shared: PostgreSQL) the count stored there
+	// rules: Partitions only initialises it when none is stored yet, and
+	// Partition may be beyond it (a pod added before the count was raised
+	// serves nothing until then).
 	Partitions int
+	// PartitionRefresh is how often the shared store's partitioning is
+	// read again; 0 means 2s. Writes check it in their own transaction
+	// whatever this is.
+	PartitionRefresh time.Duration
 	// Production turns on production rules: HSTS, and outbound (http step
 	// and webhook) URLs must be HTTPS and must not reach loopback, private
 	// or link-local addresses, checked again at dial time.
@@ -113,6 +122,9 @@ type Server struct {
 	cors     *cors.Cors          // CORS policy of Options.AppURLs
 	text     *bluemonday.Policy  // removes HTML from user text
 	draining atomic.Bool
+	part     atomic.Pointer[store.Partitioning] // the shared store's, as last read; nil without one
+	stopBG   context.CancelFunc                 // ends the background loops
+	bg       sync.WaitGroup
 
 	closeOnce sync.Once
 	closeErr  error
@@ -128,8 +140,12 @@ func New(opts Options) (*Server, error) {
 	if opts.Partitions == 0 {
 		opts.Partitions = 1
 	}
-	if opts.Partitions < 1 || opts.Partition < 0 || opts.Partition >= opts.Partitions {
+	shared, isShared := opts.Store.(store.Shared)
+	if opts.Partitions < 1 || opts.Partition < 0 || (!isShared && opts.Partition >= opts.Partitions) {
 		return nil, fmt.Errorf("api: partition %d is not in [0, %d)", opts.Partition, opts.Partitions)
+	}
+	if opts.PartitionRefresh <= 0 {
+		opts.PartitionRefresh = 2 * time.Second
 	}
 	if opts.Version == "" {
 		opts.Version = "dev"
@@ -180,6 +196,16 @@ func New(opts Options) (*Server, error) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	if isShared {
+		p, err := shared.InitPartitioning(ctx, opts.Partitions)
+		if err != nil {
+			return nil, fmt.Errorf("api: read the partitioning: %w", err)
+		}
+		if p.Count != opts.Partitions {
+			s.log.Warn("the database's partition count rules, not the flag", "partitions", p.Count, "epoch", p.Epoch, "flag_partitions", opts.Partitions)
+		}
+		s.part.Store(&p)
+	}
 	if opts.BootstrapKey != "" {
 		if err := s.ensureBootstrapKey(ctx, opts.BootstrapKey); err != nil {
 			return nil, err
@@ -187,13 +213,13 @@ func New(opts Options) (*Server, error) {
 	}
 	s.breakers = outbound.NewBreakers(opts.Webhooks.BreakerCooldown)
 	s.metrics = newMetrics(opts.Registry, s)
-	s.runner = jobs.New(jobs.Config{Store: s.store, Workers: opts.Workers, MaxRuns: opts.MaxJobRuns,
+	s.runner = jobs.New(jobs.Config{Store: s.store, Workers: opts.Workers, MaxRuns: opts.MaxJobRuns, Owns: s.owns,
 		Production: opts.Production, Version: opts.Version, HTTPClient: opts.HTTPClient, Breakers: s.breakers,
 		Lock: s.locks.lock, Emit: s.emit, Log: s.log,
 		Metrics: jobs.Metrics{Events: s.metrics.events, Finished: s.metrics.jobsFinished, Duration: s.metrics.jobDuration}})
 	s.hooks = webhook.New(webhook.Config{Store: s.store, Options: opts.Webhooks, Production: opts.Production,
 		Resolver: opts.Resolver, Breakers: s.breakers, Version: opts.Version, Log: s.log,
-		Deliveries: s.metrics.webhookDeliveries})
+		Deliveries: s.metrics.webhookDeliveries, ReloadEvery: sharedReload(isShared)})
 	if err := s.hooks.Reload(ctx); err != nil {
 		return nil, err
 	}
@@ -204,6 +230,12 @@ func New(opts Options) (*Server, error) {
 	s.handler = s.routes()
 	s.runner.Start()
 	s.hooks.Start()
+	bgCtx, stopBG := context.WithCancel(context.Background())
+	s.stopBG = stopBG
+	if isShared {
+		s.bg.Add(1)
+		go s.watchPartitions(bgCtx, shared, opts.PartitionRefresh)
+	}
 	return s, nil
 }
 
@@ -221,6 +253,8 @@ func (s *Server) Drain() { s.draining.Store(true) }
 func (s *Server) Close(ctx context.Context) error {
 	s.closeOnce.Do(func() {
 		s.Drain()
+		s.stopBG()
+		s.bg.Wait()
 		s.closeErr = errors.Join(s.runner.Stop(ctx), s.hooks.Stop(ctx))
 	})
 	return s.closeErr
@@ -397,14 +431,109 @@ func (s *Server) checkOwner(r *http.Request) error {
 		if err := validPID(src.name, src.pid); err != nil {
 			return err
 		}
-		if owner := partition.OfString(src.pid, s.opts.Partitions); owner != s.opts.Partition {
-			return misdirected(src.pid, owner, s.opts.Partition, s.opts.Partitions)
+		count := s.partitions().Count
+		if owner := partition.OfString(src.pid, count); owner != s.opts.Partition {
+			return misdirected(src.pid, owner, s.opts.Partition, count)
 		}
 	}
 	if header != "" && path != "" && header != path {
 		return badRequest("X-Process-ID %q does not match the process %q in the path", header, path)
 	}
 	return nil
+}
+
+// partitions is the partitioning this backend serves under: the shared
+// store's, as last read (refreshed every Options.PartitionRefresh), else
+// Options.Partitions.
+func (s *Server) partitions() store.Partitioning {
+	if p := s.part.Load(); p != nil {
+		return *p
+	}
+	return store.Partitioning{Count: s.opts.Partitions}
+}
+
+// owns reports whether this partition owns pid under the partitioning
+// read in tx (see checkOwnerTx).
+func (s *Server) owns(tx Tx, pid string) (bool, error) {
+	p, err := s.partitioning(tx)
+	return err == nil && partition.OfString(pid, p.Count) == s.opts.Partition, err
+}
+
+// partitioning is the partitioning read in tx: the stored one, or, for a
+// store that keeps none, Options.Partitions.
+func (s *Server) partitioning(tx Tx) (store.Partitioning, error) {
+	p, err := tx.Partitioning()
+	if err != nil || p.Count > 0 {
+		return p, err
+	}
+	return store.Partitioning{Count: s.opts.Partitions}, nil
+}
+
+// checkOwnerTx refuses (421) to write to pid unless this partition owns it
+// under the partitioning read in tx. Every write to a process checks it in
+// its own transaction, so two backends can never both write to one process
+// under different counts: a change of the count conflicts with the write
+// and one of them is retried.
+func (s *Server) checkOwnerTx(tx Tx, pid string) error {
+	p, err := s.partitioning(tx)
+	if err != nil {
+		return err
+	}
+	if owner := partition.OfString(pid, p.Count); owner != s.opts.Partition {
+		if cur := s.part.Load(); cur == nil || cur.Epoch < p.Epoch {
+			s.part.Store(&p) // learnt early: the refresh loop would see it soon
+		}
+		return misdirected(pid, owner, s.opts.Partition, p.Count)
+	}
+	return nil
+}
+
+// watchPartitions reloads the shared partitioning every interval until ctx
+// ends; a change is logged, and the job runner takes up the queued jobs of
+// the processes this partition now owns.
+func (s *Server) watchPartitions(ctx context.Context, sh store.Shared, interval time.Duration) {
+	defer s.bg.Done()
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		var p store.Partitioning
+		rctx, cancel := context.WithTimeout(ctx, DatabaseTimeout)
+		err := sh.View(rctx, func(tx Tx) error {
+			var err error
+			p, err = tx.Partitioning()
+			return err
+		})
+		cancel()
+		if err != nil {
+			if ctx.Err() == nil {
+				s.log.Warn("cannot read the partitioning; serving under the last one read", "err", err)
+			}
+			continue
+		}
+		old := s.partitions()
+		if p.Count < 1 || p == old {
+			continue
+		}
+		s.part.Store(&p)
+		s.log.Info("partitioning changed", "partitions", p.Count, "epoch", p.Epoch, "was_partitions", old.Count, "was_epoch", old.Epoch)
+		if err := s.runner.Recover(ctx); err != nil && ctx.Err() == nil {
+			s.log.Error("cannot take up the queued jobs after a partitioning change", "err", err)
+		}
+	}
+}
+
+// sharedReload is how often the webhook list is re-read: every 10 s when
+// other backends share the store (they may change it), else never.
+func sharedReload(shared bool) time.Duration {
+	if shared {
+		return 10 * time.Second
+	}
+	return 0
 }
 
 // MaxPIDBytes bounds a process id.

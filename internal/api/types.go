@@ -16,6 +16,7 @@ type (
 	Step          = store.Step
 	Event         = store.Event
 	Webhook       = store.Webhook
+	Partitioning  = store.Partitioning
 )
 
 // Store errors, tested with errors.Is.

@@ -24,6 +24,7 @@ type Workflow struct {
 	Name      string    `json:"name"`
 	AppID     string    `json:"app_id,omitempty"`
 	Steps     []Step    `json:"steps"`
+	Owner     string    `json:"owner,omitempty"` // user id of the key that created it; "" (stored before owners) means admin keys only
 	CreatedAt time.Time `json:"created_at"`
 }
 
@@ -93,7 +94,7 @@ func (s *Server) createWorkflow(c *call, tx Tx) (result, error) {
 	if err := decodeJSON(c.body, &in); err != nil {
 		return result{}, err
 	}
-	name, err := cleanName("name", in.Name)
+	name, err := s.cleanName("name", in.Name)
 	if err != nil {
 		return result{}, err
 	}
@@ -109,13 +110,14 @@ func (s *Server) createWorkflow(c *call, tx Tx) (result, error) {
 		if err := validUUID("app_id", in.AppID); err != nil {
 			return result{}, err
 		}
-		if found, err := store.Exists(tx, store.Key(store.PfxApp, in.AppID)); err != nil {
-			return result{}, err
-		} else if !found {
+		var a App
+		if err := store.GetJSON(tx, store.Key(store.PfxApp, in.AppID), &a); errors.Is(err, ErrNotFound) || (err == nil && !ownedBy(a.Owner, c.key)) {
 			return result{}, unprocessable("app_id: no app %s", in.AppID)
+		} else if err != nil {
+			return result{}, err
 		}
 	}
-	w := Workflow{ID: store.NewID(), Name: name, AppID: in.AppID, Steps: in.Steps, CreatedAt: time.Now().UTC()}
+	w := Workflow{ID: store.NewID(), Name: name, AppID: in.AppID, Steps: in.Steps, Owner: c.key.user(), CreatedAt: time.Now().UTC()}
 	if err := store.PutJSON(tx, store.Key(store.PfxWorkflow, w.ID), w); err != nil {
 		return result{}, err
 	}
@@ -127,9 +129,10 @@ func (s *Server) createWorkflow(c *call, tx Tx) (result, error) {
 	return created(w, "/api/v1/workflows/"+w.ID)
 }
 
-// listWorkflows: GET /api/v1/workflows, oldest first.
+// listWorkflows: GET /api/v1/workflows, oldest first: the caller's (all
+// for an admin key).
 func (s *Server) listWorkflows(c *call) (result, error) {
-	out, err := listRecords(c.r, s.store, store.PfxWorkflow, func(w Workflow) Workflow { return w })
+	out, err := listRecordsWhere(c.r, s.store, store.PfxWorkflow, func(w Workflow) bool { return ownedBy(w.Owner, c.key) }, func(w Workflow) Workflow { return w })
 	if err != nil {
 		return result{}, err
 	}
@@ -138,7 +141,7 @@ func (s *Server) listWorkflows(c *call) (result, error) {
 
 // getWorkflow: GET /api/v1/workflows/{id}.
 func (s *Server) getWorkflow(c *call) (result, error) {
-	w, err := getByID[Workflow](c, s.store, store.PfxWorkflow, "workflow", nil)
+	w, err := getByID(c, s.store, store.PfxWorkflow, "workflow", func(w Workflow) bool { return ownedBy(w.Owner, c.key) })
 	if err != nil {
 		return result{}, err
 	}
@@ -153,7 +156,7 @@ func (s *Server) deleteWorkflow(c *call, tx Tx) (result, error) {
 		return result{}, err
 	}
 	var w Workflow
-	if err := store.GetJSON(tx, store.Key(store.PfxWorkflow, id), &w); errors.Is(err, ErrNotFound) {
+	if err := store.GetJSON(tx, store.Key(store.PfxWorkflow, id), &w); errors.Is(err, ErrNotFound) || (err == nil && !ownedBy(w.Owner, c.key)) {
 		return result{}, notFound("no workflow %s", id)
 	} else if err != nil {
 		return result{}, err

@@ -45,8 +45,13 @@ type Config struct {
 	HTTPClient *http.Client
 	// Breakers are the per-host circuit breakers http steps go through.
 	Breakers *outbound.Breakers
-	// Lock serialises the writers of one process (its event log); nil
-	// means no lock.
+	// Owns reports whether this backend owns pid under the partitioning
+	// read in tx; nil means it owns every process. Jobs are taken up, started
+	// and append events only where it says so, in the same transaction.
+	Owns func(tx store.Tx, pid string) (bool, error)
+	// Lock serialises the writers of one process on this backend, which
+	// spares conflicts (correctness does not depend on it); nil means no
+	// lock.
 	Lock func(pid string) (unlock func())
 	// Emit receives job.succeeded, job.failed and job.cancelled after the
 	// job's end has committed; nil drops them.
@@ -68,6 +73,7 @@ type Metrics struct {
 var (
 	errJobCancelled = errors.New("job cancelled")
 	errShutdown     = errors.New("server shutting down")
+	errMoved        = errors.New("the job's process moved to another partition")
 )
 
 // Runner runs jobs on a fixed pool of workers. Jobs of one process run one
@@ -114,6 +120,9 @@ func New(cfg Config) *Runner {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Owns == nil {
+		cfg.Owns = func(store.Tx, string) (bool, error) { return true, nil }
+	}
 	if cfg.Lock == nil {
 		cfg.Lock = func(string) func() { return func() {} }
 	}
@@ -130,15 +139,33 @@ func (r *Runner) emit(event, owner string, data any) {
 	}
 }
 
-// Recover queues again, in their order, the jobs that were queued or
-// running when the store was last used.
+// Recover queues, in their order, the unfinished jobs of the processes
+// this backend owns: at start, the jobs that were queued or running when
+// the store was last used; after a change of the partitioning, also those
+// of the processes that moved here. Jobs it has queued already are not
+// queued twice, and queued jobs of processes it no longer owns are dropped
+// from memory (they stay queued in the store, for their new owner).
 func (r *Runner) Recover(ctx context.Context) error {
+	type entry struct{ pid, id string }
+	var found []entry
 	var stale []store.Job
+	owned := map[string]bool{}
 	err := r.cfg.Store.View(ctx, func(tx store.Tx) error {
+		found, stale = found[:0], stale[:0]
 		return tx.Scan([]byte(store.PfxJobQueue), nil, func(k, v []byte) (bool, error) {
 			pid, _, err := store.SplitSeqKey(store.PfxJobQueue, k)
 			if err != nil {
 				return false, err
+			}
+			own, seen := owned[pid]
+			if !seen {
+				if own, err = r.cfg.Owns(tx, pid); err != nil {
+					return false, err
+				}
+				owned[pid] = own
+			}
+			if !own {
+				return true, nil
 			}
 			var j store.Job
 			if err := store.GetJSON(tx, store.Key(store.PfxJob, string(v)), &j); err != nil {
@@ -148,11 +175,7 @@ func (r *Runner) Recover(ctx context.Context) error {
 				stale = append(stale, j)
 				return true, nil
 			}
-			r.pending[pid] = append(r.pending[pid], j.ID)
-			if len(r.pending[pid]) == 1 {
-				r.ready = append(r.ready, pid)
-			}
-			r.queued++
+			found = append(found, entry{pid, j.ID})
 			return true, nil
 		})
 	})
@@ -164,8 +187,34 @@ func (r *Runner) Recover(ctx context.Context) error {
 			return err
 		}
 	}
-	if r.queued > 0 {
-		r.log.Info("jobs queued again after restart", "jobs", r.queued, "processes", len(r.pending))
+	added := 0
+	r.mu.Lock()
+	for pid, q := range r.pending {
+		if !owned[pid] {
+			delete(r.pending, pid)
+			r.queued -= len(q)
+		}
+	}
+	for pid, id := range r.busy {
+		if own, seen := owned[pid]; seen && !own {
+			r.running[id].cancel(errMoved) // stays "running" in the store: its new owner resumes it
+		}
+	}
+	for _, e := range found {
+		if _, running := r.running[e.id]; running || slices.Contains(r.pending[e.pid], e.id) {
+			continue
+		}
+		r.pending[e.pid] = append(r.pending[e.pid], e.id)
+		if _, busy := r.busy[e.pid]; !busy && len(r.pending[e.pid]) == 1 {
+			r.ready = append(r.ready, e.pid)
+		}
+		r.queued++
+		added++
+	}
+	r.mu.Unlock()
+	if added > 0 {
+		r.log.Info("jobs queued again after restart or partitioning change", "jobs", added)
+		r.signal()
 	}
 	return nil
 }
@@ -357,7 +406,7 @@ func (r *Runner) markCancelled(ctx context.Context, id string) (store.Job, error
 	})
 	if err == nil && changed {
 		r.cfg.Metrics.Finished.WithLabelValues(store.JobCancelled).Inc()
-		r.emit(jobEvent(store.JobCancelled), "", j)
+		r.emit(jobEvent(store.JobCancelled), j.Owner, j)
 	}
 	return j, err
 }
@@ -393,6 +442,8 @@ func (r *Runner) execute(rn *run) {
 			continue
 		}
 		switch cause := context.Cause(rn.ctx); {
+		case errors.Is(err, errMoved), errors.Is(cause, errMoved):
+			r.log.Info("job interrupted: its process moved to another partition, where it resumes", "job_id", j.ID, "step", i)
 		case errors.Is(cause, errShutdown), errors.Is(err, store.ErrStoreClosed):
 			r.log.Info("job interrupted by shutdown; it resumes at the next start", "job_id", j.ID, "step", i)
 		case errors.Is(cause, errJobCancelled):
@@ -422,6 +473,12 @@ func (r *Runner) begin(rn *run) (j store.Job, ok bool) {
 		if store.FinalStatus(j.Status) {
 			return nil
 		}
+		if own, err := r.cfg.Owns(tx, j.ProcessID); err != nil || !own {
+			if err == nil {
+				err = errMoved
+			}
+			return err
+		}
 		now := time.Now().UTC()
 		switch {
 		case errors.Is(context.Cause(rn.ctx), errJobCancelled):
@@ -440,13 +497,17 @@ func (r *Runner) begin(rn *run) (j store.Job, ok bool) {
 		j.FinishedAt = &now
 		return store.PutJob(tx, &j)
 	})
+	if errors.Is(err, errMoved) {
+		r.log.Info("job not started: its process moved to another partition, which runs it", "job_id", rn.id)
+		return j, false
+	}
 	if err != nil {
 		r.log.Error("cannot start job; it stays queued on disk until the next start", "job_id", rn.id, "err", err)
 		return j, false
 	}
 	if final != "" {
 		r.cfg.Metrics.Finished.WithLabelValues(final).Inc()
-		r.emit(jobEvent(final), "", j)
+		r.emit(jobEvent(final), j.Owner, j)
 	}
 	return j, j.Status == store.JobRunning && final == ""
 }
@@ -482,7 +543,7 @@ func (r *Runner) finish(j *store.Job, failed int, status, msg string) {
 		return
 	}
 	r.cfg.Metrics.Finished.WithLabelValues(status).Inc()
-	r.emit(jobEvent(status), "", *j)
+	r.emit(jobEvent(status), j.Owner, *j)
 	if j.StartedAt != nil {
 		r.cfg.Metrics.Duration.Observe(now.Sub(*j.StartedAt).Seconds())
 	}
@@ -533,11 +594,25 @@ func (r *Runner) step(rn *run, j *store.Job, i int) error {
 		var ev store.Event
 		cp := *st
 		err := r.cfg.Store.Update(ctx, func(tx store.Tx) error {
-			var err error
-			if ev, err = store.AppendEvent(tx, j.ProcessID, st.EventType, data, j.RequestID, j.ID, now); err != nil {
+			if own, err := r.cfg.Owns(tx, j.ProcessID); err != nil || !own {
+				if err == nil {
+					err = errMoved
+				}
 				return err
 			}
-			res, _ := json.Marshal(map[string]any{"seq": ev.Seq, "event_id": ev.ID})
+			ev = store.Event{ProcessID: j.ProcessID, ID: store.NewID(), Type: st.EventType, Data: data,
+				RequestID: j.RequestID, JobID: j.ID, CreatedAt: now}
+			var res json.RawMessage
+			switch _, err := tx.AppendEvent(&ev, j.Owner, fmt.Sprintf("job:%s/%d", j.ID, i)); {
+			case errors.Is(err, store.ErrDuplicate):
+				// Appended by another run of this step (the process moved
+				// while the job ran): the step's effect is there, once.
+				res = json.RawMessage(`{"already_appended":true}`)
+			case err != nil:
+				return err
+			default:
+				res, _ = json.Marshal(map[string]any{"seq": ev.Seq, "event_id": ev.ID})
+			}
 			*st = cp
 			st.Status, st.StartedAt, st.FinishedAt, st.Result = store.StepSucceeded, &now, &now, res
 			return store.PutJob(tx, j)

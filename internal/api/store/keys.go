@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+
+	"github.com/flowedge/flowedge/internal/httpx"
 )
 
 // Key layout. Every collection is a prefix; parts of a key are separated by
@@ -13,6 +15,7 @@ import (
 //
 //	p/<pid>                    Process summary (and the event and job counters)
 //	e/<pid>\x00<seq>           Event
+//	ed/<pid>\x00<dedup>        seq of the event appended under that dedup name
 //	i/<keyid>\x00<kind>\x00<v> idempotency record (with a TTL)
 //	k/<id>                     API key (hash of the secret, never the secret)
 //	kh/<sha256 hex>            key id, for lookup by secret
@@ -26,6 +29,7 @@ import (
 const (
 	PfxProcess     = "p/"
 	PfxEvent       = "e/"
+	PfxEventDedup  = "ed/"
 	PfxIdem        = "i/"
 	PfxKey         = "k/"
 	PfxKeyHash     = "kh/"
@@ -76,6 +80,14 @@ func SplitSeqKey(prefix string, k []byte) (pid string, seq uint64, err error) {
 	return string(rest[:len(rest)-9]), binary.BigEndian.Uint64(rest[len(rest)-8:]), nil
 }
 
+// DecodeJSON decodes the value v of key k into out.
+func DecodeJSON(k, v []byte, out any) error {
+	if err := json.Unmarshal(v, out); err != nil {
+		return fmt.Errorf("store: decode %q: %w", k, err)
+	}
+	return nil
+}
+
 // GetJSON reads key into v; ErrNotFound if absent.
 func GetJSON(tx Tx, key []byte, v any) error {
 	b, err := tx.Get(key)
@@ -89,8 +101,10 @@ func GetJSON(tx Tx, key []byte, v any) error {
 }
 
 // PutJSON writes v at key.
+// Strings keep <, > and & as they are (no HTML escaping), so an event's
+// data is stored as it was sent.
 func PutJSON(tx Tx, key []byte, v any) error {
-	b, err := json.Marshal(v)
+	b, err := httpx.Marshal(v)
 	if err != nil {
 		return err
 	}

@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -43,6 +42,7 @@ type Job struct {
 	Error      string          `json:"error,omitempty"`
 	Runs       int             `json:"runs"` // times started: 1, or more after restarts
 	RequestID  string          `json:"request_id,omitempty"`
+	Owner      string          `json:"owner,omitempty"` // user id of the key that submitted it; "" (stored before owners) means admin keys only
 	CreatedAt  time.Time       `json:"created_at"`
 	StartedAt  *time.Time      `json:"started_at,omitempty"`
 	FinishedAt *time.Time      `json:"finished_at,omitempty"`
@@ -95,11 +95,11 @@ type Step struct {
 	Headers map[string]string `json:"headers,omitempty"`
 }
 
-// ProcessRecord is a process's summary as stored; it also holds the
-// process's counters (LastSeq for events, Jobs for job submissions), so it
-// is only written under the process's lock.
+// ProcessRecord is a process's summary as stored, with its counters
+// (LastSeq for events, Jobs for job submissions).
 type ProcessRecord struct {
 	ID            string     `json:"id"`
+	Owner         string     `json:"owner,omitempty"` // user id of the key that created it; "" (stored before owners) means admin keys only
 	LastSeq       uint64     `json:"last_seq"`
 	LastEventType string     `json:"last_event_type,omitempty"`
 	LastEventAt   *time.Time `json:"last_event_at,omitempty"`
@@ -118,35 +118,6 @@ type Event struct {
 	RequestID string          `json:"request_id,omitempty"`
 	JobID     string          `json:"job_id,omitempty"` // set when a job's event step appended it
 	CreatedAt time.Time       `json:"created_at"`
-}
-
-// LoadProcess returns pid's record, or a fresh one if it has none yet.
-func LoadProcess(tx Tx, pid string, now time.Time) (ProcessRecord, error) {
-	var p ProcessRecord
-	err := GetJSON(tx, Key(PfxProcess, pid), &p)
-	if errors.Is(err, ErrNotFound) {
-		return ProcessRecord{ID: pid, CreatedAt: now}, nil
-	}
-	return p, err
-}
-
-// AppendEvent appends an event to pid's log with the next sequence
-// number. The caller holds pid's lock.
-func AppendEvent(tx Tx, pid, typ string, data json.RawMessage, requestID, jobID string, now time.Time) (Event, error) {
-	p, err := LoadProcess(tx, pid, now)
-	if err != nil {
-		return Event{}, err
-	}
-	p.LastSeq++
-	ev := Event{ProcessID: pid, Seq: p.LastSeq, ID: NewID(), Type: typ, Data: data, RequestID: requestID, JobID: jobID, CreatedAt: now}
-	if err := PutJSON(tx, SeqKey(PfxEvent, pid, ev.Seq), ev); err != nil {
-		return Event{}, err
-	}
-	p.LastEventType, p.LastEventAt, p.UpdatedAt = typ, &now, now
-	if err := PutJSON(tx, Key(PfxProcess, pid), p); err != nil {
-		return Event{}, err
-	}
-	return ev, nil
 }
 
 // Webhook is a subscription as the API shows it: never its secret.

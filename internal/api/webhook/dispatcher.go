@@ -147,6 +147,10 @@ type Config struct {
 	Version string
 	// Log receives each delivery's outcome; nil discards it.
 	Log *slog.Logger
+	// ReloadEvery is how often the webhooks are read again from the store
+	// (for a store other backends share); 0 means only at start and after
+	// changes made through this dispatcher's Refresh.
+	ReloadEvery time.Duration
 	// Deliveries is flow_webhook_deliveries_total{result} (see Results).
 	Deliveries *prometheus.CounterVec
 }
@@ -193,6 +197,30 @@ func (d *Dispatcher) Start() {
 	for range d.o.Workers {
 		d.wg.Add(1)
 		go d.work()
+	}
+	if d.cfg.ReloadEvery > 0 {
+		d.wg.Add(1)
+		go d.reloadLoop(d.cfg.ReloadEvery)
+	}
+}
+
+// reloadLoop reloads the webhooks every interval until Stop, so webhooks
+// created or deleted through other backends sharing the store are seen.
+func (d *Dispatcher) reloadLoop(every time.Duration) {
+	defer d.wg.Done()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-d.ctx.Done():
+			return
+		case <-t.C:
+			ctx, cancel := context.WithTimeout(d.ctx, 10*time.Second)
+			if err := d.Reload(ctx); err != nil && d.ctx.Err() == nil {
+				d.log.Warn("cannot reload the webhooks; events follow the previous list", "err", err)
+			}
+			cancel()
+		}
 	}
 }
 

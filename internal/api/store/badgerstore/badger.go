@@ -115,7 +115,7 @@ func (s *badgerStore) View(ctx context.Context, fn func(store.Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return storeErr(s.db.View(func(txn *badger.Txn) error { return fn(badgerTx{txn}) }))
+	return storeErr(s.db.View(func(txn *badger.Txn) error { return fn(&badgerTx{txn: txn}) }))
 }
 
 func (s *badgerStore) Update(ctx context.Context, fn func(store.Tx) error) error {
@@ -185,7 +185,7 @@ func (s *badgerStore) commitPrefix(reqs []*updateReq) int {
 		if r.state.Load() != reqTaken && !r.state.CompareAndSwap(reqQueued, reqTaken) {
 			continue // abandoned by its caller
 		}
-		tx := &countingTx{badgerTx: badgerTx{txn}}
+		tx := &badgerTx{txn: txn}
 		err := runUpdate(r.fn, tx)
 		switch {
 		case err == nil:
@@ -219,22 +219,6 @@ func runUpdate(fn func(store.Tx) error, tx store.Tx) (err error) {
 		}
 	}()
 	return fn(tx)
-}
-
-// countingTx counts the writes a function made.
-type countingTx struct {
-	badgerTx
-	writes int
-}
-
-func (t *countingTx) Set(key, value []byte, ttl time.Duration) error {
-	t.writes++
-	return t.badgerTx.Set(key, value, ttl)
-}
-
-func (t *countingTx) Delete(key []byte) error {
-	t.writes++
-	return t.badgerTx.Delete(key)
 }
 
 var pingKey = []byte("m/ping")
@@ -296,9 +280,14 @@ func storeErr(err error) error {
 	return err
 }
 
-type badgerTx struct{ txn *badger.Txn }
+// badgerTx is a transaction; it counts its writes, so the committer knows
+// whether a failed function left any.
+type badgerTx struct {
+	txn    *badger.Txn
+	writes int
+}
 
-func (t badgerTx) Get(key []byte) ([]byte, error) {
+func (t *badgerTx) Get(key []byte) ([]byte, error) {
 	item, err := t.txn.Get(key)
 	if err != nil {
 		return nil, storeErr(err)
@@ -306,7 +295,8 @@ func (t badgerTx) Get(key []byte) ([]byte, error) {
 	return item.ValueCopy(nil)
 }
 
-func (t badgerTx) Set(key, value []byte, ttl time.Duration) error {
+func (t *badgerTx) Set(key, value []byte, ttl time.Duration) error {
+	t.writes++
 	e := badger.NewEntry(key, value)
 	if ttl > 0 {
 		e = e.WithTTL(ttl)
@@ -314,9 +304,12 @@ func (t badgerTx) Set(key, value []byte, ttl time.Duration) error {
 	return storeErr(t.txn.SetEntry(e))
 }
 
-func (t badgerTx) Delete(key []byte) error { return storeErr(t.txn.Delete(key)) }
+func (t *badgerTx) Delete(key []byte) error {
+	t.writes++
+	return storeErr(t.txn.Delete(key))
+}
 
-func (t badgerTx) Scan(prefix, from []byte, fn func(key, value []byte) (bool, error)) error {
+func (t *badgerTx) Scan(prefix, from []byte, fn func(key, value []byte) (bool, error)) error {
 	opt := badger.DefaultIteratorOptions
 	opt.Prefix = prefix
 	opt.PrefetchSize = 64

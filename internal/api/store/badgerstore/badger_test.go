@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/flowedge/flowedge/internal/api/store"
+	"github.com/flowedge/flowedge/internal/api/store/storetest"
 )
 
 func openTestStore(t *testing.T, dir string) store.Store {
@@ -137,4 +138,30 @@ func TestStoreClosed(t *testing.T) {
 			t.Errorf("%s after Close: %v", name, err)
 		}
 	}
+}
+
+// TestConformance runs the store suite on Badger.
+func TestConformance(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) func() store.Store {
+		dir := t.TempDir()
+		return func() store.Store {
+			s, err := Open(dir, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		}
+	})
+}
+
+// BenchmarkAppend: appends/s on Badger (fsync per commit, group commit).
+func BenchmarkAppend(b *testing.B) {
+	dir := b.TempDir()
+	storetest.BenchmarkAppend(b, func() store.Store {
+		s, err := Open(dir, Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		return s
+	})
 }
