@@ -45,6 +45,10 @@ func runTool(ctx context.Context, tool string, args []string, getenv func(string
 	if code >= 0 {
 		return code
 	}
+	if getenv("DATABASE_URL") != "" {
+		fmt.Fprintf(logw, "api %s: DATABASE_URL is set: the state is in that database; back it up with the database's own tools\n", tool)
+		return exitConfig
+	}
 	level, _ := parseLevel(cfg.LogLevel)
 	log := slog.New(slog.NewJSONHandler(logw, &slog.HandlerOptions{Level: level}))
 	octx, cancel := context.WithTimeout(ctx, 30*time.Second)
