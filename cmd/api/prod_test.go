@@ -8,11 +8,13 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -243,4 +245,65 @@ func logHealthTimes(t *testing.T, p *proc, state string) {
 		slowest = max(slowest, time.Since(start))
 	}
 	t.Logf("/health/health with %s: slowest of 20 answers %v", state, slowest)
+}
+
+// TestWebhookSurvivesKill9: a webhook delivery emitted (journaled) and under
+// way when its pod gets SIGKILL is made after the restart, with the same
+// X-Flow-Delivery id — with the journal in the embedded store and in Redis.
+// Before, deliveries lived in memory and were lost on a restart.
+func TestWebhookSurvivesKill9(t *testing.T) {
+	bin := buildAPI(t)
+	for _, tc := range []struct {
+		name string
+		env  func(t *testing.T) []string
+	}{
+		{"embedded store", func(*testing.T) []string { return nil }},
+		{"redis", func(t *testing.T) []string { return []string{"REDIS_URL=" + redistest.Start(t).URL} }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			type hit struct{ id, body string }
+			hits := make(chan hit, 16)
+			var first atomic.Bool
+			rc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				b, _ := io.ReadAll(r.Body)
+				hits <- hit{r.Header.Get("X-Flow-Delivery"), string(b)}
+				if first.CompareAndSwap(false, true) {
+					<-r.Context().Done() // hold the first attempt until its pod dies
+					return
+				}
+				w.WriteHeader(http.StatusNoContent)
+			}))
+			defer rc.Close()
+
+			env := tc.env(t)
+			data := filepath.Join(t.TempDir(), "data")
+			p := startAPIEnv(t, bin, data, env)
+			p.mustCall(201, "POST", "/api/v1/webhooks", map[string]any{"url": rc.URL + "/hook", "events": []string{"post.created"}}, nil, nil)
+			var ch struct{ ID string }
+			p.mustCall(201, "POST", "/api/v1/channels", map[string]any{"name": "news"}, nil, &ch)
+			p.mustCall(201, "POST", "/api/v1/channels/"+ch.ID+"/posts", map[string]any{"content": "hello"}, nil, nil)
+
+			var got hit
+			select {
+			case got = <-hits:
+			case <-time.After(30 * time.Second):
+				t.Fatalf("the delivery never started:\n%s", p.log())
+			}
+			p.stop(syscall.SIGKILL)
+
+			q := startAPIEnv(t, bin, data, env)
+			deadline := time.After(30 * time.Second)
+			for {
+				select {
+				case h := <-hits:
+					if h.id == got.id && h.body == got.body {
+						return // the same delivery, made again after the restart
+					}
+					t.Logf("another delivery: %s", h.id)
+				case <-deadline:
+					t.Fatalf("delivery %s was not made after the restart:\n%s", got.id, q.log())
+				}
+			}
+		})
+	}
 }

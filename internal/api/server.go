@@ -219,7 +219,7 @@ func New(opts Options) (*Server, error) {
 		Metrics: jobs.Metrics{Events: s.metrics.events, Finished: s.metrics.jobsFinished, Duration: s.metrics.jobDuration}})
 	s.hooks = webhook.New(webhook.Config{Store: s.store, Options: opts.Webhooks, Production: opts.Production,
 		Resolver: opts.Resolver, Breakers: s.breakers, Version: opts.Version, Log: s.log,
-		Deliveries: s.metrics.webhookDeliveries, ReloadEvery: sharedReload(isShared)})
+		Deliveries: s.metrics.webhookDeliveries, ReloadEvery: sharedReload(isShared), Journal: s.webhookJournal()})
 	if err := s.hooks.Reload(ctx); err != nil {
 		return nil, err
 	}
@@ -237,6 +237,18 @@ func New(opts Options) (*Server, error) {
 		go s.watchPartitions(bgCtx, shared, opts.PartitionRefresh)
 	}
 	return s, nil
+}
+
+// webhookJournal is where webhook deliveries stay until they are made:
+// Redis when set, else the store; nil with Webhooks.InMemory.
+func (s *Server) webhookJournal() webhook.Journal {
+	switch {
+	case s.opts.Webhooks.InMemory:
+		return nil
+	case s.opts.Redis != nil:
+		return webhook.RedisJournal{Redis: s.opts.Redis, Partition: s.opts.Partition}
+	}
+	return webhook.StoreJournal{Store: s.store, Partition: s.opts.Partition}
 }
 
 // Handler returns the HTTP handler of the whole API.
