@@ -4,7 +4,7 @@ BIN     := $(CURDIR)/bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build run test test-deps test-servers test-go vet fmt-check bench reliability clean
+.PHONY: all build run run-prod test test-deps test-servers test-go vet fmt-check bench reliability clean
 
 all: build
 
@@ -16,6 +16,10 @@ build:
 ## run: local stack — edge public :8080, admin :8686, api-flow-0..2 on :9001..9003, data under ./data
 run: build
 	./scripts/run-local.sh
+
+## run-prod: the same stack on PostgreSQL, Redis and an S3 server started locally (files under ./data/prod)
+run-prod: build test-deps test-servers
+	./scripts/run-prod.sh
 
 ## test: formatting, vet, every Go test (unit, integration, crash, the e2e reliability suite), deployment checks
 test: test-deps test-servers fmt-check vet test-go deploy-check

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Local stack: api-flow-0..2 on :9001..9003 and the edge on :8080 (admin :8686),
-# all data under ./data. Ctrl-C stops everything cleanly: the edge first (it
-# drains), then the backends (SIGTERM each, then wait).
+# Local stack: api-flow-0..2 on :9001..9003 (metrics :9101..9103) and the edge
+# on :8080 (admin :8686), all data under ./data (or $FLOW_RUN_DATA). Ctrl-C
+# stops everything cleanly: the edge first (it drains), then the backends
+# (SIGTERM each, then wait). The api-flow processes use whatever production
+# components the environment names (DATABASE_URL, REDIS_URL,
+# STORAGE_PROVIDER…; scripts/run-prod.sh sets them), else the embedded ones.
 #
 # Works with the bash 3.2 of macOS too (no `wait -n`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=./bin
-DATA=./data
+DATA=${FLOW_RUN_DATA:-./data}
+export FLOW_RUN_DATA=$DATA # the edge config puts its queue there too
 CONFIG=configs/local/edge.toml
 export FLOW_BOOTSTRAP_KEY="${FLOW_BOOTSTRAP_KEY:-local-dev-key-0000000000}"
 
@@ -17,7 +21,7 @@ for b in edge api; do
   [ -x "$BIN/$b" ] || die "$BIN/$b is missing: 'make run' builds it (or 'make build')"
 done
 # A taken port would make a process exit at once: say which, before starting anything.
-for port in 9001 9002 9003 8080 8686; do
+for port in 9001 9002 9003 9101 9102 9103 8080 8686; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     die "127.0.0.1:$port is already in use (another 'make run'?); stop that first"
   fi
@@ -80,7 +84,8 @@ wait_ready() {
 
 for n in 0 1 2; do
   start "api-flow-$n" "$DATA/api-flow-$n.log" \
-    "$BIN/api" -listen "127.0.0.1:900$((n+1))" -partition "$n" -partitions 3 -data-dir "$DATA/api-flow-$n"
+    "$BIN/api" -listen "127.0.0.1:900$((n+1))" -metrics-listen "127.0.0.1:910$((n+1))" \
+    -partition "$n" -partitions 3 -data-dir "$DATA/api-flow-$n"
   wait_ready "api-flow-$n" "http://127.0.0.1:900$((n+1))/health/readiness" "$DATA/api-flow-$n.log"
 done
 start edge "$DATA/edge.log" "$BIN/edge" run -config "$CONFIG"
@@ -90,7 +95,7 @@ cat <<MSG
 flowedge local stack is up:
   edge public   http://127.0.0.1:8080   (client traffic)          log $DATA/edge.log
   edge admin    http://127.0.0.1:8686   (/health/*, /metrics, /edge/v1/...)
-  api-flow-0    http://127.0.0.1:9001   data $DATA/api-flow-0     log $DATA/api-flow-0.log
+  api-flow-0    http://127.0.0.1:9001   data $DATA/api-flow-0     log $DATA/api-flow-0.log   metrics :9101
   api-flow-1    http://127.0.0.1:9002   data $DATA/api-flow-1     log $DATA/api-flow-1.log
   api-flow-2    http://127.0.0.1:9003   data $DATA/api-flow-2     log $DATA/api-flow-2.log
   edge queue    $DATA/edge               config $CONFIG
