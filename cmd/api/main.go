@@ -2,12 +2,17 @@
 // workflows, jobs, apps, API keys) and its health checks, one process per
 // partition behind the edge. State lives in an embedded Badger store under
 // -data-dir, or, when DATABASE_URL is set, in PostgreSQL (or CockroachDB),
-// shared by all backends.
+// shared by all backends. REDIS_URL shares the rate limits and holds the
+// webhook delivery journal; STORAGE_PROVIDER (s3, aws, r2, gcp, azure)
+// holds media and backups, else a directory under -data-dir. /metrics is
+// served on -metrics-listen only (default :9090).
 //
 // Usage:
 //
-//	api [-listen :8080] [-partition N] [-partitions M] [-data-dir DIR] [-env development|production] [-config api.toml]
+//	api [-listen :8080] [-metrics-listen :9090] [-partition N] [-partitions M] [-data-dir DIR] [-env development|production] [-config api.toml]
 //	api partitions [show | set N]     (with DATABASE_URL: the shared partition count)
+//	api backup [flags]                (the embedded store to the meta bucket; prints the key)
+//	api restore [flags] [-from KEY]   (the newest backup, or KEY, into an empty -data-dir)
 //
 // Every flag is also read from FLOW_<NAME> (FLOW_DATA_DIR for -data-dir);
 // flags win over the environment, which wins over the -config file. With
