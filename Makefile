@@ -35,8 +35,20 @@ test-deps:
 VERSITYGW_VERSION := v1.8.0
 VERSITYGW         := $(BIN)/versitygw-$(VERSITYGW_VERSION)
 
-## test-servers: the servers the tests run that no Debian package has (S3: versitygw)
+# Azurite (Microsoft's Azure Storage emulator, npm), for the optional Azure
+# driver test (internal/testutil/azuritetest): ~35 s and ~360 MB once, only
+# where npm is installed; without it that test skips.
+AZURITE_VERSION := 3.37.0
+AZURITE         := $(BIN)/.azurite-$(AZURITE_VERSION)/node_modules/.bin/azurite-blob
+
+## test-servers: the servers the tests run that no Debian package has (S3: versitygw; Azurite if npm is there)
 test-servers: $(VERSITYGW)
+	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory $(AZURITE); \
+	else echo "test-servers: no npm: the optional Azure (Azurite) test will skip"; fi
+
+$(AZURITE):
+	npm install --no-audit --no-fund --silent --prefix $(BIN)/.azurite-$(AZURITE_VERSION) azurite@$(AZURITE_VERSION)
+	ln -sfn .azurite-$(AZURITE_VERSION)/node_modules/.bin/azurite-blob $(BIN)/azurite-blob
 
 $(VERSITYGW):
 	@mkdir -p $(BIN)/.gobin-versitygw

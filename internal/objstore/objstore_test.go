@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flowedge/flowedge/internal/testutil/azuritetest"
 	"github.com/flowedge/flowedge/internal/testutil/s3test"
 	"gocloud.dev/blob"
 	"gocloud.dev/gcerrors"
@@ -154,4 +155,35 @@ func TestFileProvider(t *testing.T) {
 	}
 	roundTrip(t, ctx, st.Content)
 	roundTrip(t, ctx, st.Meta)
+}
+
+// TestAzureAzurite runs the Azure driver against Azurite (optional: skipped
+// when it is not installed), configured through the production variables.
+func TestAzureAzurite(t *testing.T) {
+	srv := azuritetest.Start(t, "flow-content", "flow-meta")
+	cfg, err := FromEnv(envOf(map[string]string{
+		"STORAGE_PROVIDER": "azure", "AZURE_STORAGE_ACCOUNT_NAME": azuritetest.Account,
+		"AZURE_STORAGE_ACCOUNT_KEY": azuritetest.Key, "AZURE_STORAGE_ENDPOINT": srv.Endpoint,
+		"CONTENT_BUCKET": "flow-content", "META_BUCKET": "flow-meta",
+	}), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxT(t)
+	st, err := Open(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := st.Ping(ctx); err != nil {
+		t.Fatalf("ping: %v", err)
+	}
+	roundTrip(t, ctx, st.Content)
+	roundTrip(t, ctx, st.Meta)
+	srv.Stop()
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := st.Ping(pctx); err == nil {
+		t.Fatal("ping succeeds with Azurite stopped")
+	}
 }
