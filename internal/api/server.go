@@ -183,8 +183,16 @@ func New(opts Options) (*Server, error) {
 	if opts.Redis != nil && limits.Redis == nil {
 		limits.Redis = opts.Redis
 		logger := opts.Logger
+		var lastLog atomic.Int64 // unix nanoseconds of the last warning
+		var missed atomic.Int64  // failures since
 		limits.OnRedisError = func(err error) {
-			logger.Warn("rate limit: Redis failed; this pod's own bucket decided", "err", err)
+			// Once per 10 s at most: with Redis down every request fails over.
+			now, last := time.Now().UnixNano(), lastLog.Load()
+			if now-last < int64(10*time.Second) || !lastLog.CompareAndSwap(last, now) {
+				missed.Add(1)
+				return
+			}
+			logger.Warn("rate limit: Redis failed; each pod's own buckets decide meanwhile", "err", err, "failures_since_last_warning", missed.Swap(0))
 		}
 	}
 	lim, err := ratelimit.New(limits)

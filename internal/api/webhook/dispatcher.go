@@ -138,6 +138,10 @@ type Dispatcher struct {
 	liveMu sync.Mutex
 	live   map[string]bool
 	wake   chan struct{}
+	// behind is set when the journal may hold deliveries that are not in
+	// memory (at start, after a full queue, after a delivery put off):
+	// only then does the periodic rescan read the journal.
+	behind atomic.Bool
 }
 
 // Config is what a Dispatcher needs. Store, Breakers and Deliveries are
@@ -230,24 +234,17 @@ func (d *Dispatcher) Start() {
 }
 
 // feed queues the journal's deliveries that are not queued or under way:
-// at start (what a crash or stop left), after a full queue, and every
-// journalRescan.
+// at start (what a crash or stop left), and after a full queue or a put-off
+// delivery (checked every journalRescan, or at once when Emit wakes it). In
+// the steady state it does not read the journal at all.
 func (d *Dispatcher) feed() {
 	defer d.wg.Done()
 	t := time.NewTicker(journalRescan)
 	defer t.Stop()
+	d.behind.Store(true) // what the last run left
 	for {
-		ctx, cancel := context.WithTimeout(d.ctx, 10*time.Second)
-		recs, err := d.cfg.Journal.Pending(ctx, d.o.QueueSize)
-		cancel()
-		if err != nil && d.ctx.Err() == nil {
-			d.log.Warn("cannot read the webhook journal; trying again", "err", err)
-		}
-		for _, r := range recs {
-			dl := &delivery{id: r.ID, hookID: r.HookID, event: r.Event, body: r.Body}
-			if !d.enqueue(dl) {
-				break // full: the next rescan goes on
-			}
+		if d.behind.Swap(false) {
+			d.rescan()
 		}
 		select {
 		case <-d.ctx.Done():
@@ -255,6 +252,27 @@ func (d *Dispatcher) feed() {
 		case <-t.C:
 		case <-d.wake:
 		}
+	}
+}
+
+// rescan queues the journal's oldest deliveries that are not in memory.
+func (d *Dispatcher) rescan() {
+	ctx, cancel := context.WithTimeout(d.ctx, 10*time.Second)
+	recs, err := d.cfg.Journal.Pending(ctx, d.o.QueueSize)
+	cancel()
+	if err != nil && d.ctx.Err() == nil {
+		d.behind.Store(true)
+		d.log.Warn("cannot read the webhook journal; trying again", "err", err)
+	}
+	for _, r := range recs {
+		dl := &delivery{id: r.ID, hookID: r.HookID, event: r.Event, body: r.Body}
+		if !d.enqueue(dl) {
+			d.behind.Store(true) // full: the next rescan goes on
+			return
+		}
+	}
+	if len(recs) == d.o.QueueSize {
+		d.behind.Store(true) // there may be more than one read returns
 	}
 }
 
@@ -408,6 +426,7 @@ func (d *Dispatcher) Emit(event, owner string, data any) {
 			continue
 		}
 		if journaled {
+			d.behind.Store(true)
 			select { // kept in the journal: the feeder queues it when there is room
 			case d.wake <- struct{}{}:
 			default:
@@ -429,7 +448,11 @@ func (d *Dispatcher) work() {
 			return
 		case dl := <-d.queue:
 			d.queued.Add(-int64(len(dl.body)))
-			if result := d.deliver(dl); result != deliveryDropped && d.cfg.Journal != nil {
+			result := d.deliver(dl)
+			if result == deliveryDropped && d.ctx.Err() == nil {
+				d.behind.Store(true) // put off, still in the journal
+			}
+			if result != deliveryDropped && d.cfg.Journal != nil {
 				// Final: out of the journal. A delivery cut short by a
 				// stop stays there for the next start.
 				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
