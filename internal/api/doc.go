@@ -11,11 +11,22 @@
 //     status, same body, header Idempotent-Replayed: true — and changes
 //     nothing, also after a restart, for Options.IdempotencyTTL.
 //   - Ordering: events of one process get consecutive sequence numbers from 1
-//     in commit order; jobs of one process run one at a time, in submission
+//     in commit order, and a request id appends at most one event to a
+//     process (the store enforces both); jobs of one process run one at a time, in submission
 //     order, on a bounded pool of workers.
-//   - Ownership: a request for a process (X-Process-ID, a {pid} path segment or
-//     ?process_id=) that another partition owns is refused with 421, using the
-//     same partition function as the edge.
+//   - Partitions: a request for a process (X-Process-ID, a {pid} path segment
+//     or ?process_id=) that another partition owns is refused with 421, using
+//     the same partition function as the edge. With a shared store
+//     (store.Shared: PostgreSQL) the count and its epoch are the store's, and
+//     every write to a process checks them again in its own transaction, so
+//     two backends never append to one process under different counts.
+//   - Owners: processes, jobs, apps, workflows, channels, posts and webhooks
+//     belong to the user of the key that created them; other members' keys
+//     get 404 (422 when a body names one), admin keys see all. Stored names,
+//     descriptions and text have their HTML removed.
+//   - Storage: the Store (package store) is the embedded Badger store
+//     (badgerstore) or PostgreSQL (pgstore); both pass one conformance suite
+//     (storetest).
 //   - Jobs survive crashes: a job queued or running when the process died is
 //     queued again at start and resumes at its first unfinished step (a delay
 //     waits only what is left; an event step is never appended twice; an http
@@ -28,9 +39,8 @@
 //     that raised it has committed.
 //   - Ownership: a webhook belongs to the user of the key that created it,
 //     as a channel does; keys of that user and admin keys see and delete
-//     it, to others it does not exist (404). post.created goes only to the
-//     webhooks of the channel's owner and of admin keys; job events, about
-//     resources every key may read, go to every subscriber.
+//     it, to others it does not exist (404). post.created and job events
+//     go only to the webhooks of the resource's owner and of admin keys.
 //   - URL rules (package outbound): absolute http(s), a host, no userinfo, at most
 //     2048 bytes. In production: https only, and neither the host as written
 //     nor any address it resolves to may be loopback, private, link-local

@@ -99,11 +99,6 @@ func (s *Server) appendEventTx(tx Tx, c *call, pid, typ string, data json.RawMes
 	if err := s.checkOwnerTx(tx, pid); err != nil {
 		return Event{}, err
 	}
-	if p, err := tx.Process(pid); err == nil && !processVisible(p, c.key) {
-		return Event{}, notFound("no process %q", pid)
-	} else if err != nil && !errors.Is(err, ErrNotFound) {
-		return Event{}, err
-	}
 	ev := Event{ProcessID: pid, ID: store.NewID(), Type: typ, Data: data, RequestID: c.info.id, CreatedAt: time.Now().UTC()}
 	p, err := tx.AppendEvent(&ev, c.key.user(), c.info.id)
 	if errors.Is(err, store.ErrDuplicate) {
@@ -112,7 +107,7 @@ func (s *Server) appendEventTx(tx Tx, c *call, pid, typ string, data json.RawMes
 	if err != nil {
 		return Event{}, err
 	}
-	if !processVisible(p, c.key) { // created concurrently by another user
+	if !processVisible(p, c.key) { // another user's: the transaction is dropped with this error
 		return Event{}, notFound("no process %q", pid)
 	}
 	return ev, nil

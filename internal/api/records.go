@@ -31,9 +31,12 @@ func getByID[T any](c *call, st Store, prefix, what string, visible func(T) bool
 	return rec, err
 }
 
-// locks serialises writers of one process (its counters and event log) so
-// concurrent appends never fight over the same keys. It is a fixed set of
-// striped mutexes: memory does not grow with the number of processes.
+// locks serialises this backend's writers of one process (its counters and
+// event log), which spares a shared database the conflicts (and retries)
+// of concurrent appends to one process. Correctness does not depend on it:
+// the store orders appends and keeps them exactly-once on its own, across
+// backends too. It is a fixed set of striped mutexes: memory does not grow
+// with the number of processes.
 type locks struct {
 	seed maphash.Seed
 	mu   [256]sync.Mutex

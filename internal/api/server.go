@@ -227,7 +227,8 @@ func New(opts Options) (*Server, error) {
 		Metrics: jobs.Metrics{Events: s.metrics.events, Finished: s.metrics.jobsFinished, Duration: s.metrics.jobDuration}})
 	s.hooks = webhook.New(webhook.Config{Store: s.store, Options: opts.Webhooks, Production: opts.Production,
 		Resolver: opts.Resolver, Breakers: s.breakers, Version: opts.Version, Log: s.log,
-		Deliveries: s.metrics.webhookDeliveries, ReloadEvery: sharedReload(isShared), Journal: s.webhookJournal()})
+		Deliveries: s.metrics.webhookDeliveries, ReloadEvery: sharedReload(isShared, opts.Webhooks.SharedReload),
+		Journal: s.webhookJournal()})
 	if err := s.hooks.Reload(ctx); err != nil {
 		return nil, err
 	}
@@ -547,13 +548,17 @@ func (s *Server) watchPartitions(ctx context.Context, sh store.Shared, interval 
 	}
 }
 
-// sharedReload is how often the webhook list is re-read: every 10 s when
-// other backends share the store (they may change it), else never.
-func sharedReload(shared bool) time.Duration {
-	if shared {
+// sharedReload is how often the webhook list is re-read: every every (0:
+// 10 s) when other backends share the store (they may change it), else
+// never.
+func sharedReload(shared bool, every time.Duration) time.Duration {
+	switch {
+	case !shared:
+		return 0
+	case every <= 0:
 		return 10 * time.Second
 	}
-	return 0
+	return every
 }
 
 // MaxPIDBytes bounds a process id.

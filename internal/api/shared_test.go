@@ -63,3 +63,27 @@ func TestSharedResize(t *testing.T) {
 		t.Fatal("test key is not on partition 1")
 	}
 }
+
+// TestSharedWebhooks: with a shared database, a webhook created through one
+// backend gets the events raised on another (which re-reads the list), and
+// stops getting them once deleted through the first.
+func TestSharedWebhooks(t *testing.T) {
+	url := pgtest.DB(t)
+	open := func() (api.Store, error) { return pgstore.Open(context.Background(), url, pgstore.Options{}) }
+	quick := func(o *api.Options) { o.Webhooks.SharedReload = 20 * time.Millisecond }
+	a, b := newEnvOn(t, open, quick), newEnvOn(t, open, quick)
+	rc := newReceiver(t, false)
+	h := a.hook(rc.URL, "job.succeeded")
+	waitFor(t, "backend b to deliver a's webhook", func() bool {
+		b.finishJob("p-shared")
+		return len(rc.requests()) > 0
+	})
+	must(t, a.do(req{method: "DELETE", path: "/api/v1/webhooks/" + h.ID, key: adminKey}), 204)
+	time.Sleep(200 * time.Millisecond) // ten reloads: the deletion is seen by now
+	n := len(rc.requests())
+	b.finishJob("p-shared")
+	time.Sleep(200 * time.Millisecond) // a stray delivery would have arrived by now
+	if got := len(rc.requests()); got != n {
+		t.Fatalf("%d deliveries after the webhook was deleted", got-n)
+	}
+}

@@ -116,6 +116,12 @@ func (s *Server) createWorkflow(c *call, tx Tx) (result, error) {
 		} else if err != nil {
 			return result{}, err
 		}
+		// Written back unchanged: a concurrent deleteApp, which read that
+		// the app owns no workflow, now conflicts with this transaction
+		// instead of leaving a workflow in a deleted app.
+		if err := store.PutJSON(tx, store.Key(store.PfxApp, a.ID), a); err != nil {
+			return result{}, err
+		}
 	}
 	w := Workflow{ID: store.NewID(), Name: name, AppID: in.AppID, Steps: in.Steps, Owner: c.key.user(), CreatedAt: time.Now().UTC()}
 	if err := store.PutJSON(tx, store.Key(store.PfxWorkflow, w.ID), w); err != nil {

@@ -23,12 +23,16 @@ import (
 //     ordered key-value space whose prefixes are laid out in keys.go, so a
 //     new collection needs no change here.
 type Store interface {
-	// View runs fn in a read-only transaction.
+	// View runs fn for reads only. Its reads see committed data; on
+	// Badger they are one snapshot, on PostgreSQL each read sees what is
+	// committed when it runs.
 	View(ctx context.Context, fn func(Tx) error) error
 	// Update runs fn in a read-write transaction and commits it durably: when
 	// Update returns nil the writes are on disk. If fn returns an error nothing
-	// it wrote is kept. Updates are serialisable, and fn sees only committed,
-	// durable data. fn may be run more than once (e.g. on a write conflict),
+	// it wrote is kept. fn sees one snapshot of committed, durable data, and
+	// an Update that writes a row (key) another Update changed since that
+	// snapshot fails and runs again (Badger's Updates are serialisable: one
+	// writer). fn may be run more than once (e.g. on a write conflict),
 	// so it must not have effects outside the transaction; it should be quick
 	// (it may share a transaction with other calls).
 	Update(ctx context.Context, fn func(Tx) error) error

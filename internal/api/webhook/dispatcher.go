@@ -55,6 +55,10 @@ type Options struct {
 	// before one probe call may go through. It applies to webhook
 	// deliveries and to workflow http steps. 0 means 1 minute.
 	BreakerCooldown time.Duration
+	// SharedReload is how often the webhook list is read again from a
+	// store other backends share (they may add or delete webhooks); 0
+	// means 10 s. Unused with an embedded store.
+	SharedReload time.Duration
 }
 
 func (o Options) withDefaults() Options {

@@ -10,13 +10,23 @@ import (
 
 	"github.com/flowedge/flowedge/internal/api/store"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
+
+// querier is what a pgTx runs its statements on: a transaction (Update), or
+// a connection whose statements each see the data committed when they run
+// (View).
+type querier interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
 
 // pgTx is one transaction. It remembers the first database error, so that
 // a retryable failure is retried even when fn turned it into another error.
 type pgTx struct {
 	ctx   context.Context
-	tx    pgx.Tx
+	tx    querier
 	first error
 }
 
@@ -174,19 +184,25 @@ func (t *pgTx) AppendEvent(ev *store.Event, owner, dedup string) (store.ProcessR
 		return store.ProcessRecord{}, dbErr(t.ctx, err)
 	}
 	at := ev.CreatedAt
-	p, err := scanProcess(t.tx.QueryRow(t.ctx, `INSERT INTO processes (id, owner, last_seq, last_event_type, last_event_at, jobs, created_at, updated_at)
-		VALUES ($1, $2, 1, $3, $4, 0, $4, $4)
-		ON CONFLICT (id) DO UPDATE SET last_seq = processes.last_seq + 1, last_event_type = excluded.last_event_type,
-			last_event_at = excluded.last_event_at, updated_at = excluded.updated_at
-		RETURNING `+processCols, ev.ProcessID, owner, ev.Type, at))
+	// One statement: the process row's last_seq goes up by one (its row
+	// lock orders concurrent appends) and the event takes that number.
+	p, err := scanProcess(t.tx.QueryRow(t.ctx, `WITH p AS (
+			INSERT INTO processes (id, owner, last_seq, last_event_type, last_event_at, jobs, created_at, updated_at)
+			VALUES ($1, $2, 1, $3, $4, 0, $4, $4)
+			ON CONFLICT (id) DO UPDATE SET last_seq = processes.last_seq + 1, last_event_type = excluded.last_event_type,
+				last_event_at = excluded.last_event_at, updated_at = excluded.updated_at
+			RETURNING `+processCols+`
+		), e AS (
+			INSERT INTO events (process_id, seq, id, type, data, request_id, job_id, dedup, created_at)
+			SELECT id, last_seq, $5, $3, $6, $7, $8, $9, $4 FROM p
+		)
+		SELECT `+processCols+` FROM p`,
+		ev.ProcessID, owner, ev.Type, at, ev.ID, []byte(ev.Data), ev.RequestID, ev.JobID, dedup))
 	if err != nil {
 		return p, dbErr(t.ctx, t.note(err))
 	}
 	ev.Seq = p.LastSeq
-	_, err = t.tx.Exec(t.ctx, `INSERT INTO events (process_id, seq, id, type, data, request_id, job_id, dedup, created_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
-		ev.ProcessID, int64(ev.Seq), ev.ID, ev.Type, []byte(ev.Data), ev.RequestID, ev.JobID, dedup, at)
-	return p, dbErr(t.ctx, t.note(err))
+	return p, nil
 }
 
 const eventCols = `process_id, seq, id::TEXT, type, data, request_id, job_id, created_at`
