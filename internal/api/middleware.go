@@ -171,7 +171,7 @@ func (s *Server) observe(r *http.Request, info *reqInfo, rec *httpx.Recorder, d 
 	s.metrics.duration.WithLabelValues(route, method).Observe(d.Seconds())
 
 	level := slog.LevelInfo
-	if strings.HasPrefix(route, "/health/") || route == "/metrics" {
+	if strings.HasPrefix(route, "/health/") {
 		level = slog.LevelDebug // probes every few seconds: not worth a line each
 	}
 	if status >= 500 {

@@ -121,7 +121,8 @@ type deliveryKey struct{}
 
 // Dispatcher is the API's event sink: it fans each event out to the
 // webhooks that subscribe to it and delivers them on a fixed pool of
-// workers. Deliveries live in memory only: best-effort, lost on restart.
+// workers. With Config.Journal deliveries are durable (see Journal); without
+// it they live in memory only: best-effort, lost on restart.
 type Dispatcher struct {
 	cfg    Config
 	log    *slog.Logger
