@@ -88,11 +88,13 @@ func TestLocalStackOutage(t *testing.T) {
 		}
 	}
 	buildBinaries(t, filepath.Join(root, "bin"))
-	ports := freePorts(t, 5)
+	ports := freePorts(t, 8)
 	env := append(os.Environ(),
 		"FLOWEDGE_PUBLIC_PORT="+strconv.Itoa(ports[0]), "FLOWEDGE_ADMIN_PORT="+strconv.Itoa(ports[1]),
 		"FLOWEDGE_API_PORT_0="+strconv.Itoa(ports[2]), "FLOWEDGE_API_PORT_1="+strconv.Itoa(ports[3]),
-		"FLOWEDGE_API_PORT_2="+strconv.Itoa(ports[4]), "EDGE_ADMIN_TOKEN=", "FLOW_BOOTSTRAP_KEY=")
+		"FLOWEDGE_API_PORT_2="+strconv.Itoa(ports[4]), "FLOWEDGE_METRICS_PORT_0="+strconv.Itoa(ports[5]),
+		"FLOWEDGE_METRICS_PORT_1="+strconv.Itoa(ports[6]), "FLOWEDGE_METRICS_PORT_2="+strconv.Itoa(ports[7]),
+		"EDGE_ADMIN_TOKEN=", "FLOW_BOOTSTRAP_KEY=", "FLOW_RUN_DATA=")
 	public := fmt.Sprintf("http://127.0.0.1:%d", ports[0])
 	admin := fmt.Sprintf("http://127.0.0.1:%d", ports[1])
 	const apiKey = "local-dev-key-0000000000"

@@ -64,7 +64,8 @@ type backend struct {
 	index      int
 	addr       string // host:port, fixed after the first start
 	dataDir    string
-	partitions int // the -partitions it runs with
+	partitions int    // the -partitions it runs with
+	metrics    string // host:port of its -metrics-listen, set at each start
 	proc       *proc
 }
 
@@ -151,11 +152,14 @@ func (s *stack) resize(count int) {
 func (s *stack) startBackend(n int) {
 	s.t.Helper()
 	b := s.backends[n]
-	var listened string
+	var listened, metrics string
 	ready := func(line []byte) bool {
-		var m struct{ Msg, Addr string }
+		var m struct {
+			Msg, Addr   string
+			MetricsAddr string `json:"metrics_addr"`
+		}
 		if json.Unmarshal(line, &m) == nil && m.Msg == "listening" {
-			listened = m.Addr
+			listened, metrics = m.Addr, m.MetricsAddr
 			return true
 		}
 		return false
@@ -167,8 +171,8 @@ func (s *stack) startBackend(n int) {
 		// has no such setting.
 		[]string{"FLOW_BOOTSTRAP_KEY=" + bootstrapKey, "HOSTNAME=", "FLOW_RATE_LIMIT_DEFAULT=1000000/s"}, ready, 30*time.Second,
 		s.bins.api, "-listen", b.addr, "-partition", strconv.Itoa(n), "-partitions", strconv.Itoa(b.partitions),
-		"-data-dir", b.dataDir, "-shutdown-timeout", "10s")
-	b.addr = listened // written before ready closed the channel startProc waited on
+		"-data-dir", b.dataDir, "-shutdown-timeout", "10s", "-metrics-listen", "127.0.0.1:0")
+	b.addr, b.metrics = listened, metrics // written before ready closed the channel startProc waited on
 }
 
 // restartBackend starts api-flow-N again on the same address and data
@@ -572,7 +576,7 @@ func (s *stack) misroutedAttempts() int {
 func (s *stack) backendDedupes() int {
 	n := 0.0
 	for _, b := range s.backends {
-		n += s.metricSum(b.url()+"/metrics", "flow_idempotent_replays_total", "")
+		n += s.metricSum("http://"+b.metrics+"/metrics", "flow_idempotent_replays_total", "")
 	}
 	return int(n)
 }

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Local stack: api-flow-0..2 on :9001..9003 and the edge on :8080 (admin :8686),
-# all data under ./data, logs appended to ./data/*.log.
+# Local stack: api-flow-0..2 on :9001..9003 (metrics :9101..9103) and the edge
+# on :8080 (admin :8686), all data under ./data (or $FLOW_RUN_DATA), logs
+# appended to its *.log files. The api-flow processes use whatever production
+# components the environment names (DATABASE_URL, REDIS_URL, STORAGE_PROVIDER…;
+# scripts/run-prod.sh sets them), else the embedded ones.
 #
 #   scripts/run-local.sh                  start the stack (make run); Ctrl-C stops it
 #   scripts/run-local.sh backend-stop N   stop api-flow-N of a running stack (make backend-stop N)
@@ -14,7 +17,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=./bin
-DATA=./data
+DATA=${FLOW_RUN_DATA:-./data}
+export FLOW_RUN_DATA=$DATA # the edge config puts its queue there too
 RUN=$DATA/run # pid files: the stack's processes, for backend-stop/-start and the watcher
 CONFIG=configs/local/edge.toml
 API_CONFIG=configs/local/api.toml
@@ -26,7 +30,11 @@ export FLOWEDGE_ADMIN_PORT=${FLOWEDGE_ADMIN_PORT:-8686}
 export FLOWEDGE_API_PORT_0=${FLOWEDGE_API_PORT_0:-9001}
 export FLOWEDGE_API_PORT_1=${FLOWEDGE_API_PORT_1:-9002}
 export FLOWEDGE_API_PORT_2=${FLOWEDGE_API_PORT_2:-9003}
+export FLOWEDGE_METRICS_PORT_0=${FLOWEDGE_METRICS_PORT_0:-9101}
+export FLOWEDGE_METRICS_PORT_1=${FLOWEDGE_METRICS_PORT_1:-9102}
+export FLOWEDGE_METRICS_PORT_2=${FLOWEDGE_METRICS_PORT_2:-9103}
 api_port() { eval "echo \$FLOWEDGE_API_PORT_$1"; }
+metrics_port() { eval "echo \$FLOWEDGE_METRICS_PORT_$1"; }
 PUBLIC=http://127.0.0.1:$FLOWEDGE_PUBLIC_PORT
 ADMIN=http://127.0.0.1:$FLOWEDGE_ADMIN_PORT
 export FLOW_BOOTSTRAP_KEY="${FLOW_BOOTSTRAP_KEY:-local-dev-key-0000000000}"
@@ -79,7 +87,7 @@ wait_ready() {
 start_backend() {
   local n=$1 name="api-flow-$1"
   launch "$name" "$DATA/$name.log" \
-    "$BIN/api" -config "$API_CONFIG" -listen "127.0.0.1:$(api_port "$n")" -partition "$n" -partitions "$BACKENDS" -data-dir "$DATA/$name"
+    "$BIN/api" -config "$API_CONFIG" -listen "127.0.0.1:$(api_port "$n")" -metrics-listen "127.0.0.1:$(metrics_port "$n")" -partition "$n" -partitions "$BACKENDS" -data-dir "$DATA/$name"
   wait_ready "$name" "http://127.0.0.1:$(api_port "$n")/health/readiness" "$DATA/$name.log" "$LAUNCHED"
 }
 
@@ -128,7 +136,7 @@ for b in edge api; do
   [ -x "$BIN/$b" ] || die "$BIN/$b is missing: 'make run' builds it (or 'make build')"
 done
 # A taken port would make a process exit at once: say which, before starting anything.
-for port in $FLOWEDGE_API_PORT_0 $FLOWEDGE_API_PORT_1 $FLOWEDGE_API_PORT_2 $FLOWEDGE_PUBLIC_PORT $FLOWEDGE_ADMIN_PORT; do
+for port in $FLOWEDGE_API_PORT_0 $FLOWEDGE_API_PORT_1 $FLOWEDGE_API_PORT_2 $FLOWEDGE_METRICS_PORT_0 $FLOWEDGE_METRICS_PORT_1 $FLOWEDGE_METRICS_PORT_2 $FLOWEDGE_PUBLIC_PORT $FLOWEDGE_ADMIN_PORT; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     die "127.0.0.1:$port is already in use (another 'make run'?); stop that first"
   fi
@@ -166,7 +174,7 @@ cat <<MSG
 flowedge local stack is up:
   edge public   $PUBLIC   (client traffic)          pid $(pid_of edge)  log $DATA/edge.log
   edge admin    $ADMIN   (status page, /health/*, /metrics, /edge/v1/...)
-  api-flow-0    http://127.0.0.1:$(api_port 0)   data $DATA/api-flow-0    pid $(pid_of api-flow-0)  log $DATA/api-flow-0.log
+  api-flow-0    http://127.0.0.1:$(api_port 0)   data $DATA/api-flow-0    pid $(pid_of api-flow-0)  log $DATA/api-flow-0.log  metrics :$(metrics_port 0)
   api-flow-1    http://127.0.0.1:$(api_port 1)   data $DATA/api-flow-1    pid $(pid_of api-flow-1)  log $DATA/api-flow-1.log
   api-flow-2    http://127.0.0.1:$(api_port 2)   data $DATA/api-flow-2    pid $(pid_of api-flow-2)  log $DATA/api-flow-2.log
   edge queue    $DATA/edge               config $CONFIG

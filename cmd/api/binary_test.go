@@ -43,21 +43,30 @@ func buildAPI(t *testing.T) string {
 
 // proc is a running api binary.
 type proc struct {
-	t    *testing.T
-	cmd  *exec.Cmd
-	url  string
-	mu   sync.Mutex
-	logs bytes.Buffer
-	done chan struct{} // closed when the process has exited
+	t   *testing.T
+	cmd *exec.Cmd
+	url string
+	// metricsURL is the -metrics-listen base URL.
+	metricsURL string
+	mu         sync.Mutex
+	logs       bytes.Buffer
+	done       chan struct{} // closed when the process has exited
 }
 
 // startAPI runs bin on a free loopback port over dataDir and waits until
 // it listens.
 func startAPI(t *testing.T, bin, dataDir string, args ...string) *proc {
 	t.Helper()
-	cmd := exec.Command(bin, append([]string{"-listen", "127.0.0.1:0", "-data-dir", dataDir}, args...)...)
+	return startAPIEnv(t, bin, dataDir, nil, args...)
+}
+
+// startAPIEnv is startAPI with env added to the process's environment.
+func startAPIEnv(t *testing.T, bin, dataDir string, env []string, args ...string) *proc {
+	t.Helper()
+	cmd := exec.Command(bin, append([]string{"-listen", "127.0.0.1:0", "-metrics-listen", "127.0.0.1:0", "-data-dir", dataDir}, args...)...)
 	// The test polls jobs faster than the default 100 requests a minute.
 	cmd.Env = append(os.Environ(), "FLOW_BOOTSTRAP_KEY="+bootstrap, "HOSTNAME=", "FLOW_RATE_LIMIT_DEFAULT=1000000/min")
+	cmd.Env = append(cmd.Env, env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -66,7 +75,7 @@ func startAPI(t *testing.T, bin, dataDir string, args ...string) *proc {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	addr := make(chan string, 1)
+	addr := make(chan [2]string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
@@ -75,9 +84,12 @@ func startAPI(t *testing.T, bin, dataDir string, args ...string) *proc {
 			p.logs.Write(line)
 			p.logs.WriteByte('\n')
 			p.mu.Unlock()
-			var m struct{ Msg, Addr string }
+			var m struct {
+				Msg, Addr   string
+				MetricsAddr string `json:"metrics_addr"`
+			}
 			if json.Unmarshal(line, &m) == nil && m.Msg == "listening" {
-				addr <- m.Addr
+				addr <- [2]string{m.Addr, m.MetricsAddr}
 			}
 		}
 		_ = cmd.Wait()
@@ -93,7 +105,7 @@ func startAPI(t *testing.T, bin, dataDir string, args ...string) *proc {
 	})
 	select {
 	case a := <-addr:
-		p.url = "http://" + a
+		p.url, p.metricsURL = "http://"+a[0], "http://"+a[1]
 	case <-p.done:
 		t.Fatalf("api exited before listening:\n%s", p.log())
 	case <-time.After(30 * time.Second):

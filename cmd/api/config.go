@@ -15,6 +15,8 @@ import (
 
 	"github.com/BurntSushi/toml"
 	"github.com/flowedge/flowedge/internal/api"
+	"github.com/flowedge/flowedge/internal/objstore"
+	"github.com/redis/go-redis/v9"
 )
 
 // config is the process configuration. Each key is a flag (-data-dir), an
@@ -23,6 +25,7 @@ import (
 // beats the default.
 type config struct {
 	Listen          string   `toml:"listen"`
+	MetricsListen   string   `toml:"metrics_listen"`
 	Partition       int      `toml:"partition"`
 	Partitions      int      `toml:"partitions"`
 	DataDir         string   `toml:"data_dir"`
@@ -40,7 +43,11 @@ type config struct {
 	TrustedProxies string           `toml:"trusted_proxies"`
 	RateLimits     rateLimitsConfig `toml:"rate_limits"`
 
-	bootstrapKey    string // FLOW_BOOTSTRAP_KEY only: a secret has no flag
+	bootstrapKey string // FLOW_BOOTSTRAP_KEY only: a secret has no flag
+	redisURL     string // REDIS_URL only (it may hold a password)
+	// storage is where media and backups live: STORAGE_PROVIDER and the
+	// provider's variables (environment only: they hold secrets).
+	storage         objstore.Config
 	partitionSource string // where Partition came from, for the start-up log
 	shared          bool   // DATABASE_URL is set: the database's partition count rules, Partition may exceed Partitions
 }
@@ -48,6 +55,7 @@ type config struct {
 func defaultConfig() config {
 	return config{
 		Listen:          ":8080",
+		MetricsListen:   ":9090",
 		Partition:       -1, // not set: from HOSTNAME, or 0 with one partition
 		Partitions:      1,
 		DataDir:         "./data/api",
@@ -131,6 +139,7 @@ func rateSetting(f, t, usage string, p func(*config) *api.Rate) setting {
 
 var settings = []setting{
 	stringSetting("listen", "listen", "address to serve on, host:port", func(c *config) *string { return &c.Listen }),
+	stringSetting("metrics-listen", "metrics_listen", "address of the Prometheus /metrics listener, host:port (kept off the public port)", func(c *config) *string { return &c.MetricsListen }),
 	intSetting("partition", "partition", "this backend's partition ordinal (default: N of HOSTNAME api-flow-N, or 0 with one partition)", func(c *config) *int { return &c.Partition }),
 	intSetting("partitions", "partitions", "number of partitions (api-flow backends)", func(c *config) *int { return &c.Partitions }),
 	stringSetting("data-dir", "data_dir", "directory of the Badger store", func(c *config) *string { return &c.DataDir }),
@@ -220,6 +229,17 @@ func loadConfig(args []string, getenv func(string) string, usage io.Writer) (con
 		}
 	}
 	cfg.bootstrapKey = getenv("FLOW_BOOTSTRAP_KEY")
+	cfg.redisURL = strings.TrimSpace(getenv("REDIS_URL"))
+	if cfg.redisURL != "" {
+		if _, err := redis.ParseURL(cfg.redisURL); err != nil {
+			bad("REDIS_URL", "env REDIS_URL", errors.New("want redis://[user:password@]host:port[/db] or rediss://…"))
+		}
+	}
+	storage, err := objstore.FromEnv(getenv, cfg.DataDir)
+	if err != nil {
+		problems = append(problems, err)
+	}
+	cfg.storage = storage
 	cfg.shared = getenv("DATABASE_URL") != ""
 
 	if partitionSource == "" {
@@ -273,10 +293,15 @@ var hostnameRE = regexp.MustCompile(`(?:^|-)api-flow-(\d{1,6})$`)
 func (c config) validate() []error {
 	var p []error
 	bad := func(key, format string, a ...any) { p = append(p, fmt.Errorf(key+": "+format, a...)) }
-	if _, port, err := net.SplitHostPort(c.Listen); err != nil {
-		bad("listen", "want host:port (e.g. :8080), got %q", c.Listen)
-	} else if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
-		bad("listen", "port %q is not a number from 0 to 65535", port)
+	for _, l := range []struct{ key, v string }{{"listen", c.Listen}, {"metrics_listen", c.MetricsListen}} {
+		if _, port, err := net.SplitHostPort(l.v); err != nil {
+			bad(l.key, "want host:port (e.g. :8080), got %q", l.v)
+		} else if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+			bad(l.key, "port %q is not a number from 0 to 65535", port)
+		}
+	}
+	if c.MetricsListen == c.Listen && !strings.HasSuffix(c.Listen, ":0") {
+		bad("metrics_listen", "must differ from listen (%q): the metrics stay off the public port", c.Listen)
 	}
 	if c.Partitions < 1 {
 		bad("partitions", "must be at least 1, got %d", c.Partitions)

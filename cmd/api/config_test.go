@@ -116,6 +116,12 @@ func TestConfigErrors(t *testing.T) {
 		{file: "listen = \":1\"\nport = 9\n", want: []string{"unknown keys: port"}},
 		{file: "shutdown_timeout = \"forever\"\n", want: []string{"shutdown_timeout"}},
 		{file: "partitions = \"three\"\n", want: []string{"partitions"}},
+		{args: []string{"-metrics-listen", "9090"}, want: []string{"metrics_listen: want host:port"}},
+		{args: []string{"-listen", ":8080", "-metrics-listen", ":8080"}, want: []string{"metrics_listen: must differ from listen"}},
+		{env: []string{"REDIS_URL", "localhost:6379"}, want: []string{"REDIS_URL (env REDIS_URL): want redis://"}},
+		{env: []string{"STORAGE_PROVIDER", "s3", "S3_ENDPOINT", "minio:9000"},
+			want: []string{"storage: S3_ENDPOINT: want an http(s)", "storage: S3_ACCESS_KEY_ID: required", "storage: CONTENT_BUCKET: required"}},
+		{env: []string{"STORAGE_PROVIDER", "dropbox"}, want: []string{"storage: STORAGE_PROVIDER: want s3, aws, r2, gcp or azure"}},
 	} {
 		args := c.args
 		if c.file != "" {

@@ -2,12 +2,17 @@
 // workflows, jobs, apps, API keys) and its health checks, one process per
 // partition behind the edge. State lives in an embedded Badger store under
 // -data-dir, or, when DATABASE_URL is set, in PostgreSQL (or CockroachDB),
-// shared by all backends.
+// shared by all backends. REDIS_URL shares the rate limits and holds the
+// webhook delivery journal; STORAGE_PROVIDER (s3, aws, r2, gcp, azure)
+// holds media and backups, else a directory under -data-dir. /metrics is
+// served on -metrics-listen only (default :9090).
 //
 // Usage:
 //
-//	api [-listen :8080] [-partition N] [-partitions M] [-data-dir DIR] [-env development|production] [-config api.toml]
+//	api [-listen :8080] [-metrics-listen :9090] [-partition N] [-partitions M] [-data-dir DIR] [-env development|production] [-config api.toml]
 //	api partitions [show | set N]     (with DATABASE_URL: the shared partition count)
+//	api backup [flags]                (the embedded store to the meta bucket; prints the key)
+//	api restore [flags] [-from KEY]   (the newest backup, or KEY, into an empty -data-dir)
 //
 // Every flag is also read from FLOW_<NAME> (FLOW_DATA_DIR for -data-dir);
 // flags win over the environment, which wins over the -config file. With
@@ -35,7 +40,9 @@ import (
 	"time"
 
 	"github.com/flowedge/flowedge/internal/api"
+	"github.com/flowedge/flowedge/internal/objstore"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 )
 
 // version is set at build time: -ldflags "-X main.version=1.2.3".
@@ -61,19 +68,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, logw io
 	if len(args) > 0 && args[0] == "partitions" {
 		return runPartitions(ctx, args[1:], getenv, logw)
 	}
-	cfg, err := loadConfig(args, getenv, logw)
-	switch {
-	case errors.Is(err, flag.ErrHelp):
-		return exitOK
-	case errors.Is(err, errUsage):
-		fmt.Fprintln(logw, "api:", err)
-		return exitUsage
-	case err != nil:
-		fmt.Fprintln(logw, "api: bad configuration:")
-		for _, line := range splitJoined(err) {
-			fmt.Fprintln(logw, "  "+line)
-		}
-		return exitConfig
+	if len(args) > 0 && (args[0] == "backup" || args[0] == "restore") {
+		return runTool(ctx, args[0], args[1:], getenv, logw)
+	}
+	cfg, code := configOrExit(args, getenv, logw)
+	if code >= 0 {
+		return code
 	}
 	level, _ := parseLevel(cfg.LogLevel)
 	log := slog.New(slog.NewJSONHandler(logw, &slog.HandlerOptions{Level: level}))
@@ -88,6 +88,22 @@ func run(ctx context.Context, args []string, getenv func(string) string, logw io
 		return exitFail
 	}
 	defer store.Close()
+
+	// The production components, each only when its variable is set.
+	var rdb *redis.Client
+	if cfg.redisURL != "" {
+		opt, _ := redis.ParseURL(cfg.redisURL) // validated by loadConfig
+		rdb = redis.NewClient(opt)
+		defer rdb.Close()
+	}
+	octx, ocancel := context.WithTimeout(ctx, 30*time.Second)
+	objects, err := objstore.Open(octx, cfg.storage)
+	ocancel()
+	if err != nil {
+		log.Error("cannot open the object storage", "storage", cfg.storage.Describe(), "err", err)
+		return exitFail
+	}
+	defer objects.Close()
 
 	origins, _ := cfg.origins() // validated by loadConfig
 	proxies, _ := cfg.proxies() // validated by loadConfig
@@ -106,6 +122,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, logw io
 		DataDir:        cfg.DataDir,
 		AppURLs:        origins,
 		TrustedProxies: proxies,
+		Redis:          redisOption(rdb),
+		Objects:        objects,
 		RateLimits: api.RateLimits{
 			Default:  cfg.RateLimits.Default,
 			Posts:    cfg.RateLimits.Posts,
@@ -141,10 +159,26 @@ func run(ctx context.Context, args []string, getenv func(string) string, logw io
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	serveErr := make(chan error, 1)
+	// /metrics on its own listener, so nothing operational is reachable
+	// through the edge's public port.
+	mln, err := net.Listen("tcp", cfg.MetricsListen)
+	if err != nil {
+		log.Error("cannot listen", "metrics_listen", cfg.MetricsListen, "err", err)
+		ln.Close()
+		closeSrv()
+		return exitFail
+	}
+	mmux := http.NewServeMux()
+	mmux.Handle("GET /metrics", srv.MetricsHandler())
+	ms := &http.Server{Handler: mmux, ReadHeaderTimeout: 10 * time.Second, WriteTimeout: time.Minute,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	serveErr := make(chan error, 2)
 	go func() { serveErr <- hs.Serve(ln) }()
-	log.Info("listening", "addr", ln.Addr().String(), "partition", cfg.Partition, "partitions", cfg.Partitions,
-		"partition_from", cfg.partitionSource, "data_dir", cfg.DataDir, "env", cfg.Env, "version", buildVersion())
+	go func() { serveErr <- ms.Serve(mln) }()
+	defer ms.Close()
+	log.Info("listening", "addr", ln.Addr().String(), "metrics_addr", mln.Addr().String(), "partition", cfg.Partition, "partitions", cfg.Partitions,
+		"partition_from", cfg.partitionSource, "data_dir", cfg.DataDir, "env", cfg.Env, "version", buildVersion(),
+		"redis", rdb != nil, "storage", cfg.storage.Describe())
 
 	select {
 	case <-ctx.Done():
@@ -170,6 +204,34 @@ func run(ctx context.Context, args []string, getenv func(string) string, logw io
 	}
 	log.Info("stopped")
 	return exitOK
+}
+
+// configOrExit loads the configuration; on a problem it reports it and
+// returns the exit code, else -1.
+func configOrExit(args []string, getenv func(string) string, logw io.Writer) (config, int) {
+	cfg, err := loadConfig(args, getenv, logw)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		return cfg, exitOK
+	case errors.Is(err, errUsage):
+		fmt.Fprintln(logw, "api:", err)
+		return cfg, exitUsage
+	case err != nil:
+		fmt.Fprintln(logw, "api: bad configuration:")
+		for _, line := range splitJoined(err) {
+			fmt.Fprintln(logw, "  "+line)
+		}
+		return cfg, exitConfig
+	}
+	return cfg, -1
+}
+
+// redisOption is rdb as an Options.Redis: nil stays a nil interface.
+func redisOption(rdb *redis.Client) redis.UniversalClient {
+	if rdb == nil {
+		return nil
+	}
+	return rdb
 }
 
 // buildVersion is the -X version, else the module version, else "dev".

@@ -595,8 +595,18 @@ func TestNetworkPolicyAdmitsOnlyTheEdge(t *testing.T) {
 				if np == nil {
 					t.Fatalf("no NetworkPolicy selects the pods of %s", api.Name)
 				}
-				if !slices.Contains(np.Spec.PolicyTypes, networkingv1.PolicyTypeIngress) || len(np.Spec.Ingress) != 1 {
-					t.Fatalf("NetworkPolicy %s: want one Ingress rule", np.Name)
+				if !slices.Contains(np.Spec.PolicyTypes, networkingv1.PolicyTypeIngress) || len(np.Spec.Ingress) < 1 || len(np.Spec.Ingress) > 2 {
+					t.Fatalf("NetworkPolicy %s: want an Ingress rule for the api port and at most one for the metrics port", np.Name)
+				}
+				// A second rule admits its peers (Prometheus) to the metrics
+				// port only, never to the api port.
+				for _, rule := range np.Spec.Ingress[1:] {
+					if len(rule.From) == 0 {
+						t.Fatalf("NetworkPolicy %s: an empty from admits everyone", np.Name)
+					}
+					if len(rule.Ports) != 1 || rule.Ports[0].Port == nil || rule.Ports[0].Port.String() != "metrics" {
+						t.Errorf("NetworkPolicy %s: a second rule must admit only to the metrics port", np.Name)
+					}
 				}
 				rule := np.Spec.Ingress[0]
 				if len(rule.From) == 0 {

@@ -298,8 +298,9 @@ func TestQueriesNameExportedMetrics(t *testing.T) {
 	const key = "deploy-check-bootstrap-key-0123456789"
 
 	apiAddr, edgeAddr, adminAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	apiMetricsAddr := freeAddr(t) // the api serves /metrics on its own listener
 	api := start(t, "api", apiBin, []string{"FLOW_BOOTSTRAP_KEY=" + key},
-		"-listen", apiAddr, "-partition", "0", "-partitions", "1",
+		"-listen", apiAddr, "-metrics-listen", apiMetricsAddr, "-partition", "0", "-partitions", "1",
 		"-data-dir", filepath.Join(dir, "api"), "-env", "development")
 	waitOK(t, api, "http://"+apiAddr+"/health/readiness")
 
@@ -332,7 +333,7 @@ level = "warn"
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		exported := map[string]bool{}
-		for _, u := range []string{"http://" + adminAddr + "/metrics", "http://" + apiAddr + "/metrics"} {
+		for _, u := range []string{"http://" + adminAddr + "/metrics", "http://" + apiMetricsAddr + "/metrics"} {
 			for n := range scrape(t, u) {
 				exported[n] = true
 			}

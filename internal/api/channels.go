@@ -53,7 +53,8 @@ type Post struct {
 	ChannelID string    `json:"channel_id"`
 	Content   string    `json:"content"`
 	Media     []Media   `json:"media,omitempty"`
-	Author    string    `json:"author"` // user id
+	MediaIDs  []string  `json:"media_ids,omitempty"` // uploads (POST /api/v1/media) of the author
+	Author    string    `json:"author"`              // user id
 	KeyID     string    `json:"key_id"`
 	CreatedAt time.Time `json:"created_at"`
 }
@@ -105,8 +106,9 @@ type channelInput struct {
 }
 
 type postInput struct {
-	Content string       `json:"content"`
-	Media   []mediaInput `json:"media"`
+	Content  string       `json:"content"`
+	Media    []mediaInput `json:"media"`
+	MediaIDs []string     `json:"media_ids"`
 }
 
 // decodeChannel reads and checks a channel creation body; it returns the
@@ -121,26 +123,29 @@ func decodeChannel(p *bluemonday.Policy, body []byte) (string, error) {
 
 // decodePost reads and checks a post creation body: content is required
 // unless media is given. production allows only https media URLs.
-func decodePost(p *bluemonday.Policy, body []byte, production bool) (content string, media []Media, err error) {
+func decodePost(p *bluemonday.Policy, body []byte, production bool) (content string, media []Media, mediaIDs []string, err error) {
 	var in postInput
 	if err := decodeJSON(body, &in); err != nil {
-		return "", nil, err
+		return "", nil, nil, err
 	}
 	if len(in.Media) > MaxPostMedia {
-		return "", nil, badRequest("media: at most %d items, got %d", MaxPostMedia, len(in.Media))
+		return "", nil, nil, badRequest("media: at most %d items, got %d", MaxPostMedia, len(in.Media))
+	}
+	if len(in.MediaIDs) > MaxPostMedia {
+		return "", nil, nil, badRequest("media_ids: at most %d, got %d", MaxPostMedia, len(in.MediaIDs))
 	}
 	for i, m := range in.Media {
 		v, err := checkMedia(p, fmt.Sprintf("media[%d]", i), Media(m), production)
 		if err != nil {
-			return "", nil, err
+			return "", nil, nil, err
 		}
 		media = append(media, v)
 	}
-	content, err = plainText(p, "content", in.Content, MaxPostContent, len(media) == 0, true)
+	content, err = plainText(p, "content", in.Content, MaxPostContent, len(media) == 0 && len(in.MediaIDs) == 0, true)
 	if err != nil {
-		return "", nil, err
+		return "", nil, nil, err
 	}
-	return content, media, nil
+	return content, media, in.MediaIDs, nil
 }
 
 // checkMedia checks one media item: an absolute http or https URL (https
@@ -250,11 +255,14 @@ func (s *Server) createPost(c *call, tx Tx) (result, error) {
 	if err != nil {
 		return result{}, err
 	}
-	content, media, err := decodePost(s.text, c.body, s.opts.Production)
+	content, media, mediaIDs, err := decodePost(s.text, c.body, s.opts.Production)
 	if err != nil {
 		return result{}, err
 	}
-	p := Post{ID: store.NewID(), ChannelID: id, Content: content, Media: media, Author: c.key.user(), KeyID: c.key.ID, CreatedAt: time.Now().UTC()}
+	if err := s.checkMediaIDs(c.r.Context(), c.key, mediaIDs); err != nil {
+		return result{}, err
+	}
+	p := Post{ID: store.NewID(), ChannelID: id, Content: content, Media: media, MediaIDs: mediaIDs, Author: c.key.user(), KeyID: c.key.ID, CreatedAt: time.Now().UTC()}
 	if err := store.PutJSON(tx, store.Key(pfxPost, id, p.ID), p); err != nil {
 		return result{}, fmt.Errorf("store post: %w", err)
 	}

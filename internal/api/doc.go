@@ -60,9 +60,13 @@
 //     than a few minutes away (VerifyWebhook does all three). The secret is
 //     shown only in the 201 of the creation; repeats of that request get a
 //     409 naming the webhook.
-//   - Delivery is best-effort: deliveries wait in a bounded in-memory queue
-//     (when it is full they are dropped and counted) for a pool of workers,
-//     and are lost on restart. Each attempt has a 10s deadline; connection
+//   - Delivery is durable: each delivery is journaled at emit time (in
+//     Redis with Options.Redis, else in the store) and removed at its final
+//     result; it waits in a bounded in-memory queue for a pool of workers
+//     (a full queue delays it), and one waiting or under way when the
+//     process dies is made after the next start, with the same
+//     X-Flow-Delivery (Webhooks.InMemory: the old best-effort queue, which
+//     drops when full). Each attempt has a 10s deadline; connection
 //     errors, timeouts, 408, 429 and 5xx but 501 are retried
 //     (go-retryablehttp) with exponential backoff and jitter, Retry-After
 //     honoured but capped, up to 5 attempts; other answers are final.

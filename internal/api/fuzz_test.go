@@ -72,11 +72,11 @@ func FuzzDecodePost(f *testing.F) {
 	}
 	p := textPolicy()
 	f.Fuzz(func(t *testing.T, body []byte, production bool) {
-		content, media, err := decodePost(p, body, production)
+		content, media, mediaIDs, err := decodePost(p, body, production)
 		if !checkDecodeErr(t, body, err) {
 			return
 		}
-		if (content == "" && len(media) == 0) || utf8.RuneCountInString(content) > MaxPostContent || len(media) > MaxPostMedia {
+		if (content == "" && len(media) == 0 && len(mediaIDs) == 0) || len(mediaIDs) > MaxPostMedia || utf8.RuneCountInString(content) > MaxPostContent || len(media) > MaxPostMedia {
 			t.Fatalf("%q: accepted %q %v", body, content, media)
 		}
 		checkPlain(t, p, content, content)

@@ -155,7 +155,7 @@ func TestSecurityHeaders(t *testing.T) {
 			want int
 		}{
 			{req{method: "GET", path: "/health/liveness"}, 200},
-			{req{method: "GET", path: "/metrics"}, 200},
+			{req{method: "GET", path: "/metrics"}, 404}, // on the metrics listener only
 			{req{method: "GET", path: "/api/v1/apps", key: adminKey}, 200},
 			{req{method: "POST", path: "/api/v1/apps", key: adminKey, body: map[string]any{"name": "b"}}, 201},
 			{req{method: "DELETE", path: "/api/v1/apps/" + app.ID, key: adminKey}, 204},

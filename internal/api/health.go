@@ -18,8 +18,8 @@ type Check func(ctx context.Context) error
 // built-in one and each zero timeout DefaultCheckTimeout.
 type HealthOptions struct {
 	Database Check // built-in: the store answers a read
-	Storage  Check // built-in: the data directory is writable and has room
-	Queue    Check // built-in: the job workers are alive
+	Storage  Check // built-in: the data directory has room, and Options.Objects' buckets answer
+	Queue    Check // built-in: Options.Redis answers PING, and the job workers are alive
 
 	DatabaseTimeout, StorageTimeout, QueueTimeout time.Duration
 }
@@ -80,16 +80,32 @@ func newHealth(s *Server) *health {
 		}
 		return def
 	}
-	storage := func(context.Context) error { return nil }
-	if s.opts.DataDir != "" {
-		dir := s.opts.DataDir
-		storage = func(context.Context) error { return checkDisk(dir, minFreeBytes) }
+	dir, objects, rdb := s.opts.DataDir, s.opts.Objects, s.opts.Redis
+	storage := func(ctx context.Context) error {
+		if dir != "" {
+			if err := checkDisk(dir, minFreeBytes); err != nil {
+				return err
+			}
+		}
+		if objects != nil {
+			return objects.Ping(ctx)
+		}
+		return nil
+	}
+	queue := s.runner.Check
+	if rdb != nil {
+		queue = func(ctx context.Context) error {
+			if err := rdb.Ping(ctx).Err(); err != nil {
+				return fmt.Errorf("redis: %w", err)
+			}
+			return s.runner.Check(ctx)
+		}
 	}
 	return &health{
 		s:        s,
 		database: newChecker("database", pick(o.Database, s.store.Ping), o.DatabaseTimeout),
 		storage:  newChecker("storage", pick(o.Storage, storage), o.StorageTimeout),
-		queue:    newChecker("queue", pick(o.Queue, s.runner.Check), o.QueueTimeout),
+		queue:    newChecker("queue", pick(o.Queue, queue), o.QueueTimeout),
 	}
 }
 

@@ -120,6 +120,24 @@ func (e *env) stop() {
 	e.client.CloseIdleConnections()
 }
 
+// metrics scrapes the server's metrics handler (the -metrics-listen port
+// of cmd/api, not the public one).
+func (e *env) metrics() string {
+	e.t.Helper()
+	ts := httptest.NewServer(e.srv.MetricsHandler())
+	defer ts.Close()
+	res, err := http.Get(ts.URL + "/metrics")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	if err != nil || res.StatusCode != 200 {
+		e.t.Fatalf("metrics: %d %v", res.StatusCode, err)
+	}
+	return string(b)
+}
+
 // restart stops the server and starts a new one on the same directory.
 func (e *env) restart() {
 	e.t.Helper()

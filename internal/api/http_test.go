@@ -2,6 +2,8 @@ package api_test
 
 import (
 	"encoding/json"
+	promtestutil "github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 	"strings"
 	"testing"
 )
@@ -37,13 +39,40 @@ func TestProblems(t *testing.T) {
 	}
 }
 
+// TestMetricsOffPublicPort: the public handler has no /metrics (it listed
+// every tenant's webhook hosts to anyone who could reach the edge's public
+// port); the metrics handler's output passes Prometheus' linter.
+func TestMetricsOffPublicPort(t *testing.T) {
+	e := newEnv(t)
+	must(t, e.do(appendReq("proc-m", "m-1", map[string]any{"a": 1})), 201)
+	for _, h := range []map[string]string{nil, {"X-Process-ID": "proc-m"}} {
+		if r := e.do(req{method: "GET", path: "/metrics", header: h}); r.status != 404 {
+			t.Fatalf("public GET /metrics = %v, want 404", r)
+		}
+	}
+	problems, err := promtestutil.GatherAndLint(e.opts.Registry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("lint: %s: %s", p.Metric, p.Text)
+	}
+	body := e.metrics()
+	lintProblems, err := promlint.New(strings.NewReader(body)).Lint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range lintProblems {
+		t.Errorf("lint of the served text: %s: %s", p.Metric, p.Text)
+	}
+}
+
 // TestMetrics: /metrics serves the flow_ metrics on the injected registry.
 func TestMetrics(t *testing.T) {
 	e := newEnv(t)
 	must(t, e.do(appendReq("proc-m", "m-1", map[string]any{"a": 1})), 201)
 	must(t, e.do(appendReq("proc-m", "m-1", map[string]any{"a": 1})), 201)
-	r := must(t, e.do(req{method: "GET", path: "/metrics"}), 200)
-	body := string(r.body)
+	body := e.metrics()
 	for _, want := range []string{
 		`flow_http_requests_total{code="201",method="POST",route="/api/v1/processes/{pid}/events"} 2`,
 		`flow_events_appended_total 1`,

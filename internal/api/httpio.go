@@ -20,7 +20,12 @@ type call struct {
 	r    *http.Request
 	info *reqInfo
 	key  *APIKey // the authenticated key; nil on public routes
-	body []byte  // the request body, read by write routes
+	// limitKey names the key's rate limit buckets: derived from the
+	// secret's hash, so every pod names a key alike (a bootstrap key has
+	// another id in each embedded store) and the secret's own lookup hash
+	// never leaves the store.
+	limitKey string
+	body     []byte // the request body, read by write routes
 }
 
 // handler is a route's logic: it returns what to answer, or an error that

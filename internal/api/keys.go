@@ -124,7 +124,7 @@ func (s *Server) ensureBootstrapKey(ctx context.Context, secret string) error {
 
 // authenticate returns the key the request presents in
 // "Authorization: Bearer <key>" or "X-API-Key: <key>", or a 401.
-func (s *Server) authenticate(ctx context.Context, r *http.Request) (*APIKey, error) {
+func (s *Server) authenticate(ctx context.Context, r *http.Request) (*keyRecord, error) {
 	var secret string
 	if a := r.Header.Get("Authorization"); a != "" {
 		scheme, tok, found := strings.Cut(a, " ")
@@ -152,7 +152,7 @@ func (s *Server) authenticate(ctx context.Context, r *http.Request) (*APIKey, er
 	if err != nil {
 		return nil, err
 	}
-	return &rec.APIKey, nil
+	return &rec, nil
 }
 
 type keyInput struct {

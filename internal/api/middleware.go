@@ -98,12 +98,12 @@ func (s *Server) outer(mux *http.ServeMux) http.Handler {
 		case len(r.URL.RawQuery) > MaxQuery:
 			s.writeProblem(rec, r, problem(http.StatusRequestURITooLong, typeValidation, "the query string is longer than %d bytes", MaxQuery))
 			return
-		case r.ContentLength > MaxBodyBytes:
-			s.writeProblem(rec, r, &http.MaxBytesError{Limit: MaxBodyBytes})
+		case r.ContentLength > bodyLimit(r):
+			s.writeProblem(rec, r, &http.MaxBytesError{Limit: bodyLimit(r)})
 			return
 		}
 		if r.Body != nil {
-			r.Body = http.MaxBytesReader(rec, r.Body, MaxBodyBytes)
+			r.Body = http.MaxBytesReader(rec, r.Body, bodyLimit(r))
 		}
 		if isPreflight(r) {
 			info.route = "preflight"
@@ -171,7 +171,7 @@ func (s *Server) observe(r *http.Request, info *reqInfo, rec *httpx.Recorder, d 
 	s.metrics.duration.WithLabelValues(route, method).Observe(d.Seconds())
 
 	level := slog.LevelInfo
-	if strings.HasPrefix(route, "/health/") || route == "/metrics" {
+	if strings.HasPrefix(route, "/health/") {
 		level = slog.LevelDebug // probes every few seconds: not worth a line each
 	}
 	if status >= 500 {

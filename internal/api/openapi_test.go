@@ -592,6 +592,7 @@ func TestOpenAPIConformance(t *testing.T) {
 			}
 			return nil
 		}
+		o.Objects = fileObjects(t)
 	})
 	s := newOASuite(t, e)
 	rc := newOAReceiver(t)
@@ -615,7 +616,6 @@ func TestOpenAPIConformance(t *testing.T) {
 	s.do(oaCall{method: "GET", path: "/health/readiness", want: 200})
 	s.do(oaCall{method: "GET", path: "/health/health", want: 200})
 	s.do(oaCall{method: "GET", path: "/api/v1/health", want: 200})
-	s.do(oaCall{method: "GET", path: "/metrics", want: 200})
 	s.do(oaCall{method: "POST", path: "/_edge/batch", want: 200, body: "--b\r\nContent-Type: application/http\r\n\r\n" +
 		"GET /health/liveness HTTP/1.1\r\nHost: api\r\n\r\n\r\n--b--\r\n",
 		header: map[string]string{"Content-Type": "multipart/mixed; boundary=b"}})
@@ -790,8 +790,18 @@ func TestOpenAPIConformance(t *testing.T) {
 		"media":   []any{"https://cdn.example.com/a.png", map[string]any{"url": "https://cdn.example.com/b.mp4", "type": "video", "alt": "clip"}},
 	}, want: 201}))
 	postID := id.ID
+	// Media: uploads of alice's, named by her post.
+	octet := map[string]string{"Content-Type": "application/octet-stream"}
+	decode(s.do(oaCall{method: "POST", path: "/api/v1/media", key: alice, body: pngOf(t, 4, 4), header: octet, want: 201}))
+	mediaID := id.ID
+	s.do(oaCall{method: "POST", path: "/api/v1/media", key: alice, body: []byte("plain text"), header: octet, want: 415})
+	s.do(oaCall{method: "POST", path: "/api/v1/media", key: alice, body: make([]byte, api.MaxMediaBytes+1), header: octet, want: 413})
+	s.do(oaCall{method: "GET", path: "/api/v1/media/" + mediaID, key: alice, want: 200})
+	decode(s.do(oaCall{method: "POST", path: "/api/v1/media", key: admin, body: sampleMedia["image/gif"], header: octet, want: 201}))
+	s.do(oaCall{method: "GET", path: "/api/v1/media/" + id.ID, key: alice, want: 404}) // not hers
+	s.do(oaCall{method: "GET", path: "/api/v1/media/nope", key: alice, want: 400, invalid: true})
 	s.do(oaCall{method: "POST", path: "/api/v1/channels/" + aliceCh + "/posts", key: alice,
-		body: map[string]any{"media": []any{"https://cdn.example.com/c.png"}}, want: 201})
+		body: map[string]any{"media": []any{"https://cdn.example.com/c.png"}, "media_ids": []string{mediaID}}, want: 201})
 	s.do(oaCall{method: "POST", path: "/api/v1/channels/" + aliceCh + "/posts", key: alice, body: map[string]any{"content": ""}, want: 400})
 	s.do(oaCall{method: "POST", path: "/api/v1/channels/" + chID + "/posts", key: alice, body: map[string]any{"content": "hi"}, want: 404})
 	s.do(oaCall{method: "POST", path: "/api/v1/channels/" + chID + "/posts", key: admin,

@@ -1,6 +1,8 @@
 package api
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"net/http"
 	"time"
 
@@ -34,6 +36,14 @@ func limitClassOf(pattern string) ratelimit.Class {
 		return ratelimit.ClassKeys
 	}
 	return ratelimit.ClassDefault
+}
+
+// limitKeyOf is the rate limit name of the key whose secret hashes to
+// hash (hex SHA-256): a hash of that hash, so the name is the same on every
+// pod but is not the store's lookup hash.
+func limitKeyOf(hash string) string {
+	sum := sha256.Sum256([]byte("flowedge-rate-limit:" + hash))
+	return hex.EncodeToString(sum[:16])
 }
 
 // tooManyRequests is the 429 of a refused request.

@@ -17,12 +17,14 @@ import (
 	"github.com/flowedge/flowedge/internal/api/jobs"
 	"github.com/flowedge/flowedge/internal/api/store"
 	"github.com/flowedge/flowedge/internal/api/webhook"
+	"github.com/flowedge/flowedge/internal/objstore"
 	"github.com/flowedge/flowedge/internal/outbound"
 	"github.com/flowedge/flowedge/internal/partition"
 	"github.com/flowedge/flowedge/internal/ratelimit"
 	"github.com/microcosm-cc/bluemonday"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
 	"github.com/rs/cors"
 )
 
@@ -52,7 +54,7 @@ type Options struct {
 	// Logger receives the request log and errors; nil discards them.
 	Logger *slog.Logger
 	// Registry gets the flow_ metrics (and Go and process collectors) and is
-	// what /metrics serves; nil means a fresh registry.
+	// what MetricsHandler serves; nil means a fresh registry.
 	Registry *prometheus.Registry
 	// Workers is how many jobs run at once (of different processes); 0 means 4.
 	Workers int
@@ -93,6 +95,16 @@ type Options struct {
 	Resolver Resolver
 	// Webhooks tunes webhook delivery and the per-host circuit breakers.
 	Webhooks WebhookOptions
+	// Redis (REDIS_URL) holds the rate limit buckets, shared by every pod
+	// that uses it, and is what the queue health check pings. nil means
+	// embedded: per-process limits, and the queue check asks the job
+	// workers only. The Server never closes it.
+	Redis redis.UniversalClient
+	// Objects holds uploaded media (its content bucket) and is what the
+	// storage health check reaches. nil means no object storage: media
+	// routes answer 503 and the storage check watches DataDir only. The
+	// Server never closes it.
+	Objects *objstore.Store
 }
 
 // Server is the Flow API. It is safe for concurrent use.
@@ -168,7 +180,23 @@ func New(opts Options) (*Server, error) {
 		}
 		origins = append(origins, o)
 	}
-	lim, err := ratelimit.New(opts.RateLimits)
+	limits := opts.RateLimits
+	if opts.Redis != nil && limits.Redis == nil {
+		limits.Redis = opts.Redis
+		logger := opts.Logger
+		var lastLog atomic.Int64 // unix nanoseconds of the last warning
+		var missed atomic.Int64  // failures since
+		limits.OnRedisError = func(err error) {
+			// Once per 10 s at most: with Redis down every request fails over.
+			now, last := time.Now().UnixNano(), lastLog.Load()
+			if now-last < int64(10*time.Second) || !lastLog.CompareAndSwap(last, now) {
+				missed.Add(1)
+				return
+			}
+			logger.Warn("rate limit: Redis failed; each pod's own buckets decide meanwhile", "err", err, "failures_since_last_warning", missed.Swap(0))
+		}
+	}
+	lim, err := ratelimit.New(limits)
 	if err != nil {
 		return nil, err
 	}
@@ -200,7 +228,8 @@ func New(opts Options) (*Server, error) {
 		Metrics: jobs.Metrics{Events: s.metrics.events, Finished: s.metrics.jobsFinished, Duration: s.metrics.jobDuration}})
 	s.hooks = webhook.New(webhook.Config{Store: s.store, Options: opts.Webhooks, Production: opts.Production,
 		Resolver: opts.Resolver, Breakers: s.breakers, Version: opts.Version, Log: s.log,
-		Deliveries: s.metrics.webhookDeliveries, ReloadEvery: sharedReload(isShared, opts.Webhooks.SharedReload)})
+		Deliveries: s.metrics.webhookDeliveries, ReloadEvery: sharedReload(isShared, opts.Webhooks.SharedReload),
+		Journal: s.webhookJournal()})
 	if err := s.hooks.Reload(ctx); err != nil {
 		return nil, err
 	}
@@ -218,6 +247,18 @@ func New(opts Options) (*Server, error) {
 		go s.watchPartitions(bgCtx, shared, opts.PartitionRefresh)
 	}
 	return s, nil
+}
+
+// webhookJournal is where webhook deliveries stay until they are made:
+// Redis when set, else the store; nil with Webhooks.InMemory.
+func (s *Server) webhookJournal() webhook.Journal {
+	switch {
+	case s.opts.Webhooks.InMemory:
+		return nil
+	case s.opts.Redis != nil:
+		return webhook.RedisJournal{Redis: s.opts.Redis, Partition: s.opts.Partition}
+	}
+	return webhook.StoreJournal{Store: s.store, Partition: s.opts.Partition}
 }
 
 // Handler returns the HTTP handler of the whole API.
@@ -241,6 +282,16 @@ func (s *Server) Close(ctx context.Context) error {
 	return s.closeErr
 }
 
+// MetricsHandler serves the flow_ metrics (and the Go and process
+// collectors) of Options.Registry in the Prometheus text format. It is not
+// part of Handler: cmd/api serves it on its own listener (-metrics-listen),
+// so nothing operational is reachable through the edge's public port.
+func (s *Server) MetricsHandler() http.Handler {
+	return promhttp.HandlerFor(s.opts.Registry, promhttp.HandlerOpts{
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelError),
+	})
+}
+
 // access is who may call a route.
 type access int
 
@@ -259,8 +310,6 @@ func (s *Server) routes() http.Handler {
 	mux.Handle("GET /health/readiness", s.claimPartition(s.adapt("GET /health/readiness", public, s.readiness)))
 	handle("GET /health/health", public, s.healthReport)
 	handle("GET /api/v1/health", public, s.healthReport)
-	metricsHandler := promhttp.HandlerFor(s.opts.Registry, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelError)})
-	mux.Handle("GET /metrics", s.adaptHTTP("GET /metrics", metricsHandler))
 	mux.Handle("POST /_edge/batch", s.adaptHTTP("POST /_edge/batch", http.HandlerFunc(s.edgeBatch)))
 
 	handle("GET /api/v1/processes", member, s.listProcesses)
@@ -302,6 +351,9 @@ func (s *Server) routes() http.Handler {
 	handle("GET /api/v1/channels/{id}/posts", member, s.listPosts)
 	handle("GET /api/v1/channels/{id}/posts/{post_id}", member, s.getPost)
 
+	handle("POST /api/v1/media", member, s.uploadMedia)
+	handle("GET /api/v1/media/{id}", member, s.getMedia)
+
 	handle("GET /api/v1/audit", admin, s.listAudit)
 	return s.outer(mux)
 }
@@ -327,7 +379,7 @@ func (s *Server) adapt(pattern string, acc access, h handler) http.Handler {
 		c.info.route = route
 		res, err := s.admit(c, acc)
 		if c.key != nil { // authenticated, even if then forbidden: it counts
-			v := s.limiter.Take(c.key.ID, class)
+			v := s.limiter.Allow(r.Context(), c.limitKey, class)
 			v.SetHeaders(w.Header())
 			if !v.Allowed {
 				err = tooManyRequests(v)
@@ -367,7 +419,9 @@ func uuidParams(pattern string) []string {
 	}
 }
 
-// adaptHTTP labels a plain http.Handler's route for the log and metrics.
+// adaptHTTP wraps a plain http.Handler (the edge's batch endpoint, which
+// runs its parts through the whole chain itself) so the request log and
+// metrics name its route.
 func (s *Server) adaptHTTP(pattern string, h http.Handler) http.Handler {
 	route := routeOf(pattern)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -385,11 +439,12 @@ func (s *Server) admit(c *call, acc access) (result, error) {
 	if err := s.checkOwner(c.r); err != nil {
 		return result{}, err
 	}
-	key, err := s.authenticate(c.r.Context(), c.r)
+	rec, err := s.authenticate(c.r.Context(), c.r)
 	if err != nil {
 		return result{}, err
 	}
-	c.key = key
+	key := &rec.APIKey
+	c.key, c.limitKey = key, limitKeyOf(rec.Hash)
 	c.info.keyID = key.ID
 	c.info.userID = key.user()
 	if acc == admin && key.Role != RoleAdmin {

@@ -189,7 +189,7 @@ func quick(o *api.Options) {
 // at 0 from the start.
 func TestWebhookCRUD(t *testing.T) {
 	e := newEnv(t)
-	metrics := string(must(t, e.do(req{method: "GET", path: "/metrics"}), 200).body)
+	metrics := e.metrics()
 	for _, r := range []string{"success", "failure", "breaker_open", "dropped"} {
 		if want := `flow_webhook_deliveries_total{result="` + r + `"} 0`; !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %s", want)
@@ -574,10 +574,11 @@ func TestHTTPStepBreaker(t *testing.T) {
 	}
 }
 
-// TestWebhookQueueFull: when the bounded queue is full, deliveries are
-// dropped and counted, and the events' sources are not held up.
+// TestWebhookQueueFull: in memory only (Webhooks.InMemory), when the
+// bounded queue is full, deliveries are dropped and counted, and the
+// events' sources are not held up.
 func TestWebhookQueueFull(t *testing.T) {
-	e := newEnv(t, func(o *api.Options) { o.Webhooks.Workers = 1; o.Webhooks.QueueSize = 1 })
+	e := newEnv(t, func(o *api.Options) { o.Webhooks.Workers = 1; o.Webhooks.QueueSize = 1; o.Webhooks.InMemory = true })
 	release := make(chan struct{})
 	var hits atomic.Int32
 	rc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -602,7 +603,11 @@ func TestWebhookQueueFull(t *testing.T) {
 // them waiting on a slow receiver would hold a gigabyte; past
 // MaxQueueBytes deliveries are dropped, though the queue has room for more.
 func TestWebhookQueueBytes(t *testing.T) {
-	e := newEnv(t, func(o *api.Options) { o.Webhooks.Workers = 1; o.Webhooks.MaxQueueBytes = 100 << 10 })
+	e := newEnv(t, func(o *api.Options) {
+		o.Webhooks.Workers = 1
+		o.Webhooks.MaxQueueBytes = 100 << 10
+		o.Webhooks.InMemory = true
+	})
 	release := make(chan struct{})
 	rc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-release }))
 	defer rc.Close()
@@ -618,6 +623,34 @@ func TestWebhookQueueBytes(t *testing.T) {
 	waitFor(t, "dropped deliveries", func() bool { return e.deliveries("dropped") >= 2 })
 	if got := e.deliveries("dropped"); got != 2 {
 		t.Fatalf("%v deliveries dropped, want 2", got)
+	}
+}
+
+// TestWebhookQueueFullJournal: with the journal (the default), a full
+// queue delays deliveries instead of dropping them: all are made once the
+// receiver answers, none dropped.
+func TestWebhookQueueFullJournal(t *testing.T) {
+	e := newEnv(t, func(o *api.Options) { o.Webhooks.Workers = 1; o.Webhooks.QueueSize = 1 })
+	release := make(chan struct{})
+	var hits atomic.Int32
+	ids := sync.Map{}
+	rc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		ids.Store(r.Header.Get("X-Flow-Delivery"), true)
+		<-release
+	}))
+	defer rc.Close()
+	e.hook(rc.URL+"/h", "job.succeeded")
+	for range 4 {
+		e.finishJob("p-full")
+	}
+	waitFor(t, "the first delivery under way", func() bool { return hits.Load() >= 1 })
+	close(release)
+	waitFor(t, "4 deliveries", func() bool { return e.deliveries("success") >= 4 })
+	n := 0
+	ids.Range(func(any, any) bool { n++; return true })
+	if n != 4 || e.deliveries("dropped") != 0 {
+		t.Fatalf("%d distinct deliveries, %v dropped; want 4 and 0", n, e.deliveries("dropped"))
 	}
 }
 

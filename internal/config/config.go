@@ -155,11 +155,16 @@ type Delivery struct {
 	BatchBytes  int    `toml:"batch_bytes"`   // encoded size bound of a batch; default 1 MiB
 }
 
-// Route sets the mode for requests whose path starts with Prefix.
+// Route sets the mode (and optionally the body limit) for requests whose
+// path starts with Prefix.
 type Route struct {
 	Prefix  string   `toml:"prefix"`  // plain string prefix of the request path, starts with "/"; "/" matches all
 	Methods []string `toml:"methods"` // HTTP methods (case-insensitive); empty = all
 	Mode    string   `toml:"mode"`    // ModeBuffer or ModeProxy
+	// MaxBodyBytes is the body limit of the route's requests (413 beyond);
+	// 0 means server.max_body_bytes. E.g. media uploads of 10 MiB, best in
+	// mode "proxy" so they do not pass through the disk queue.
+	MaxBodyBytes int64 `toml:"max_body_bytes"`
 }
 
 // Log configures the process log (log/slog).
@@ -286,6 +291,20 @@ func (c Config) ModeFor(method, path string) string {
 	default:
 		return ModeBuffer
 	}
+}
+
+// MaxBodyFor returns the body limit for a request: the max_body_bytes of
+// the first matching route (as ModeFor matches), else server.max_body_bytes.
+func (c Config) MaxBodyFor(method, path string) int64 {
+	for _, r := range c.Routes {
+		if r.matches(method, path) {
+			if r.MaxBodyBytes > 0 {
+				return r.MaxBodyBytes
+			}
+			break
+		}
+	}
+	return c.Server.MaxBodyBytes
 }
 
 func (r Route) matches(method, path string) bool {

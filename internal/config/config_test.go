@@ -617,6 +617,45 @@ mode = "proxy"
 	}
 }
 
+func TestMaxBodyFor(t *testing.T) {
+	cfg, err := parse([]byte(minimal+`
+[[routes]]
+prefix = "/api/v1/media"
+methods = ["POST"]
+mode = "proxy"
+max_body_bytes = 10485760
+
+[[routes]]
+prefix = "/api/v1/reports"
+mode = "proxy"
+`), noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	def := cfg.Server.MaxBodyBytes
+	for _, tt := range []struct {
+		method, path string
+		want         int64
+	}{
+		{"POST", "/api/v1/media", 10 << 20},
+		{"GET", "/api/v1/media/x", def},    // method not listed
+		{"POST", "/api/v1/reports/1", def}, // route without its own limit
+		{"POST", "/x", def},
+	} {
+		if got := cfg.MaxBodyFor(tt.method, tt.path); got != tt.want {
+			t.Errorf("MaxBodyFor(%s, %s) = %d, want %d", tt.method, tt.path, got, tt.want)
+		}
+	}
+	if _, err := parse([]byte(minimal+`
+[[routes]]
+prefix = "/m"
+mode = "proxy"
+max_body_bytes = -1
+`), noEnv); err == nil || !strings.Contains(err.Error(), "routes[0].max_body_bytes") {
+		t.Fatalf("negative max_body_bytes: %v", err)
+	}
+}
+
 func TestBackendURL(t *testing.T) {
 	cfg, err := parse([]byte(`
 [partition]

@@ -280,6 +280,9 @@ func (c Config) validateRoutes(v *validator) {
 			}
 		}
 		v.oneOf(key+".mode", r.Mode, ModeBuffer, ModeProxy)
+		if r.MaxBodyBytes < 0 {
+			v.add(key+".max_body_bytes", "must be 0 (server.max_body_bytes) or positive, got %d", r.MaxBodyBytes)
+		}
 	}
 }
 

@@ -57,9 +57,12 @@ type Options struct {
 	BackendURL func(int) string                 // required: base URL of a partition's backend
 	ModeFor    func(method, path string) string // nil: GET/HEAD/OPTIONS proxy, others buffer
 
-	KeyHeader     string        // "X-Process-ID"
-	SpreadMissing bool          // missing key: route by a random key instead of 400
-	MaxBodyBytes  int64         // 1 MiB → 413
+	KeyHeader     string // "X-Process-ID"
+	SpreadMissing bool   // missing key: route by a random key instead of 400
+	MaxBodyBytes  int64  // 1 MiB → 413
+	// MaxBodyFor, when set, gives a request's body limit (a route's own);
+	// a result <= 0 means MaxBodyBytes.
+	MaxBodyFor    func(method, path string) int64
 	MaxURLBytes   int           // 2048 → 414
 	MaxQueryBytes int           // 1024 → 414
 	Accept        bool          // respond = "accept": 202 right after the durable append
@@ -230,15 +233,21 @@ func (h *Handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		}
 		key = spreadKey(r, path)
 	}
-	if r.ContentLength > h.opt.MaxBodyBytes {
-		h.tooLarge(w)
+	limit := h.opt.MaxBodyBytes
+	if h.opt.MaxBodyFor != nil {
+		if l := h.opt.MaxBodyFor(r.Method, r.URL.Path); l > 0 {
+			limit = l
+		}
+	}
+	if r.ContentLength > limit {
+		h.tooLarge(w, limit)
 		return
 	}
-	body, err := readBody(w, r, h.opt.MaxBodyBytes)
+	body, err := readBody(w, r, limit)
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			h.tooLarge(w)
+			h.tooLarge(w, limit)
 			return
 		}
 		httpx.WriteProblem(w, httpx.Problem{Status: http.StatusBadRequest, Detail: "reading request body: " + err.Error()})
@@ -265,9 +274,9 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, erro
 	return io.ReadAll(rd)
 }
 
-func (h *Handler) tooLarge(w http.ResponseWriter) {
+func (h *Handler) tooLarge(w http.ResponseWriter, limit int64) {
 	httpx.WriteProblem(w, httpx.Problem{Status: http.StatusRequestEntityTooLarge,
-		Detail: fmt.Sprintf("request body exceeds %d bytes", h.opt.MaxBodyBytes)})
+		Detail: fmt.Sprintf("request body exceeds %d bytes", limit)})
 }
 
 // dropHeaders are client headers the backend must never get as sent: the

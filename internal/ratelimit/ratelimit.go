@@ -14,6 +14,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/go-redis/redis_rate/v10"
+	"github.com/redis/go-redis/v9"
 	"golang.org/x/time/rate"
 )
 
@@ -102,7 +104,15 @@ type Limits struct {
 	// the bound, others go as well, which lets their keys start afresh.
 	MaxTracked int
 	// Now is the limiter's clock; nil means time.Now. Tests inject one.
+	// (Buckets in Redis go by the Redis server's clock.)
 	Now func() time.Time
+	// Redis, when set, keeps the buckets in Redis, shared by every process
+	// that uses the same Redis (see Limiter.Allow); nil means in memory,
+	// per process.
+	Redis redis.UniversalClient
+	// OnRedisError is told of each failed Redis call (after which the
+	// in-memory bucket decided); nil means ignore.
+	OnRedisError func(error)
 }
 
 // Class is which bucket of a key a route draws from.
@@ -125,6 +135,9 @@ type Limiter struct {
 	mu      sync.Mutex
 	buckets map[bucketKey]*bucket
 	swept   time.Time // last sweep of idle buckets
+
+	redis        *redis_rate.Limiter // nil: in memory only
+	onRedisError func(error)
 }
 
 type bucketKey struct {
@@ -139,7 +152,10 @@ type bucket struct {
 
 // New checks o and fills in its defaults.
 func New(o Limits) (*Limiter, error) {
-	l := &Limiter{now: o.Now, max: o.MaxTracked, buckets: map[bucketKey]*bucket{}}
+	l := &Limiter{now: o.Now, max: o.MaxTracked, buckets: map[bucketKey]*bucket{}, onRedisError: o.OnRedisError}
+	if o.Redis != nil {
+		l.redis = redis_rate.NewLimiter(o.Redis)
+	}
 	for _, c := range []struct {
 		class      Class
 		name       string

@@ -119,6 +119,7 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger, version str
 		KeyHeader:     cfg.Partition.KeyHeader,
 		SpreadMissing: cfg.Partition.MissingKey == "spread",
 		MaxBodyBytes:  cfg.Server.MaxBodyBytes,
+		MaxBodyFor:    cfg.MaxBodyFor,
 		MaxURLBytes:   cfg.Server.MaxURLBytes,
 		MaxQueryBytes: cfg.Server.MaxQueryBytes,
 		Accept:        cfg.Server.Respond == "accept",

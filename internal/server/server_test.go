@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/flowedge/flowedge/internal/config"
 )
 
 // TestStickyAndOrdered: 1,000 requests over 100 keys through three real
@@ -298,6 +300,31 @@ func TestIntakeLimits(t *testing.T) {
 	}
 	if n := b.effectCount(); n != 0 {
 		t.Errorf("%d rejected requests reached the backend", n)
+	}
+}
+
+// TestRouteBodyLimit: a route's max_body_bytes lets its larger bodies
+// through (api-flow's 10 MiB media uploads) while every other request keeps
+// the [server] limit.
+func TestRouteBodyLimit(t *testing.T) {
+	b := newBackend(t, "b0")
+	cfg := testConfig(t, b)
+	cfg.Routes = []config.Route{{Prefix: "/api/v1/media", Methods: []string{"POST"}, Mode: config.ModeProxy, MaxBodyBytes: 3 << 20}}
+	e := startEdge(t, cfg)
+	big := strings.Repeat("a", 2<<20)
+	for _, c := range []struct {
+		name, path, body string
+		want             int
+	}{
+		{"2 MiB upload", "/api/v1/media", big, http.StatusCreated},
+		{"4 MiB upload", "/api/v1/media", strings.Repeat("a", 4<<20), http.StatusRequestEntityTooLarge},
+		{"2 MiB elsewhere", "/x", big, http.StatusRequestEntityTooLarge},
+	} {
+		resp := send(t, e, "POST", c.path, "k", c.body, nil)
+		body := readBody(t, resp)
+		if resp.StatusCode != c.want {
+			t.Errorf("%s: %d %.100q, want %d", c.name, resp.StatusCode, body, c.want)
+		}
 	}
 }
 

@@ -26,6 +26,7 @@ import (
 //	jp/<pid>\x00<seq>          job id: the jobs of a process, in submission order
 //	jq/<pid>\x00<seq>          job id: jobs not finished yet (queued or running)
 //	wh/<id>                    Webhook
+//	wq/<partition>/<id>        webhook delivery not made yet (webhook.Record)
 const (
 	PfxProcess     = "p/"
 	PfxEvent       = "e/"
@@ -40,6 +41,7 @@ const (
 	PfxProcessJob  = "jp/"
 	PfxJobQueue    = "jq/"
 	PfxWebhook     = "wh/" // webhook, its signing secret included (needed to sign, so stored as is)
+	PfxWebhookQ    = "wq/" // webhook delivery journal, per partition
 )
 
 // Key builds prefix + parts joined by 0x00.

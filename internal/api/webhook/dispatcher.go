@@ -47,6 +47,10 @@ type Options struct {
 	// exponential from RetryWaitMin with jitter, capped at RetryWaitMax,
 	// Retry-After honoured up to RetryWaitMax. 0 means 1s and 30s.
 	RetryWaitMin, RetryWaitMax time.Duration
+	// InMemory keeps deliveries in memory only, without the journal the
+	// API gives the dispatcher otherwise (Config.Journal): best-effort,
+	// lost on a restart, dropped when the queue is full.
+	InMemory bool
 	// BreakerCooldown is how long a host's circuit breaker stays open
 	// before one probe call may go through. It applies to webhook
 	// deliveries and to workflow http steps. 0 means 1 minute.
@@ -106,7 +110,8 @@ type envelope struct {
 // delivery is one event on its way to one webhook.
 type delivery struct {
 	id       string // X-Flow-Delivery
-	hook     store.WebhookRecord
+	hookID   string
+	hook     store.WebhookRecord // read again from the store at delivery
 	event    string
 	body     []byte
 	attempts int // touched only by the worker that has the delivery
@@ -116,7 +121,8 @@ type deliveryKey struct{}
 
 // Dispatcher is the API's event sink: it fans each event out to the
 // webhooks that subscribe to it and delivers them on a fixed pool of
-// workers. Deliveries live in memory only: best-effort, lost on restart.
+// workers. With Config.Journal deliveries are durable (see Journal); without
+// it they live in memory only: best-effort, lost on restart.
 type Dispatcher struct {
 	cfg    Config
 	log    *slog.Logger
@@ -131,6 +137,16 @@ type Dispatcher struct {
 	reloadMu sync.Mutex // one reload at a time, so the last one installs the latest list
 	mu       sync.RWMutex
 	subs     []store.WebhookRecord
+
+	// With a journal: the ids queued or under way, so the rescan does not
+	// queue them twice; wake asks for a rescan.
+	liveMu sync.Mutex
+	live   map[string]bool
+	wake   chan struct{}
+	// behind is set when the journal may hold deliveries that are not in
+	// memory (at start, after a full queue, after a delivery put off):
+	// only then does the periodic rescan read the journal.
+	behind atomic.Bool
 }
 
 // Config is what a Dispatcher needs. Store, Breakers and Deliveries are
@@ -157,7 +173,16 @@ type Config struct {
 	ReloadEvery time.Duration
 	// Deliveries is flow_webhook_deliveries_total{result} (see Results).
 	Deliveries *prometheus.CounterVec
+	// Journal, when set, keeps every delivery durable from Emit to its
+	// final result (see Journal): a full queue then delays a delivery
+	// instead of dropping it, and what a crash or stop left is delivered
+	// after the next start. nil means in memory only: best-effort.
+	Journal Journal
 }
+
+// journalRescan is how often the journal is read for deliveries that did
+// not fit the queue (and how soon after a start the leftovers go out).
+const journalRescan = 2 * time.Second
 
 // New builds the dispatcher; Start runs its workers.
 func New(cfg Config) *Dispatcher {
@@ -166,7 +191,8 @@ func New(cfg Config) *Dispatcher {
 	}
 	o := cfg.Options.withDefaults()
 	ctx, cancel := context.WithCancel(context.Background())
-	d := &Dispatcher{cfg: cfg, log: cfg.Log, o: o, queue: make(chan *delivery, o.QueueSize), ctx: ctx, cancel: cancel}
+	d := &Dispatcher{cfg: cfg, log: cfg.Log, o: o, queue: make(chan *delivery, o.QueueSize), ctx: ctx, cancel: cancel,
+		live: map[string]bool{}, wake: make(chan struct{}, 1)}
 	d.client = &retryablehttp.Client{
 		HTTPClient: &http.Client{
 			Timeout: o.Timeout, // per attempt: retryablehttp calls Do once per attempt
@@ -206,6 +232,90 @@ func (d *Dispatcher) Start() {
 		d.wg.Add(1)
 		go d.reloadLoop(d.cfg.ReloadEvery)
 	}
+	if d.cfg.Journal != nil {
+		d.wg.Add(1)
+		go d.feed()
+	}
+}
+
+// feed queues the journal's deliveries that are not queued or under way:
+// at start (what a crash or stop left), and after a full queue or a put-off
+// delivery (checked every journalRescan, or at once when Emit wakes it). In
+// the steady state it does not read the journal at all.
+func (d *Dispatcher) feed() {
+	defer d.wg.Done()
+	t := time.NewTicker(journalRescan)
+	defer t.Stop()
+	d.behind.Store(true) // what the last run left
+	for {
+		if d.behind.Swap(false) {
+			d.rescan()
+		}
+		select {
+		case <-d.ctx.Done():
+			return
+		case <-t.C:
+		case <-d.wake:
+		}
+	}
+}
+
+// rescan queues the journal's oldest deliveries that are not in memory.
+func (d *Dispatcher) rescan() {
+	ctx, cancel := context.WithTimeout(d.ctx, 10*time.Second)
+	recs, err := d.cfg.Journal.Pending(ctx, d.o.QueueSize)
+	cancel()
+	if err != nil && d.ctx.Err() == nil {
+		d.behind.Store(true)
+		d.log.Warn("cannot read the webhook journal; trying again", "err", err)
+	}
+	for _, r := range recs {
+		dl := &delivery{id: r.ID, hookID: r.HookID, event: r.Event, body: r.Body}
+		if !d.enqueue(dl) {
+			d.behind.Store(true) // full: the next rescan goes on
+			return
+		}
+	}
+	if len(recs) == d.o.QueueSize {
+		d.behind.Store(true) // there may be more than one read returns
+	}
+}
+
+// enqueue puts dl on the queue unless it is there already (journal) or
+// the queue is full (deliveries or bytes); false when it did not fit.
+func (d *Dispatcher) enqueue(dl *delivery) bool {
+	if d.ctx.Err() != nil {
+		return false
+	}
+	if d.cfg.Journal != nil {
+		d.liveMu.Lock()
+		if d.live[dl.id] {
+			d.liveMu.Unlock()
+			return true
+		}
+		d.live[dl.id] = true
+		d.liveMu.Unlock()
+	}
+	n := int64(len(dl.body))
+	if d.queued.Add(n) <= d.o.MaxQueueBytes {
+		select {
+		case d.queue <- dl:
+			return true
+		default:
+		}
+	}
+	d.queued.Add(-n)
+	d.forget(dl.id)
+	return false
+}
+
+// forget ends dl's stay in the live set.
+func (d *Dispatcher) forget(id string) {
+	if d.cfg.Journal != nil {
+		d.liveMu.Lock()
+		delete(d.live, id)
+		d.liveMu.Unlock()
+	}
 }
 
 // reloadLoop reloads the webhooks every interval until Stop, so webhooks
@@ -239,9 +349,11 @@ func (d *Dispatcher) Stop(ctx context.Context) error {
 	case <-ctx.Done():
 		return errors.Join(errors.New("webhook workers did not stop"), ctx.Err())
 	}
-	if n := len(d.queue); n > 0 {
+	if n := len(d.queue); n > 0 && d.cfg.Journal == nil {
 		d.count(deliveryDropped, n)
 		d.log.Warn("webhook deliveries dropped at shutdown (deliveries are kept in memory only)", "deliveries", n)
+	} else if n > 0 {
+		d.log.Info("webhook deliveries left in the journal at shutdown; the next start delivers them", "deliveries", n)
 	}
 	d.client.HTTPClient.CloseIdleConnections()
 	return nil
@@ -296,19 +408,37 @@ func (d *Dispatcher) Emit(event, owner string, data any) {
 		d.log.Error("cannot encode a webhook event; not delivered", "event", event, "err", err)
 		return
 	}
-	for _, h := range targets {
-		dl := &delivery{id: store.NewID(), hook: h, event: event, body: body}
-		n := int64(len(body))
-		if d.ctx.Err() == nil {
-			if d.queued.Add(n) <= d.o.MaxQueueBytes {
-				select {
-				case d.queue <- dl:
-					continue
-				default:
-				}
-			}
-			d.queued.Add(-n)
+	dls := make([]*delivery, len(targets))
+	for i, h := range targets {
+		dls[i] = &delivery{id: store.NewID(), hookID: h.ID, hook: h, event: event, body: body}
+	}
+	journaled := false
+	if d.cfg.Journal != nil {
+		recs := make([]Record, len(dls))
+		for i, dl := range dls {
+			recs[i] = Record{ID: dl.id, HookID: dl.hookID, Event: event, Body: body}
 		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := d.cfg.Journal.Push(ctx, recs)
+		cancel()
+		if err != nil {
+			d.log.Error("cannot write webhook deliveries to the journal; delivering from memory only", "event", event, "err", err)
+		}
+		journaled = err == nil
+	}
+	for _, dl := range dls {
+		if d.enqueue(dl) {
+			continue
+		}
+		if journaled {
+			d.behind.Store(true)
+			select { // kept in the journal: the feeder queues it when there is room
+			case d.wake <- struct{}{}:
+			default:
+			}
+			continue
+		}
+		h := dl.hook
 		d.count(deliveryDropped, 1)
 		d.log.Warn("webhook delivery dropped: the queue is full (deliveries or bytes) or the server is stopping",
 			"webhook_id", h.ID, "event", event, "delivery_id", dl.id)
@@ -323,36 +453,54 @@ func (d *Dispatcher) work() {
 			return
 		case dl := <-d.queue:
 			d.queued.Add(-int64(len(dl.body)))
-			d.deliver(dl)
+			result := d.deliver(dl)
+			if result == deliveryDropped && d.ctx.Err() == nil {
+				d.behind.Store(true) // put off, still in the journal
+			}
+			if result != deliveryDropped && d.cfg.Journal != nil {
+				// Final: out of the journal. A delivery cut short by a
+				// stop stays there for the next start.
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				if err := d.cfg.Journal.Ack(ctx, dl.id); err != nil {
+					d.log.Warn("cannot remove a delivery from the webhook journal; it may be made again", "delivery_id", dl.id, "err", err)
+				}
+				cancel()
+			}
+			d.forget(dl.id)
 		}
 	}
 }
 
-// deliver makes the attempts of one delivery and records its result.
-func (d *Dispatcher) deliver(dl *delivery) {
-	log := d.log.With("webhook_id", dl.hook.ID, "event", dl.event, "delivery_id", dl.id)
-	// A webhook deleted since the event was emitted gets nothing.
-	var found bool
+// deliver makes the attempts of one delivery, records its result and
+// returns it ("" when the webhook is gone).
+func (d *Dispatcher) deliver(dl *delivery) string {
+	log := d.log.With("webhook_id", dl.hookID, "event", dl.event, "delivery_id", dl.id)
+	// A webhook deleted since the event was emitted gets nothing; one
+	// changed since gets the delivery at its current URL and secret.
+	var hook store.WebhookRecord
 	err := d.cfg.Store.View(d.ctx, func(tx store.Tx) error {
-		var err error
-		found, err = store.Exists(tx, store.Key(store.PfxWebhook, dl.hook.ID))
-		return err
+		return store.GetJSON(tx, store.Key(store.PfxWebhook, dl.hookID), &hook)
 	})
-	if err != nil {
-		if d.ctx.Err() != nil {
-			d.count(deliveryDropped, 1)
-			return
-		}
-		log.Warn("cannot check that the webhook still store.Exists; delivering anyway", "err", err)
-	} else if !found {
-		return
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return ""
+	case err != nil && d.ctx.Err() != nil:
+		d.count(deliveryDropped, 1)
+		return deliveryDropped
+	case err != nil && dl.hook.ID == "":
+		log.Warn("cannot read the webhook; trying again later", "err", err)
+		return deliveryDropped
+	case err != nil:
+		log.Warn("cannot read the webhook again; delivering as emitted", "err", err)
+	default:
+		dl.hook = hook
 	}
 
 	req, err := retryablehttp.NewRequestWithContext(context.WithValue(d.ctx, deliveryKey{}, dl), http.MethodPost, dl.hook.URL, dl.body)
 	if err != nil {
 		d.count(deliveryFailure, 1)
 		log.Error("webhook delivery failed: cannot build the request", "err", err)
-		return
+		return deliveryFailure
 	}
 	h := req.Header
 	h.Set("Content-Type", "application/json")
@@ -396,6 +544,7 @@ func (d *Dispatcher) deliver(dl *delivery) {
 	} else {
 		log.Warn("webhook not delivered", attrs...)
 	}
+	return result
 }
 
 // signRequest stamps an attempt with the current time and its signature.

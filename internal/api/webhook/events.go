@@ -1,7 +1,12 @@
 // Package webhook delivers Flow events to the HTTP receivers clients
 // subscribe: signed (Sign, Verify), with retries and backoff, through the
-// per-host circuit breakers and under the outbound URL rules. Delivery is
-// best-effort: deliveries wait in a bounded in-memory queue.
+// per-host circuit breakers and under the outbound URL rules. Deliveries
+// wait for a worker in a bounded in-memory queue; with a Journal (the API
+// always gives one: Redis when REDIS_URL is set, else its store) each is
+// also durable from Emit to its final result, so one under way or waiting
+// when the process dies is made after the next start (at least once, with
+// the same X-Flow-Delivery id). An event raised just before a crash, after
+// its change committed but before Emit wrote it, can still be lost.
 package webhook
 
 import (

@@ -21,6 +21,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -44,8 +45,13 @@ type Server struct {
 	// Port is its loopback TCP port.
 	Port int
 
-	n atomic.Int64 // databases made by NewDatabase
+	n    atomic.Int64 // databases made by NewDatabase
+	stop func()       // stops the server, once
 }
+
+// Stop shuts the server down before the test ends (to test what happens
+// when the database is gone); t.Cleanup stops it anyway.
+func (s *Server) Stop() { s.stop() }
 
 // Start starts a server for t, stopped and removed when t ends.
 func Start(t testing.TB, o ...Options) *Server {
@@ -79,9 +85,9 @@ func Start(t testing.TB, o ...Options) *Server {
 	if out, err := initdb.CombinedOutput(); err != nil {
 		t.Fatalf("pgtest: initdb: %v\n%s", err, out)
 	}
-	sync := "on"
+	syncMode := "on"
 	if !opt.Durable {
-		sync = "off"
+		syncMode = "off"
 	}
 	var s *Server
 	for attempt := 0; ; attempt++ {
@@ -90,8 +96,8 @@ func Start(t testing.TB, o ...Options) *Server {
 			t.Fatalf("pgtest: %v", err)
 		}
 		cmd := exec.Command(filepath.Join(bin, "postgres"), "-D", data, "-p", strconv.Itoa(port), "-k", dir,
-			"-c", "listen_addresses=127.0.0.1", "-c", "fsync="+sync, "-c", "synchronous_commit="+sync,
-			"-c", "full_page_writes="+sync, "-c", "max_connections=200", "-c", "log_min_messages=warning")
+			"-c", "listen_addresses=127.0.0.1", "-c", "fsync="+syncMode, "-c", "synchronous_commit="+syncMode,
+			"-c", "full_page_writes="+syncMode, "-c", "max_connections=200", "-c", "log_min_messages=warning")
 		logf, err := os.Create(filepath.Join(dir, "postgres.log"))
 		if err != nil {
 			t.Fatalf("pgtest: %v", err)
@@ -104,8 +110,9 @@ func Start(t testing.TB, o ...Options) *Server {
 		}
 		exited := make(chan error, 1)
 		go func() { exited <- cmd.Wait(); logf.Close() }()
-		t.Cleanup(func() { stop(cmd, exited) })
-		s = &Server{URL: fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", port), Port: port}
+		t.Cleanup(func() { stop(cmd, exited) }) // a no-op after Stop
+		s = &Server{URL: fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", port), Port: port,
+			stop: sync.OnceFunc(func() { stop(cmd, exited) })}
 		err = waitReady(s.URL, exited, 60*time.Second)
 		if err == nil {
 			return s

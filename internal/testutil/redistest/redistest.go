@@ -1,0 +1,180 @@
+// Package redistest runs throwaway Redis servers for tests: the Debian
+// redis-server binary (installed by scripts/test-deps.sh, which `make test`
+// runs), on a free loopback port, with its files in a temp dir, without
+// persistence. Every server started is stopped by t.Cleanup, even when the
+// test fails; Stop ends one early (to test what happens when Redis is gone).
+package redistest
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Server is a running redis-server. Its zero value is not usable: use Start.
+type Server struct {
+	// Addr is host:port on loopback.
+	Addr string
+	// URL is Addr as a REDIS_URL (redis://127.0.0.1:port/0).
+	URL string
+
+	t    testing.TB
+	cmd  *exec.Cmd
+	out  *lockedBuffer
+	done chan struct{} // closed when the process has exited
+
+	stopOnce sync.Once
+}
+
+// startTimeout bounds how long a server may take to accept connections.
+const startTimeout = 20 * time.Second
+
+// Binary finds redis-server on PATH (or in /usr/bin, where Debian puts it).
+// It skips t when there is none and CI is not set, and fails it under CI,
+// where scripts/test-deps.sh must have installed it.
+func Binary(t testing.TB) string {
+	t.Helper()
+	for _, p := range []string{"redis-server", "/usr/bin/redis-server"} {
+		if path, err := exec.LookPath(p); err == nil {
+			return path
+		}
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatal("redistest: redis-server not found; scripts/test-deps.sh installs it")
+	}
+	t.Skip("redistest: redis-server not found (scripts/test-deps.sh installs it)")
+	return ""
+}
+
+// Start runs a redis-server and waits until it answers PING. A port taken
+// between choosing and binding is retried on another.
+func Start(t testing.TB) *Server {
+	t.Helper()
+	bin := Binary(t)
+	var lastErr error
+	for range 5 {
+		s, err := start(t, bin)
+		if err == nil {
+			return s
+		}
+		lastErr = err
+	}
+	t.Fatalf("redistest: %v", lastErr)
+	return nil
+}
+
+func start(t testing.TB, bin string) (*Server, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	dir := t.TempDir()
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	cmd := exec.Command(bin,
+		"--port", strconv.Itoa(port),
+		"--bind", "127.0.0.1",
+		"--dir", dir,
+		"--save", "",
+		"--appendonly", "no",
+		"--protected-mode", "yes",
+		"--daemonize", "no",
+		"--loglevel", "warning",
+	)
+	out := &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", bin, err)
+	}
+	s := &Server{Addr: addr, URL: "redis://" + addr + "/0", t: t, cmd: cmd, out: out, done: make(chan struct{})}
+	go func() {
+		_ = cmd.Wait()
+		close(s.done)
+	}()
+	t.Cleanup(s.Stop)
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	for {
+		if err := ping(ctx, addr); err == nil {
+			return s, nil
+		}
+		select {
+		case <-s.done:
+			return nil, fmt.Errorf("redis-server on %s exited at start: %s", addr, out.String())
+		case <-ctx.Done():
+			s.Stop()
+			return nil, fmt.Errorf("redis-server on %s did not answer within %v: %s", addr, startTimeout, out.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// Stop kills the server and waits until it has exited. It is safe to call
+// more than once; Start registers it with t.Cleanup.
+func (s *Server) Stop() {
+	s.stopOnce.Do(func() {
+		_ = s.cmd.Process.Kill()
+		<-s.done
+	})
+}
+
+// Log is what the server has written so far.
+func (s *Server) Log() string { return s.out.String() }
+
+// ping sends PING in the inline protocol and wants +PONG.
+func ping(ctx context.Context, addr string) error {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(time.Second))
+	if _, err := c.Write([]byte("PING\r\n")); err != nil {
+		return err
+	}
+	buf := make([]byte, 7)
+	n, err := c.Read(buf)
+	if err != nil {
+		return err
+	}
+	if !bytes.HasPrefix(buf[:n], []byte("+PONG")) {
+		return fmt.Errorf("PING answered %q", buf[:n])
+	}
+	return nil
+}
+
+// freePort asks the kernel for a free loopback port.
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("find a free port: %w", err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
