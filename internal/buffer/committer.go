@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/http"
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
@@ -69,6 +70,7 @@ type op struct {
 	id       string // nack, ack, dead, replay, discard
 	park     bool   // dead
 	outcome  []byte // ack, dead: encoded outcome
+	forget   string // ack: idempotency scope to forget (a relayed 429: nothing was applied)
 	attempts int    // nack
 	next     time.Time
 	lastErr  string
@@ -898,6 +900,9 @@ func (q *queue) planAck(o *op, s *txBatch, st *stage) (func(), error) {
 	if o.outcome != nil {
 		st.set(q.tune.valueThreshold, stringKey(prefixOutcome, o.id), o.outcome, 0)
 	}
+	if o.forget != "" {
+		st.del(stringKey(prefixIdemScoped, o.forget))
+	}
 	return func() {
 		if !l.single {
 			s.finish(q, l)
@@ -1256,6 +1261,12 @@ func (q *queue) Ack(ctx context.Context, rec *Record, out Outcome) error {
 	}
 	o := &op{kind: opAck, p: rec.Partition, seq: rec.Seq, id: rec.ID, loc: rec.loc, retried: rec.Attempts > 0,
 		outcome: encodeOutcome(&out, q.opts.MaxOutcomeBody)}
+	if out.Status == StatusRejected && out.ResponseStatus == http.StatusTooManyRequests {
+		// A throttled request was applied by nobody and its client was
+		// told so: a retry with the same Idempotency-Key must be a new
+		// request, not a replay of the 429 for the key's whole TTL.
+		o.forget = rec.IdempotencyScope
+	}
 	return q.run(ctx, o, "ack "+rec.ID)
 }
 

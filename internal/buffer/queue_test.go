@@ -471,6 +471,35 @@ func TestIdempotencyScoped(t *testing.T) {
 	}
 }
 
+// TestThrottledRetryIsNew pins a bug: a record dropped because the backend
+// answered 429 (relayed to its client, nothing applied) kept its idempotency
+// entry, so the client's retry with the same Idempotency-Key got the stored
+// 429 back (Idempotent-Replayed) for the key's whole TTL and was never
+// applied.
+func TestThrottledRetryIsNew(t *testing.T) {
+	q := openTest(t, t.TempDir(), 1)
+	a := newRecord(0, "k", 10)
+	a.IdempotencyKey, a.IdempotencyScope = "key-1", "scope-A"
+	mustAppend(t, q, a)
+	if err := q.Ack(context.Background(), a, Outcome{Status: StatusRejected, ResponseStatus: http.StatusTooManyRequests}); err != nil {
+		t.Fatal(err)
+	}
+	b := newRecord(0, "k", 10)
+	b.IdempotencyKey, b.IdempotencyScope = "key-1", "scope-A"
+	if res := mustAppend(t, q, b); res[0].Duplicate || res[0].Conflict || res[0].ID != b.ID || b.Seq == 0 {
+		t.Fatalf("retry after a relayed 429: %+v, want a new record", res)
+	}
+	// Any other final answer is still replayed.
+	if err := q.Ack(context.Background(), b, Outcome{Status: StatusRejected, ResponseStatus: http.StatusConflict}); err != nil {
+		t.Fatal(err)
+	}
+	c := newRecord(0, "k", 10)
+	c.IdempotencyKey, c.IdempotencyScope = "key-1", "scope-A"
+	if res := mustAppend(t, q, c); !res[0].Duplicate || res[0].ID != b.ID {
+		t.Fatalf("repeat after a 409: %+v, want the first's answer", res)
+	}
+}
+
 func TestIdempotencyConcurrent(t *testing.T) {
 	q := openTest(t, t.TempDir(), 1)
 	const n = 64
