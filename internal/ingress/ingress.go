@@ -37,10 +37,12 @@ const (
 )
 
 // Length limits of the headers that become part of a record. Longer values
-// are the client's error (400), never an outage answer.
+// are the client's error (400), never an outage answer. The Idempotency-Key
+// limit is api-flow's (and Stripe's): a longer key stored here would only be
+// refused by the backend at delivery.
 const (
 	MaxKeyBytes            = 1024 // partition key header
-	MaxIdempotencyKeyBytes = 1024 // Idempotency-Key
+	MaxIdempotencyKeyBytes = 255  // Idempotency-Key
 )
 
 // Submitter is what ingress needs of the delivery engine: store a request
