@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -233,5 +235,32 @@ func TestCorruptCountersRebuilt(t *testing.T) {
 	mustAppend(t, q, r)
 	if r.Seq != 4 {
 		t.Fatalf("Seq after rebuild = %d, want 4", r.Seq)
+	}
+}
+
+// TestEmptyMemtableAfterPowerCut pins a crash loop: a power cut can leave a
+// memtable file whose name reached the disk before any of its contents (a
+// new memtable is a new file extended to its size), and Badger refuses to
+// open a directory holding a zero-length one ("Create a new file"), so the
+// edge could not restart and deliver what it had acknowledged. Open removes
+// such files (they hold nothing) and serves the queue.
+func TestEmptyMemtableAfterPowerCut(t *testing.T) {
+	dir := t.TempDir()
+	q := openTest(t, dir, 1)
+	rec := newRecord(0, "k", 10)
+	mustAppend(t, q, rec)
+	if err := q.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "00099.mem"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	q = openTest(t, dir, 1)
+	got := mustRead(t, q, 0, 0, 10)
+	if len(got) != 1 || got[0].ID != rec.ID {
+		t.Fatalf("after reopening: %d records, want the one appended", len(got))
+	}
+	if _, err := os.Stat(filepath.Join(dir, "00099.mem")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("empty memtable file still there: %v", err)
 	}
 }

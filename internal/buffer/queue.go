@@ -272,6 +272,11 @@ func openTuned(opts Options, t tuning) (Queue, error) {
 	if err := os.MkdirAll(opts.Path, 0o750); err != nil {
 		return nil, fmt.Errorf("buffer: create %s: %w", opts.Path, err)
 	}
+	if dropped, err := dropEmptyMemtables(opts.Path); err != nil {
+		return nil, err
+	} else if len(dropped) > 0 && opts.Logger != nil {
+		opts.Logger.Warn("removed empty memtable files left by a power cut", "component", "buffer", "files", dropped)
+	}
 	db, err := badger.Open(badgerOptions(opts.Path, t, opts.Logger, false))
 	if err != nil {
 		return nil, fmt.Errorf("buffer: open %s: %w", opts.Path, err)

@@ -56,6 +56,9 @@ func Check(path string) (CheckReport, error) {
 	if _, err := os.Stat(path); err != nil {
 		return rep, fmt.Errorf("buffer: check: %w", err)
 	}
+	if _, err := dropEmptyMemtables(path); err != nil {
+		return rep, fmt.Errorf("buffer: check: %w", err)
+	}
 	db, err := badger.Open(badgerOptions(path, defaultTuning(), slog.New(slog.DiscardHandler), false))
 	if err != nil {
 		return rep, fmt.Errorf("buffer: check: open %s: %w", path, err)

@@ -111,3 +111,35 @@ func fdatasync(f *os.File) error {
 		}
 	}
 }
+
+// dropEmptyMemtables removes memtable files of length zero from dir before
+// Badger opens it, and returns their names. Such a file holds no record: it
+// is what a power cut leaves of a memtable whose name reached the disk
+// before its first sync (Badger creates it by extending a new file), and
+// Badger refuses to open a directory holding one ("Create a new file"), a
+// crash loop that would keep every acknowledged record of the queue from
+// delivery.
+func dropEmptyMemtables(dir string) ([]string, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("buffer: list %s: %w", dir, err)
+	}
+	var dropped []string
+	for _, e := range ents {
+		if !e.Type().IsRegular() || !strings.HasSuffix(e.Name(), ".mem") {
+			continue
+		}
+		fi, err := e.Info()
+		if err != nil || fi.Size() != 0 {
+			continue
+		}
+		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil {
+			return dropped, fmt.Errorf("buffer: remove empty memtable %s: %w", e.Name(), err)
+		}
+		dropped = append(dropped, e.Name())
+	}
+	return dropped, nil
+}
