@@ -311,6 +311,13 @@ func TestRouteBodyLimit(t *testing.T) {
 	cfg := testConfig(t, b)
 	cfg.Routes = []config.Route{{Prefix: "/api/v1/media", Methods: []string{"POST"}, Mode: config.ModeProxy, MaxBodyBytes: 3 << 20}}
 	e := startEdge(t, cfg)
+	// Proxied requests need the partition's first readiness probe: wait for
+	// it (the test failed now and then with a 503 before it).
+	eventually(t, 5*time.Second, "backend ready", func() bool {
+		resp := send(t, e, "GET", "/x", "k", "", nil)
+		readBody(t, resp)
+		return resp.StatusCode != http.StatusServiceUnavailable
+	})
 	big := strings.Repeat("a", 2<<20)
 	for _, c := range []struct {
 		name, path, body string
