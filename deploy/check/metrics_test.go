@@ -25,7 +25,7 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-// documented are the metric families DESIGN.md ("Metrics") and the api's
+// documented are the metric families of docs/edge.md ("Metrics") and the api's
 // contract name. Dashboards and alerts may use only these; the scrape test
 // then proves the binaries export them.
 var documented = map[string]bool{
@@ -283,7 +283,7 @@ func TestQueriesNameDocumentedMetrics(t *testing.T) {
 			continue
 		}
 		if !documented[name] {
-			t.Errorf("%s is not a documented metric (DESIGN.md \"Metrics\", the flow_ contract); used by %v", name, where)
+			t.Errorf("%s is not a documented metric (docs/edge.md \"Metrics\", the flow_ contract); used by %v", name, where)
 		}
 	}
 }
