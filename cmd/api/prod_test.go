@@ -236,7 +236,7 @@ func TestHealthDatabaseDown(t *testing.T) {
 }
 
 // logHealthTimes logs the slowest of 20 /health/health answers: a figure
-// (DESIGN.md wants < 100 ms), not an assertion, on a shared machine.
+// (docs/production.md wants < 100 ms), not an assertion, on a shared machine.
 func logHealthTimes(t *testing.T, p *proc, state string) {
 	var slowest time.Duration
 	for range 20 {

@@ -37,7 +37,7 @@ const (
 	statusUnhealth = "unhealthy"
 )
 
-// HealthReport is the body of /health/health, field for field as DESIGN.md
+// HealthReport is the body of /health/health, field for field as docs/production.md
 // fixes it. A failed check also says why in "error".
 type HealthReport struct {
 	Status    string       `json:"status"`

@@ -34,7 +34,7 @@ func sameKeys(t *testing.T, what string, m map[string]any, want ...string) {
 }
 
 // TestHealthJSON checks /health/health and /api/v1/health field by field
-// against DESIGN.md:
+// against docs/production.md:
 // {"status","timestamp":<unix ms>,"version","checks":{"database":{"status","latency"},"storage":{"status"},"queue":{"status"}}}.
 func TestHealthJSON(t *testing.T) {
 	e := newEnv(t)

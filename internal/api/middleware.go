@@ -12,7 +12,7 @@ import (
 	"github.com/flowedge/flowedge/internal/httpx"
 )
 
-// Request limits (DESIGN.md, cross-cutting). "1 MB" is 1 MiB: a body of
+// Request limits (docs/production.md, cross-cutting). "1 MB" is 1 MiB: a body of
 // exactly 1,048,576 bytes is accepted, one byte more is a 413, whether the
 // client declares its length or streams it chunked. The URL limit counts
 // the request target as sent (path and query, still percent-encoded); the

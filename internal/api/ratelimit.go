@@ -23,7 +23,7 @@ func ParseRate(s string) (Rate, error) { return ratelimit.ParseRate(s) }
 const typeRateLimited = "urn:flowedge:problem:rate-limited"
 
 // limitClassOf is the class of a route pattern: the creation routes that
-// DESIGN.md limits more tightly get their own; every other authenticated
+// the API's limits more tightly get their own; every other authenticated
 // route draws from the default bucket. Keyed by pattern so a route gets its
 // class wherever it is registered.
 func limitClassOf(pattern string) ratelimit.Class {

@@ -5,7 +5,7 @@ import (
 	"time"
 )
 
-// Timeouts of the work a request or job waits on (DESIGN.md, cross-cutting:
+// Timeouts of the work a request or job waits on (docs/production.md, cross-cutting:
 // database 5 s, storage 10 s, external calls 30 s, webhook delivery 10 s).
 //
 // Storage: the service keeps no files outside its store, so the only

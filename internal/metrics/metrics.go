@@ -1,5 +1,5 @@
 // Package metrics defines the edge's Prometheus metrics (names fixed by
-// DESIGN.md) on a registry passed in, so every test gets a fresh one.
+// docs/edge.md) on a registry passed in, so every test gets a fresh one.
 package metrics
 
 import (

@@ -232,5 +232,5 @@ func (c *Config) gcsClient(ctx context.Context) (*gcp.HTTPClient, error) {
 	return gcp.NewHTTPClient(gcp.DefaultTransport(), gcp.CredentialsTokenSource(creds))
 }
 
-// Timeout is how long one storage operation may take (DESIGN.md: storage 10s).
+// Timeout is how long one storage operation may take (storage 10s, docs/production.md).
 const Timeout = 10 * time.Second

@@ -12,7 +12,7 @@ import (
 	"testing"
 )
 
-// serveBatch answers the edge's batch delivery the way DESIGN.md fixes it:
+// serveBatch answers the edge's batch delivery the way docs/edge.md fixes it:
 // each application/http part is run through h in order, and the answer is
 // 200 multipart/mixed with one application/http response per part.
 func serveBatch(t *testing.T, w http.ResponseWriter, r *http.Request, h http.Handler) {

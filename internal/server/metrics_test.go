@@ -6,7 +6,7 @@ import (
 	"testing"
 )
 
-// TestMetricNames: the admin scrape carries every metric DESIGN.md names,
+// TestMetricNames: the admin scrape carries every metric docs/edge.md names,
 // so dashboards and alerts can rely on them.
 func TestMetricNames(t *testing.T) {
 	b := newBackend(t, "b0")
