@@ -148,7 +148,7 @@ func (b *bench) apiFlows(name string, partitions int) []string {
 			part = 0
 		}
 		b.start(fmt.Sprintf("%s-api-%d", name, n), []string{"FLOW_BOOTSTRAP_KEY=" + benchKey}, b.api,
-			"-listen", addr, "-partition", strconv.Itoa(part), "-partitions", strconv.Itoa(partitions),
+			"-listen", addr, "-metrics-listen", freeAddr(), "-partition", strconv.Itoa(part), "-partitions", strconv.Itoa(partitions),
 			"-data-dir", filepath.Join(b.dir, fmt.Sprintf("%s-api-%d", name, n)),
 			"-rate-limit-default", "100000000/s", "-rate-limit-posts", "100000000/s")
 		urls = append(urls, "http://"+addr)
