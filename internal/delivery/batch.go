@@ -70,8 +70,10 @@ func EncodeBatch(w io.Writer, host string, recs []*buffer.Record) (string, error
 // connection is. fallback is true when the backend does not speak batches
 // (404, 405, 415): nothing was attempted, and the partition now sends
 // single requests (logged once). singly is true when the backend refused
-// the envelope as too large (413: its body limit is below batch_bytes):
-// nothing was applied, and this job's records go as single requests.
+// the envelope with a 4xx but 408/429 (413: its body limit is below
+// batch_bytes; 400, 401, 403, 422, …: it would not take this envelope):
+// nothing was applied, the backend is up (no breaker evidence), and this
+// job's records go as single requests.
 func (l *loop) sendBatch(ctx context.Context, items []*item) (answers []answer, fallback, singly bool) {
 	answers = make([]answer, len(items))
 	fail := func(from int, err error) []answer {
@@ -123,8 +125,20 @@ func (l *loop) sendBatch(ctx context.Context, items []*item) (answers []answer, 
 		return nil, false, true
 	case http.StatusOK:
 	default:
+		if resp.StatusCode/100 == 4 && resp.StatusCode != http.StatusRequestTimeout && resp.StatusCode != http.StatusTooManyRequests {
+			// The backend refused the envelope (400, 401, 403, 422, …),
+			// so it is up: no breaker evidence, nothing applied. Each
+			// record then gets its own answer as a single request.
+			io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+			if l.e.batchRefused.CompareAndSwap(false, true) {
+				l.gate.log.Warn("the backend refused a batch envelope; sending such batches' records singly",
+					"batch_path", l.e.opt.BatchPath, "status", resp.StatusCode)
+			}
+			return nil, false, true
+		}
 		// The envelope itself failed: every record gets that answer
-		// (a 5xx is retried per record, like a single request's).
+		// (a 5xx, 408 or 429 is retried per record, like a single
+		// request's).
 		a := l.readAnswer(resp, resp.Body)
 		if resp.StatusCode < 500 && resp.StatusCode != http.StatusRequestTimeout && resp.StatusCode != http.StatusTooManyRequests {
 			return fail(0, fmt.Errorf("batch answered %d", resp.StatusCode)), false, false

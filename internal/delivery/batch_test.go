@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"net/textproto"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -376,5 +377,52 @@ func TestBatchTooLarge(t *testing.T) {
 	}
 	if _, br := e.PartitionReady(0); br != BreakerClosed {
 		t.Errorf("breaker %s after 413 envelopes, want closed", br)
+	}
+}
+
+// TestBatchEnvelopeRefused pins a stall: a batch envelope answered with a
+// 4xx other than 404/405/408/413/415/429 (400, 401, 403, 422: the backend
+// refused the envelope, it is not down) was taken as a connection error for
+// every record of the batch, so the same records were batched and refused
+// forever and counted toward the breaker, which opened. Such an envelope
+// now sends that batch's records as single requests, like 413, and the
+// breaker hears no evidence.
+func TestBatchEnvelopeRefused(t *testing.T) {
+	for _, status := range []int{http.StatusBadRequest, http.StatusUnauthorized, http.StatusUnprocessableEntity} {
+		t.Run(strconv.Itoa(status), func(t *testing.T) {
+			const parts, nKeys, perKey = 1, 8, 3
+			store := newDedupeStore()
+			var refused, singles atomic.Int64
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == "/_edge/batch" {
+					refused.Add(1)
+					http.Error(w, "refused", status)
+					return
+				}
+				singles.Add(1)
+				store.apply(r)
+				w.WriteHeader(http.StatusCreated)
+			}))
+			t.Cleanup(srv.Close)
+			q := openQueue(t, t.TempDir(), parts)
+			recs, keys := keysRecords(parts, nKeys, perKey)
+			appendRecs(t, q, recs...)
+			e := startEngine(t, q, parts, srv, func(o *Options) {
+				batchOptions(o)
+				o.BreakerFailures = 2
+				o.BreakerCooldown = time.Hour
+			})
+			waitFor(t, "queue drained", queueEmpty(q))
+			checkOrder(t, store, keys, perKey)
+			if refused.Load() == 0 {
+				t.Fatalf("no batch was refused: the test does not exercise a %d envelope", status)
+			}
+			if singles.Load() < nKeys*perKey {
+				t.Errorf("%d single requests, want at least %d", singles.Load(), nKeys*perKey)
+			}
+			if _, br := e.PartitionReady(0); br != BreakerClosed {
+				t.Errorf("breaker %s after %d envelopes, want closed", br, status)
+			}
+		})
 	}
 }

@@ -206,6 +206,9 @@ type Engine struct {
 	started   atomic.Bool
 	stopOnce  sync.Once
 	probeHTTP *http.Client
+	// batchRefused: a partition's backend refused a batch envelope with a
+	// 4xx other than 404/405/408/413/415/429 (logged once per engine).
+	batchRefused atomic.Bool
 
 	// netHTTP makes request mode use the shared net/http client instead of
 	// each worker's own connection (benchmarks compare the two).
