@@ -24,7 +24,8 @@ type Auth struct {
 }
 
 // Intake is the intake guard's optional per-client rate limit: a token
-// bucket per credential hash (per client IP for anonymous requests).
+// bucket per credential the check admitted, per client IP for every other
+// request (see package intake).
 type Intake struct {
 	Rate  string `toml:"rate"`  // "<count>/<unit>" (units s, min, h), e.g. "200/s"; "" (default) = off
 	Burst int    `toml:"burst"` // bucket size; 0 (default) = the count of rate, at least 1

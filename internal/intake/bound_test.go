@@ -26,6 +26,8 @@ func TestFullTablesSweepRarely(t *testing.T) {
 	for i := range g.limit + 1 {
 		r := httptest.NewRequest(http.MethodPost, "/x", nil)
 		r.Header.Set("Authorization", fmt.Sprintf("Bearer rotating-%d", i))
+		r.RemoteAddr = fmt.Sprintf("10.0.%d.%d:1234", i/256, i%256) // an IP each: its bucket is not spent
+
 		w := httptest.NewRecorder()
 		h.ServeHTTP(w, r)
 		if w.Code != http.StatusAccepted {
@@ -35,7 +37,9 @@ func TestFullTablesSweepRarely(t *testing.T) {
 	g.mu.Lock()
 	nb, nv := len(g.buckets), len(g.verdicts)
 	g.mu.Unlock()
-	if want := g.limit*7/8 + 1; nb > want || nv > want {
+	// A request of a credential not yet verified adds two buckets (its
+	// IP's and its own), so the table may be one over what a sweep leaves.
+	if want := g.limit*7/8 + 1; nb > want+1 || nv > want {
 		t.Fatalf("after overflowing a table of %d: %d buckets, %d verdicts; a sweep must leave at most %d",
 			g.limit, nb, nv, want)
 	}

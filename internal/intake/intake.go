@@ -10,9 +10,13 @@
 //     reached, the last verdict (up to StaleFor old) still applies, else the
 //     request is admitted (the backend decides at delivery) or refused with
 //     503, as configured.
-//   - Rate limit (optional): a token bucket (golang.org/x/time/rate) per
-//     credential hash, per client IP for anonymous requests; over it: 429
-//     with Retry-After, nothing stored.
+//   - Rate limit (optional): token buckets (golang.org/x/time/rate). A
+//     credential the check admitted (a cached admit verdict) is charged to
+//     its own bucket only; any other request (anonymous, a credential not
+//     yet verified or refused, any credential when there is no check) is
+//     charged to its client IP's bucket, and a credential also to its own.
+//     So rotating credentials from one IP cannot earn fresh buckets. Over
+//     a bucket: 429 with Retry-After, nothing stored.
 //
 // Requests the edge does not store (mode proxy: reads) pass untouched; the
 // backend authenticates and limits them itself. The guard keeps only
@@ -175,11 +179,14 @@ func (g *Guard) Wrap(next http.Handler) http.Handler {
 		}
 		cred := credential(r)
 		if g.opt.Rate > 0 {
-			client := cred
-			if client == "" {
-				client = "ip:" + httpx.ClientIP(r)
+			clients := []string{cred}
+			switch {
+			case cred == "":
+				clients = []string{"ip:" + httpx.ClientIP(r)}
+			case !g.verified(r, cred):
+				clients = []string{"ip:" + httpx.ClientIP(r), cred}
 			}
-			if wait, ok := g.allow(client); !ok {
+			if wait, ok := g.allow(clients...); !ok {
 				g.refused.WithLabelValues(RefusedRate).Inc()
 				secs := max(int(math.Ceil(wait.Seconds())), 1)
 				w.Header().Set("Retry-After", strconv.Itoa(secs))
@@ -227,25 +234,48 @@ func credential(r *http.Request) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// allow takes a token from client's bucket; when there is none it returns
-// how long until there is.
-func (g *Guard) allow(client string) (time.Duration, bool) {
+// verified reports whether the check admitted cred for this request (an
+// admit verdict is cached, fresh or still usable while the check is down).
+// False when there is no check.
+func (g *Guard) verified(r *http.Request, cred string) bool {
+	if g.opt.CheckURL == "" {
+		return false
+	}
+	_, key := g.checkKey(r, cred)
 	now := g.now()
 	g.mu.Lock()
-	b := g.buckets[client]
-	if b == nil {
-		if len(g.buckets) >= g.limit {
-			g.sweepBuckets(now)
-		}
-		b = &bucket{lim: rate.NewLimiter(rate.Limit(g.opt.Rate), g.opt.Burst)}
-		g.buckets[client] = b
-	}
-	b.seen = now
+	v := g.verdicts[key]
 	g.mu.Unlock()
-	res := b.lim.ReserveN(now, 1)
-	if d := res.DelayFrom(now); d > 0 {
-		res.CancelAt(now)
-		return d, false
+	return v != nil && v.admit && now.Sub(v.at) < g.opt.CacheTTL+StaleFor
+}
+
+// allow takes a token from each client's bucket, in order; when one has
+// none it gives back those taken and returns how long until there is. A
+// bucket after an empty one is not touched (nor created).
+func (g *Guard) allow(clients ...string) (time.Duration, bool) {
+	now := g.now()
+	var taken []*rate.Reservation
+	for _, client := range clients {
+		g.mu.Lock()
+		b := g.buckets[client]
+		if b == nil {
+			if len(g.buckets) >= g.limit {
+				g.sweepBuckets(now)
+			}
+			b = &bucket{lim: rate.NewLimiter(rate.Limit(g.opt.Rate), g.opt.Burst)}
+			g.buckets[client] = b
+		}
+		b.seen = now
+		g.mu.Unlock()
+		res := b.lim.ReserveN(now, 1)
+		if d := res.DelayFrom(now); d > 0 {
+			res.CancelAt(now)
+			for _, t := range taken {
+				t.CancelAt(now)
+			}
+			return d, false
+		}
+		taken = append(taken, res)
 	}
 	return 0, true
 }
@@ -276,15 +306,7 @@ func (g *Guard) low() int { return g.limit - max(g.limit/8, 1) }
 // request). An error means the check could not be reached and no verdict
 // younger than StaleFor is cached.
 func (g *Guard) check(ctx context.Context, r *http.Request, cred string) (*verdict, error) {
-	target := g.opt.CheckURL
-	if strings.Contains(target, "{N}") {
-		p := 0
-		if g.opt.Partition != nil {
-			p = g.opt.Partition(r)
-		}
-		target = strings.ReplaceAll(target, "{N}", strconv.Itoa(p))
-	}
-	key := target + "\x00" + cred
+	target, key := g.checkKey(r, cred)
 	now := g.now()
 	g.mu.Lock()
 	cached := g.verdicts[key]
@@ -324,6 +346,20 @@ func (g *Guard) check(ctx context.Context, r *http.Request, cred string) (*verdi
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+}
+
+// checkKey returns the check URL for the request ("{N}" replaced) and the
+// key of its verdict for cred.
+func (g *Guard) checkKey(r *http.Request, cred string) (target, key string) {
+	target = g.opt.CheckURL
+	if strings.Contains(target, "{N}") {
+		p := 0
+		if g.opt.Partition != nil {
+			p = g.opt.Partition(r)
+		}
+		target = strings.ReplaceAll(target, "{N}", strconv.Itoa(p))
+	}
+	return target, target + "\x00" + cred
 }
 
 // ask sends the check. 2xx admits, 401/403 refuses (its status, its

@@ -20,8 +20,8 @@ import (
 )
 
 // backend is a real HTTP backend with an auth check like api-flow's
-// (GET /api/v1/auth/check: 204 for "Bearer good-key" or X-API-Key
-// good-key, else 401). It records the checks it answered and every
+// (GET /api/v1/auth/check: 204 for "Bearer good-…" or X-API-Key
+// good-…, else 401). It records the checks it answered and every
 // request delivered to it; while not ready, the edge keeps what it admits
 // queued, so the queue's size is exactly what the guard let through.
 type backend struct {
@@ -50,7 +50,7 @@ func newBackend(t *testing.T, ready bool) *backend {
 			b.checkHeader = append(b.checkHeader, r.Header.Clone())
 			b.checkPaths = append(b.checkPaths, r.URL.Path)
 			b.mu.Unlock()
-			if r.Header.Get("Authorization") == "Bearer good-key" || r.Header.Get("X-API-Key") == "good-key" {
+			if strings.HasPrefix(r.Header.Get("Authorization"), "Bearer good-") || strings.HasPrefix(r.Header.Get("X-API-Key"), "good-") {
 				w.WriteHeader(http.StatusNoContent)
 				return
 			}
@@ -289,45 +289,87 @@ func TestForwardAuthWhenCheckIsDown(t *testing.T) {
 }
 
 // TestIntakeLimitPerClient: with [intake] rate, a client over its bucket
-// gets 429 with Retry-After and nothing is stored, while another client
-// (another credential, or anonymous clients by IP) is unaffected.
+// gets 429 with Retry-After and nothing is stored, while another client is
+// unaffected: two credentials the check admitted keep a bucket each even
+// from one IP (only the first request of each, not yet verified, also
+// costs the IP's bucket), and anonymous requests use the IP's bucket.
 func TestIntakeLimitPerClient(t *testing.T) {
 	b := newBackend(t, false)
 	e := startEdge(t, func(c *config.Config) {
+		c.Auth.CheckURL = b.srv.URL + "/api/v1/auth/check"
 		c.Intake.Rate = "1/h" // no refill within the test
 		c.Intake.Burst = 3
 	}, b)
-	alice := map[string]string{"Authorization": "Bearer alice"}
-	bob := map[string]string{"X-API-Key": "bob"}
-	for i := range 3 {
-		if a := send(t, e, http.MethodPost, "p", alice); a.status != http.StatusAccepted {
-			t.Fatalf("alice %d: %+v", i, a)
+	alice := map[string]string{"Authorization": "Bearer good-alice"}
+	bob := map[string]string{"X-API-Key": "good-bob"}
+	for _, c := range []struct {
+		name string
+		hdr  map[string]string
+	}{{"alice", alice}, {"bob", bob}} {
+		for i := range 3 {
+			if a := send(t, e, http.MethodPost, "p", c.hdr); a.status != http.StatusAccepted {
+				t.Fatalf("%s %d: %+v", c.name, i, a)
+			}
+		}
+		a := send(t, e, http.MethodPost, "p", c.hdr)
+		if a.status != http.StatusTooManyRequests || a.deliveryID != "" {
+			t.Fatalf("%s over the limit: %+v, want 429 and no delivery id", c.name, a)
+		}
+		if s, err := strconv.Atoi(a.retryAfter); err != nil || s < 1 {
+			t.Errorf("Retry-After %q, want whole seconds >= 1", a.retryAfter)
 		}
 	}
-	a := send(t, e, http.MethodPost, "p", alice)
-	if a.status != http.StatusTooManyRequests || a.deliveryID != "" {
-		t.Fatalf("alice over her limit: %+v, want 429 and no delivery id", a)
-	}
-	if s, err := strconv.Atoi(a.retryAfter); err != nil || s < 1 {
-		t.Errorf("Retry-After %q, want whole seconds >= 1", a.retryAfter)
-	}
-	for i := range 3 {
-		if a := send(t, e, http.MethodPost, "p", bob); a.status != http.StatusAccepted {
-			t.Fatalf("bob %d (another client) refused: %+v", i, a)
-		}
-	}
-	for i := range 3 {
-		if a := send(t, e, http.MethodPost, "p", nil); a.status != http.StatusAccepted {
-			t.Fatalf("anonymous %d refused: %+v", i, a)
-		}
+	// The IP's bucket paid for alice's and bob's first requests: one left
+	// (the check then refuses the anonymous request).
+	if a := send(t, e, http.MethodPost, "p", nil); a.status != http.StatusUnauthorized {
+		t.Fatalf("anonymous within the IP's bucket: %+v, want 401 from the check", a)
 	}
 	if a := send(t, e, http.MethodPost, "p", nil); a.status != http.StatusTooManyRequests {
 		t.Errorf("anonymous over the limit of its IP: %+v, want 429", a)
 	}
-	if n := queued(t, e); n != 9 {
-		t.Errorf("%d queued, want 9 (3 per client; refused ones not stored)", n)
+	if n := queued(t, e); n != 6 {
+		t.Errorf("%d queued, want 6 (3 per credential; refused ones not stored)", n)
 	}
-	if got := refused(t, e, "rate"); got != "2" {
-		t.Errorf(`edge_intake_refused_total{reason="rate"} = %q, want 2`, got)
+	if got := refused(t, e, "rate"); got != "3" {
+		t.Errorf(`edge_intake_refused_total{reason="rate"} = %q, want 3`, got)
+	}
+}
+
+// TestIntakeRotatingCredentialsLimitedByIP pins a rate-limit bypass: the
+// guard kept a bucket per credential hash, so a client sending a new random
+// Authorization or X-API-Key on every request got a fresh bucket each time
+// and was never limited. A credential the check has not admitted (or any
+// credential when there is no check) is charged to its IP's bucket too.
+func TestIntakeRotatingCredentialsLimitedByIP(t *testing.T) {
+	for _, withCheck := range []bool{false, true} {
+		t.Run(fmt.Sprintf("check=%v", withCheck), func(t *testing.T) {
+			b := newBackend(t, false)
+			e := startEdge(t, func(c *config.Config) {
+				if withCheck {
+					c.Auth.CheckURL = b.srv.URL + "/api/v1/auth/check"
+				}
+				c.Intake.Rate = "1/h" // no refill within the test
+				c.Intake.Burst = 3
+			}, b)
+			want := http.StatusAccepted
+			if withCheck {
+				want = http.StatusUnauthorized // random keys: the check refuses them
+			}
+			for i := range 3 {
+				hdr := map[string]string{"Authorization": fmt.Sprintf("Bearer random-%d", i)}
+				if a := send(t, e, http.MethodPost, "p", hdr); a.status != want {
+					t.Fatalf("credential %d: %+v, want %d", i, a, want)
+				}
+			}
+			for i := 3; i < 6; i++ {
+				hdr := map[string]string{"X-API-Key": fmt.Sprintf("random-%d", i)}
+				if a := send(t, e, http.MethodPost, "p", hdr); a.status != http.StatusTooManyRequests {
+					t.Fatalf("rotated credential %d after the IP's burst: %+v, want 429", i, a)
+				}
+			}
+			if got := refused(t, e, "rate"); got != "3" {
+				t.Errorf(`edge_intake_refused_total{reason="rate"} = %q, want 3`, got)
+			}
+		})
 	}
 }
