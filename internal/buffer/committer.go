@@ -591,6 +591,7 @@ func (q *queue) commitTx(s *txBatch) error {
 	for id, st := range s.segs {
 		if st.left == 0 {
 			delete(q.open[id.p], id.first)
+			q.dropSegsLocked(id.p) // deleted: its copies go
 		} else {
 			q.open[id.p][id.first] = st
 		}

@@ -183,7 +183,13 @@ func (q *queue) reclaimNow(parts []int) error {
 	if err := txn.Commit(); err != nil {
 		return fmt.Errorf("buffer: reclaim: %w", err)
 	}
-	if err := q.db.DropPrefix(prefixes...); err != nil {
+	err := q.db.DropPrefix(prefixes...)
+	q.mu.Lock()
+	for _, p := range parts {
+		q.dropSegsLocked(p) // its segments are gone: so are their copies
+	}
+	q.mu.Unlock()
+	if err != nil {
 		return fmt.Errorf("buffer: reclaim: drop prefix: %w", err)
 	}
 	return nil

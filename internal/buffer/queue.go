@@ -186,6 +186,10 @@ type queue struct {
 	open []map[uint64]*segState
 	// outcomeBytes is the encoded size of the kept outcomes (guarded by mu).
 	outcomeBytes int64
+	// segs[p] holds copies of partition p's segments read last (guarded by
+	// mu), segsBytes their total size.
+	segs      []segCache
+	segsBytes int
 
 	disk    diskGauge // the directory's real size, measured at most once a second
 	lastErr error
@@ -295,6 +299,7 @@ func openTuned(opts Options, t tuning) (Queue, error) {
 		parts:    make([]partState, opts.Partitions),
 		notify:   make([]chan struct{}, opts.Partitions),
 		tails:    make([]tail, opts.Partitions),
+		segs:     make([]segCache, opts.Partitions),
 		freed:    make(chan struct{}, 1),
 		gcKick:   make(chan struct{}, 1),
 		trimKick: make(chan struct{}, 1),
@@ -569,9 +574,10 @@ func (q *queue) Read(p int, after uint64, max int, maxBytes int) ([]*Record, err
 	if recs := q.tails[p].take(after, max, maxBytes); recs != nil {
 		return recs, nil
 	}
+	hit, keep := q.segCached(p, after+1)
 	err := q.view(func(txn *badger.Txn) error {
 		var ierr error
-		err := scanLive(txn, p, after+1, q.doneFunc(p), func(lr *liveRec) bool {
+		err := scanLiveCached(txn, p, after+1, q.doneFunc(p), hit, keep, func(lr *liveRec) bool {
 			if lr.seq > durable {
 				return false // not synced yet
 			}
@@ -930,8 +936,9 @@ func (q *queue) Stats() Stats {
 			seq uint64
 			at  time.Time
 		)
+		hit, keep := q.segCached(w.p, w.head)
 		err := q.view(func(txn *badger.Txn) error {
-			return scanLive(txn, w.p, w.head, q.doneFunc(w.p), func(lr *liveRec) bool {
+			return scanLiveCached(txn, w.p, w.head, q.doneFunc(w.p), hit, keep, func(lr *liveRec) bool {
 				if lr.err != nil || lr.seq == 0 {
 					return true
 				}

@@ -162,6 +162,9 @@ func (q *queue) rehome() (moved bool, err error) {
 			}
 			if st.left == 0 {
 				delete(q.open[sid.p], sid.first)
+				q.mu.Lock()
+				q.dropSegsLocked(sid.p) // deleted: its copies go
+				q.mu.Unlock()
 			} else {
 				q.open[sid.p][sid.first] = st
 			}

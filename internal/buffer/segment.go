@@ -186,32 +186,43 @@ type doneFunc func(first uint64, i int) bool
 // with err set. A damaged segment framing yields one liveRec for the rest
 // of the segment (index = first record lost).
 func scanLive(txn *badger.Txn, p int, from uint64, done doneFunc, fn func(*liveRec) bool) error {
+	return scanLiveCached(txn, p, from, done, nil, nil, fn)
+}
+
+// cachedSeg is a parsed copy of a stored segment whose framing is sound:
+// recs[i] is the value of record first+i. It is never changed once made.
+type cachedSeg struct {
+	first uint64
+	key   []byte
+	recs  [][]byte
+	size  int // bytes of the segment's value
+}
+
+// holds reports whether seq is a record of c.
+func (c *cachedSeg) holds(seq uint64) bool {
+	return c != nil && seq >= c.first && seq-c.first < uint64(len(c.recs))
+}
+
+// scanLiveCached is scanLive with a segment already read: when hit (if not
+// nil) is still stored in txn's view and holds `from`, the scan starts in it
+// without positioning a Badger iterator on it (Badger copies every value
+// an iterator is positioned on, so many small reads of a big segment would
+// copy it again and again). keep, if not nil, is given each sound segment
+// the scan loads from Badger (a private copy, fit to be hit later).
+func scanLiveCached(txn *badger.Txn, p int, from uint64, done doneFunc, hit *cachedSeg, keep func(*cachedSeg), fn func(*liveRec) bool) error {
 	if from == 0 {
 		from = 1
 	}
-	segIt := txn.NewIterator(badger.IteratorOptions{Prefix: partPrefix(prefixSeg, p)})
-	defer segIt.Close()
+	var segIt *badger.Iterator // opened when the scan goes past hit
+	defer func() {
+		if segIt != nil {
+			segIt.Close()
+		}
+	}()
 	sinIt := txn.NewIterator(badger.IteratorOptions{Prefix: partPrefix(prefixQueue, p)})
 	defer sinIt.Close()
 	retIt := txn.NewIterator(badger.IteratorOptions{Prefix: partPrefix(prefixRetry, p)})
 	defer retIt.Close()
-
-	// The segment holding `from` starts at or before it: find it with a
-	// reverse seek.
-	start := from
-	func() {
-		rev := txn.NewIterator(badger.IteratorOptions{Prefix: partPrefix(prefixSeg, p), Reverse: true})
-		defer rev.Close()
-		rev.Seek(segKey(p, from))
-		if rev.Valid() {
-			if _, _, first, ok := parseSeqKey(rev.Item().Key()); ok {
-				start = first
-			}
-		}
-	}()
-	segIt.Seek(segKey(p, start))
-	sinIt.Seek(seqKey(prefixQueue, p, from))
-	retIt.Seek(retryKey(p, from))
 
 	// Current segment, parsed.
 	var (
@@ -223,7 +234,30 @@ func scanLive(txn *badger.Txn, p int, from uint64, done doneFunc, fn func(*liveR
 		curTail  []byte
 		curErr   error
 	)
+	start := from
+	if hit.holds(from) {
+		cur, curFirst, curN, curIdx, curKey = hit.recs, hit.first, len(hit.recs), int(from-hit.first), hit.key
+		start = hit.first + uint64(len(hit.recs))
+	} else {
+		// The segment holding `from` starts at or before it: find it with
+		// a reverse seek.
+		rev := txn.NewIterator(badger.IteratorOptions{Prefix: partPrefix(prefixSeg, p), Reverse: true})
+		rev.Seek(segKey(p, from))
+		if rev.Valid() {
+			if _, _, first, ok := parseSeqKey(rev.Item().Key()); ok {
+				start = first
+			}
+		}
+		rev.Close()
+	}
+	sinIt.Seek(seqKey(prefixQueue, p, from))
+	retIt.Seek(retryKey(p, from))
+
 	loadSeg := func() bool {
+		if segIt == nil {
+			segIt = txn.NewIterator(badger.IteratorOptions{Prefix: partPrefix(prefixSeg, p)})
+			segIt.Seek(segKey(p, start))
+		}
 		for segIt.Valid() {
 			// Items and their values are valid until Next: copy.
 			item := segIt.Item()
@@ -244,6 +278,9 @@ func scanLive(txn *badger.Txn, p int, from uint64, done doneFunc, fn func(*liveR
 			if err != nil && n == 0 {
 				// Not even a count: the whole value is one damaged record.
 				cur, curN, curTail = nil, 1, v
+			}
+			if err == nil && keep != nil {
+				keep(&cachedSeg{first: first, key: key, recs: recs, size: len(v)})
 			}
 			return true
 		}
