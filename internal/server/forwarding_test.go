@@ -297,7 +297,15 @@ func TestThrottledKeyIsolated(t *testing.T) {
 			t.Fatalf("relayed throttled write: %d Retry-After %q, want the backend's 429", resp.StatusCode, resp.Header.Get("Retry-After"))
 		}
 		id := resp.Header.Get("X-Delivery-ID")
-		v := adminGet(t, e, "/edge/v1/deliveries/"+id)
+		// The answer is relayed as soon as the backend gave it; the record's
+		// ack is committed a moment later (acks are batched), and until then
+		// a lookup still says in_flight: wait for it (a lookup straight after
+		// the answer failed the test now and then).
+		var v map[string]any
+		eventually(t, 5*time.Second, "the throttled delivery's outcome", func() bool {
+			v = adminGet(t, e, "/edge/v1/deliveries/"+id)
+			return v["status"] != "in_flight"
+		})
 		if v["status"] != "rejected" || v["response_status"] != float64(429) {
 			t.Errorf("throttled delivery = %v, want rejected 429", v)
 		}
