@@ -242,6 +242,12 @@ func (l *loop) finishIfWaited(it *item, a answer, now time.Time) (int, bool) {
 // waiting ticket and acknowledges the record.
 func (l *loop) finish(it *item, a answer, now time.Time, _ bool) int {
 	out := l.outcome(it, a, now)
+	// The outcome is the loop's before the client hears it, so a lookup
+	// made right after the answer sees it (it used to say in_flight until
+	// the ack below).
+	l.mu.Lock()
+	it.final = &out
+	l.mu.Unlock()
 	// The backend has answered: relay it now. Acking is bookkeeping; if the
 	// edge dies before the ack is on disk, the record is delivered again and
 	// the backend dedupes it by X-Request-ID (at-least-once, as promised).
