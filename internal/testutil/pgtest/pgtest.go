@@ -13,7 +13,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -26,6 +25,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/flowedge/flowedge/internal/testutil"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -91,7 +92,7 @@ func Start(t testing.TB, o ...Options) *Server {
 	}
 	var s *Server
 	for attempt := 0; ; attempt++ {
-		port, err := freePort()
+		port, err := testutil.FreePort()
 		if err != nil {
 			t.Fatalf("pgtest: %v", err)
 		}
@@ -188,15 +189,6 @@ func credential() (*syscall.Credential, error) {
 	uid, _ := strconv.ParseUint(u.Uid, 10, 32)
 	gid, _ := strconv.ParseUint(u.Gid, 10, 32)
 	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // waitReady polls until url accepts connections, the server exits, or
