@@ -172,9 +172,8 @@ func (pc *powerCutEdge) mount() {
 // ports after) and starts it.
 func (pc *powerCutEdge) start() {
 	pc.t.Helper()
-	public, admin := pc.public, pc.admin
-	if public == "" {
-		public, admin = "127.0.0.1:0", "127.0.0.1:0"
+	if pc.public == "" {
+		pc.public, pc.admin = freeAddr(pc.t), freeAddr(pc.t)
 	}
 	cfg := fmt.Sprintf(`# written by the e2e power-cut test
 [server]
@@ -205,7 +204,7 @@ max_backoff = "500ms"
 [log]
 level = "info"
 format = "json"
-`, public, admin, partitions, pc.urls, filepath.Join(pc.mnt, "queue"), pc.fsync)
+`, pc.public, pc.admin, partitions, pc.urls, filepath.Join(pc.mnt, "queue"), pc.fsync)
 	path := filepath.Join(pc.dir, "edge.toml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		pc.t.Fatal(err)

@@ -5,54 +5,36 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/flowedge/flowedge/internal/partition"
+	"github.com/flowedge/flowedge/internal/testutil"
 )
 
-// lockedBuffer collects a process's output for the test to read while it runs.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// freePorts returns n distinct loopback ports free a moment ago.
+// freePorts returns n distinct loopback ports free a moment ago (see
+// testutil.FreePort: outside the ephemeral range, as the stack's processes
+// are restarted on them).
 func freePorts(t *testing.T, n int) []int {
 	t.Helper()
+	seen := map[int]bool{}
 	var ports []int
-	var lns []net.Listener
-	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+	for len(ports) < n {
+		p, err := testutil.FreePort()
 		if err != nil {
 			t.Fatal(err)
 		}
-		lns = append(lns, ln)
-		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
-	}
-	for _, ln := range lns {
-		ln.Close()
+		if !seen[p] {
+			seen[p] = true
+			ports = append(ports, p)
+		}
 	}
 	return ports
 }
@@ -99,7 +81,7 @@ func TestLocalStackOutage(t *testing.T) {
 	admin := fmt.Sprintf("http://127.0.0.1:%d", ports[1])
 	const apiKey = "local-dev-key-0000000000"
 
-	var out lockedBuffer
+	var out testutil.LockedBuffer
 	script := exec.Command("bash", "scripts/run-local.sh")
 	script.Dir, script.Env, script.Stdout, script.Stderr = root, env, &out, &out
 	script.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -19,6 +20,8 @@ import (
 	toxiproxy "github.com/Shopify/toxiproxy/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
+
+	"github.com/flowedge/flowedge/internal/testutil"
 )
 
 // bootstrapKey is the api-flow admin key every backend creates at start
@@ -131,7 +134,7 @@ func (s *stack) logPath(name string) string { return filepath.Join(s.dir, name+"
 func (s *stack) addBackend(partitions int) int {
 	s.t.Helper()
 	n := len(s.backends)
-	s.backends = append(s.backends, &backend{index: n, addr: "127.0.0.1:0",
+	s.backends = append(s.backends, &backend{index: n, addr: freeAddr(s.t),
 		dataDir: filepath.Join(s.dir, fmt.Sprintf("api-flow-%d", n)), partitions: partitions})
 	s.startBackend(n)
 	return n
@@ -279,8 +282,10 @@ format = "json"
 // same ports and buffer dir.
 func (s *stack) startEdge() {
 	s.t.Helper()
-	public, admin := "127.0.0.1:0", "127.0.0.1:0"
-	if s.edge != nil {
+	var public, admin string
+	if s.edge == nil {
+		public, admin = freeAddr(s.t), freeAddr(s.t)
+	} else {
 		if !s.edge.proc.exited() {
 			s.t.Fatal("the edge is still running")
 		}
@@ -294,9 +299,6 @@ func (s *stack) startEdge() {
 	start := time.Now()
 	p := startProc(s.t, "edge", s.logPath("edge"), nil, ready, 30*time.Second, s.bins.edge, "run", "-config", s.cfgPath)
 	s.edge = &edgeRun{proc: p, public: line.Public, admin: line.Admin, startedAt: start, startupToListened: time.Since(start)}
-	if public == "127.0.0.1:0" {
-		s.writeEdgeConfig(s.edge.public, s.edge.admin) // pin the ports for restarts and `edge route`
-	}
 }
 
 // publicURL is the edge's public base URL.
@@ -579,4 +581,15 @@ func (s *stack) backendDedupes() int {
 		n += s.metricSum("http://"+b.metrics+"/metrics", "flow_idempotent_replays_total", "")
 	}
 	return int(n)
+}
+
+// freeAddr is a loopback address free a moment ago that a process can
+// listen on again after a restart (see testutil.FreePort).
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	p, err := testutil.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(p))
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/flowedge/flowedge/internal/config"
 	"github.com/flowedge/flowedge/internal/partition"
+	"github.com/flowedge/flowedge/internal/testutil"
 )
 
 // backend is a real HTTP server standing in for api-flow-N: it dedupes by
@@ -41,7 +42,13 @@ type backend struct {
 
 func newBackend(t *testing.T, name string) *backend {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	// A port outside the ephemeral range, so that restart can listen on it
+	// again (see testutil.FreePort).
+	port, err := testutil.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
 	if err != nil {
 		t.Fatal(err)
 	}
