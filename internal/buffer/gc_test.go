@@ -1,6 +1,7 @@
 package buffer
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -8,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -151,4 +153,110 @@ type tWriter struct{ t testing.TB }
 func (w tWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))
 	return len(p), nil
+}
+
+// TestCompactionBoundsLongQueuedRecords: a queue held full at MaxBytes
+// (each record acknowledged only once the queue is 90% full, so records
+// stay queued long enough to reach Badger's last level) keeps its directory
+// under the disk budget: the GC goroutine flattens the tree when the
+// directory comes within DiskOverhead/2 of it. Regression: tombstones
+// never pushed those records' bytes out of the last level; a 30-minute
+// soak with a full 64 MiB queue grew past its 208 MiB bound and kept
+// growing. (With the flatten disabled this test's directory passes its
+// budget within seconds.)
+func TestCompactionBoundsLongQueuedRecords(t *testing.T) {
+	const (
+		parts      = 3
+		maxBytes   = 8 << 20
+		outcomeMax = 2 << 20
+		overhead   = 24 << 20
+	)
+	dir := t.TempDir()
+	off := false
+	q := openTuneTest(t, Options{Path: dir, Partitions: parts, MaxBytes: maxBytes, OutcomeMaxBytes: outcomeMax, Fsync: &off},
+		func(tu *tuning) {
+			tu.memTableSize, tu.valueThreshold, tu.diskOverhead = 1<<20, 64<<10, overhead
+			tu.budgetInterval, tu.compactInterval = 100*time.Millisecond, time.Second
+		})
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	errs := make(chan error, 16)
+	var acked atomic.Int64
+	for w := range 4 {
+		wg.Go(func() {
+			for i := 0; ctx.Err() == nil; i++ {
+				r := newRecord((w+i)%parts, fmt.Sprintf("proc-%d", i%100), benchBody)
+				if i%4 == 0 {
+					r.IdempotencyScope = r.ID
+				}
+				if _, err := q.Append(ctx, []*Record{r}); err != nil && err != ErrFull && ctx.Err() == nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	body := bytes.Repeat([]byte("r"), 512)
+	for p := range parts {
+		wg.Go(func() {
+			after := uint64(0)
+			for ctx.Err() == nil {
+				recs, err := q.Read(p, after, 64, 0)
+				if err != nil {
+					errs <- err
+					return
+				}
+				if len(recs) == 0 || q.Stats().Bytes < maxBytes*9/10 {
+					select {
+					case <-q.Notify(p):
+					case <-ctx.Done():
+					case <-time.After(5 * time.Millisecond):
+					}
+					continue
+				}
+				for _, r := range recs {
+					out := Outcome{Status: StatusDelivered, ResponseStatus: 200}
+					if r.IdempotencyScope != "" {
+						out.ResponseBody = body
+					}
+					if err := q.Ack(ctx, r, out); err != nil {
+						if ctx.Err() == nil {
+							errs <- err
+						}
+						return
+					}
+					acked.Add(1)
+				}
+				after = recs[len(recs)-1].Seq
+			}
+		})
+	}
+	qq := q.(*queue)
+	budget := qq.diskBudget()
+	// Until the queue has turned over its whole MaxBytes twice (or
+	// 60 s), the directory stays under the budget, and at least one
+	// flatten has run.
+	deadline := time.Now().Add(60 * time.Second)
+	turnover := int64(2 * maxBytes / benchBody)
+	var peak int64
+	for acked.Load() < turnover && time.Now().Before(deadline) {
+		select {
+		case err := <-errs:
+			t.Fatal(err)
+		case <-time.After(50 * time.Millisecond):
+		}
+		size := dirSize(dir)
+		peak = max(peak, size)
+		if size > budget {
+			t.Fatalf("directory %s over the budget %s after %d acks (%d flattens)", mib(size), mib(budget), acked.Load(), qq.compactions.Load())
+		}
+	}
+	t.Logf("%d acks, peak %s (budget %s), %d flattens", acked.Load(), mib(peak), mib(budget), qq.compactions.Load())
+	if acked.Load() < turnover {
+		t.Fatalf("only %d acks in 60 s, want %d", acked.Load(), turnover)
+	}
+	if qq.compactions.Load() == 0 {
+		t.Error("no flatten ran")
+	}
 }

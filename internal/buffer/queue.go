@@ -72,6 +72,7 @@ type tuning struct {
 	gcDrainDelay    time.Duration // the same, this long after the queue became empty
 	reclaimMin      int64         // backlog (peak Bytes) after which a drained partition is reclaimed
 	reclaimInterval time.Duration // least time between two reclaims
+	compactInterval time.Duration // least time between two flattens (gc.go)
 	budgetInterval  time.Duration // outcome age trim and disk budget check
 	diskOverhead    int64         // DiskOverhead (tests lower it)
 
@@ -134,6 +135,7 @@ func defaultTuning() tuning {
 		gcDrainDelay:    2 * time.Second,
 		reclaimMin:      32 << 20,
 		reclaimInterval: 5 * time.Minute,
+		compactInterval: 30 * time.Second,
 		budgetInterval:  5 * time.Second,
 		diskOverhead:    DiskOverhead,
 	}
@@ -197,6 +199,8 @@ type queue struct {
 	notify []chan struct{}
 	tails  []tail // newest durable records per partition, for readers that keep up
 	freed  chan struct{}
+
+	compactions atomic.Int64 // flattens run (gc.go), for tests
 
 	gcKick   chan struct{}
 	trimKick chan struct{} // the outcomes passed their budget
