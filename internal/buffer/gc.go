@@ -37,10 +37,11 @@ import (
 // their targets and push them down, and the deleted records stay on disk:
 // measured with a full 64 MiB queue and 16 MiB of outcomes, the directory
 // grew past 240 MiB in 30 minutes and was still growing. So when the
-// directory passes MaxBytes + OutcomeMaxBytes + DiskOverhead/2, the GC
+// directory passes MaxBytes + OutcomeMaxBytes + DiskOverhead/4, the GC
 // goroutine has Badger flatten the tree (DB.Flatten: every level compacted
 // into the last, so each tombstone meets what it deletes and both go), at
-// most once per tuning.compactInterval. Writes go on meanwhile (measured:
+// most once per tuning.compactInterval and only after the directory grew by
+// DiskOverhead/4 since the last flatten. Writes go on meanwhile (measured:
 // 0.5–0.9 s for a 100 MiB tree, back to the live data plus ~10 MiB).
 
 // gcDiscardRatio is the share of a value-log file that must be garbage for
@@ -59,7 +60,7 @@ func (q *queue) gcLoop(ctx context.Context) {
 	drain.Stop()
 	defer drain.Stop()
 	last := make([]time.Time, len(q.parts)) // last reclaim of each partition
-	var compacted time.Time                 // last flatten
+	var compacted compactState
 	budget := time.NewTicker(q.tune.budgetInterval)
 	defer budget.Stop()
 	level := 0 // disk use band last logged: 0 below 80%, 1 from 80%, 2 from 100%
@@ -93,26 +94,37 @@ func (q *queue) gcLoop(ctx context.Context) {
 	}
 }
 
-// compactIfNear flattens the LSM tree when the directory is within
-// DiskOverhead/2 of the disk budget and the last flatten (last, updated)
-// is at least tuning.compactInterval ago. It runs in the GC goroutine,
-// which also runs reclaim's DropPrefix: the two never overlap.
-func (q *queue) compactIfNear(last *time.Time) {
+// compactIfNear flattens the LSM tree when the directory has passed
+// MaxBytes + OutcomeMaxBytes + DiskOverhead/4 (the rest of DiskOverhead
+// holds what piles up while a flatten runs: the memtables and level-0
+// tables up to Badger's write stall), has grown by DiskOverhead/4 since the
+// last flatten left it, and that flatten is at least tuning.compactInterval
+// ago (c: the state kept between calls). The growth condition keeps a
+// directory that is near the budget because of live data (a full queue)
+// from being rewritten again and again for nothing. It runs in the GC
+// goroutine, which also runs reclaim's DropPrefix: the two never overlap.
+func (q *queue) compactIfNear(c *compactState) {
 	size := q.disk.size(q.opts.Path)
-	if size <= q.diskBudget()-q.tune.diskOverhead/2 ||
-		(!last.IsZero() && time.Since(*last) < q.tune.compactInterval) {
+	if size <= q.diskBudget()-q.tune.diskOverhead*3/4 || size <= c.after+q.tune.diskOverhead/4 ||
+		(!c.at.IsZero() && time.Since(c.at) < q.tune.compactInterval) {
 		return
 	}
 	start := time.Now()
 	err := q.db.Flatten(1)
-	*last = time.Now()
+	c.at, c.after = time.Now(), dirSize(q.opts.Path)
 	q.compactions.Add(1)
 	if err != nil {
 		q.log.Warn("buffer: compaction to reclaim deleted records failed", "err", err)
 		return
 	}
 	q.log.Info("buffer: compacted the store to reclaim deleted records", "disk_bytes_before", size,
-		"disk_bytes_after", dirSize(q.opts.Path), "took", time.Since(start))
+		"disk_bytes_after", c.after, "took", time.Since(start))
+}
+
+// compactState is what compactIfNear remembers of its last flatten.
+type compactState struct {
+	at    time.Time // when it ended
+	after int64     // the directory's size then
 }
 
 // reclaim asks the committer to drop the queue prefixes of the empty

@@ -260,3 +260,37 @@ func TestCompactionBoundsLongQueuedRecords(t *testing.T) {
 		t.Error("no flatten ran")
 	}
 }
+
+// TestNoFlattenWithoutGrowth: a directory near its budget because of live
+// data (a full queue, nothing acknowledged) is flattened once, not again at
+// every interval: a flatten must follow DiskOverhead/4 of growth since the
+// last one. Without that condition a full queue at the default budgets
+// would have its whole tree (over 1 GiB) rewritten every 30 s for nothing.
+func TestNoFlattenWithoutGrowth(t *testing.T) {
+	dir := t.TempDir()
+	off := false
+	q := openTuneTest(t, Options{Path: dir, Partitions: 1, MaxBytes: 4 << 20, OutcomeMaxBytes: 64 << 10, Fsync: &off},
+		func(tu *tuning) {
+			tu.memTableSize, tu.valueThreshold, tu.diskOverhead = 1<<20, 64<<10, 512<<10
+			tu.budgetInterval, tu.compactInterval = 10*time.Millisecond, 20*time.Millisecond
+		})
+	qq := q.(*queue)
+	for i := 0; ; i++ {
+		_, err := q.Append(context.Background(), []*Record{newRecord(0, fmt.Sprint("proc-", i%100), benchBody)})
+		if err == ErrFull {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("full: directory %s, budget %s", mib(dirSize(dir)), mib(qq.diskBudget()))
+	waitUntil(t, 30*time.Second, "a flatten of the full queue's directory", func() bool { return qq.compactions.Load() > 0 })
+	n := qq.compactions.Load()
+	// Nothing is written from here on; 50 compaction intervals pass. This
+	// waits for something not to happen, so it can only be a fixed time.
+	time.Sleep(50 * qq.tune.compactInterval)
+	if more := qq.compactions.Load() - n; more > 0 {
+		t.Errorf("%d more flattens without any write (directory %s, budget %s)", more, mib(dirSize(dir)), mib(qq.diskBudget()))
+	}
+}

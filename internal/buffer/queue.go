@@ -29,9 +29,9 @@ const (
 // OutcomeMaxBytes, from the tuning below: the memtable files (3 × 8 MiB),
 // level-0 tables up to the write stall (9 × ~8 MiB), the base level (10
 // MiB), the manifest and discard file, idempotency entries of queued
-// records, and deleted data compactions have not dropped yet (when the
-// directory comes within half of it of the budget, the GC goroutine
-// flattens the tree: see gc.go). Stats.DiskBudget includes it.
+// records, and deleted data compactions have not dropped yet (once the
+// directory passes a quarter of it above MaxBytes + OutcomeMaxBytes, the
+// GC goroutine flattens the tree: see gc.go). Stats.DiskBudget includes it.
 const DiskOverhead int64 = 128 << 20
 
 // MaxRecordBytes bounds the encoded size of one record (body, headers and
