@@ -98,13 +98,14 @@ func (q *queue) gcLoop(ctx context.Context) {
 // MaxBytes + OutcomeMaxBytes + DiskOverhead/4 (the rest of DiskOverhead
 // holds what piles up while a flatten runs: the memtables and level-0
 // tables up to Badger's write stall), has grown by DiskOverhead/4 since the
-// last flatten left it, and that flatten is at least tuning.compactInterval
+// last flatten left it (or since its lowest size after that), and that flatten is at least tuning.compactInterval
 // ago (c: the state kept between calls). The growth condition keeps a
 // directory that is near the budget because of live data (a full queue)
 // from being rewritten again and again for nothing. It runs in the GC
 // goroutine, which also runs reclaim's DropPrefix: the two never overlap.
 func (q *queue) compactIfNear(c *compactState) {
 	size := q.disk.size(q.opts.Path)
+	c.after = min(c.after, size) // a reclaim or a trim may have shrunk it since
 	if size <= q.diskBudget()-q.tune.diskOverhead*3/4 || size <= c.after+q.tune.diskOverhead/4 ||
 		(!c.at.IsZero() && time.Since(c.at) < q.tune.compactInterval) {
 		return
@@ -124,7 +125,7 @@ func (q *queue) compactIfNear(c *compactState) {
 // compactState is what compactIfNear remembers of its last flatten.
 type compactState struct {
 	at    time.Time // when it ended
-	after int64     // the directory's size then
+	after int64     // the directory's size then, or its lowest since
 }
 
 // reclaim asks the committer to drop the queue prefixes of the empty
