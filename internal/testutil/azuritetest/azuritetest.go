@@ -6,7 +6,6 @@
 package azuritetest
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net/http"
@@ -14,8 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -35,11 +32,7 @@ type Server struct {
 	// Endpoint is the account's blob service URL (AZURE_STORAGE_ENDPOINT).
 	Endpoint string
 
-	cmd  *exec.Cmd
-	out  bytes.Buffer
-	mu   sync.Mutex
-	done chan struct{}
-	once sync.Once
+	proc *testutil.Process
 }
 
 // Start runs Azurite with the given containers created, or skips t when it
@@ -56,30 +49,19 @@ func Start(t testing.TB, containers ...string) *Server {
 	}
 	cmd := exec.Command(bin, "--blobHost", "127.0.0.1", "--blobPort", strconv.Itoa(port),
 		"--location", t.TempDir(), "--skipApiVersionCheck", "--loose", "--silent")
-	s := &Server{Endpoint: fmt.Sprintf("http://127.0.0.1:%d/%s", port, Account), cmd: cmd, done: make(chan struct{})}
-	cmd.Stdout, cmd.Stderr = s, s
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	s := &Server{Endpoint: fmt.Sprintf("http://127.0.0.1:%d/%s", port, Account)}
+	s.proc, err = testutil.StartProcess("azurite", cmd, 30*time.Second, func(context.Context) bool {
+		resp, err := http.Get(s.Endpoint + "?comp=list")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return true
+	})
+	if err != nil {
 		t.Fatalf("azuritetest: %v", err)
 	}
-	go func() { _ = cmd.Wait(); close(s.done) }()
 	t.Cleanup(s.Stop)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if resp, err := http.Get(s.Endpoint + "?comp=list"); err == nil {
-			resp.Body.Close()
-			break
-		}
-		select {
-		case <-s.done:
-			t.Fatalf("azuritetest: azurite exited at start: %s", s.log())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("azuritetest: azurite did not answer within 30 s: %s", s.log())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 	cred, err := azblob.NewSharedKeyCredential(Account, Key)
 	if err != nil {
 		t.Fatal(err)
@@ -99,46 +81,23 @@ func Start(t testing.TB, containers ...string) *Server {
 }
 
 // Stop kills the server and waits for it; safe to call twice.
-func (s *Server) Stop() {
-	s.once.Do(func() {
-		_ = s.cmd.Process.Kill()
-		<-s.done
-	})
-}
-
-func (s *Server) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.out.Write(p)
-}
-
-func (s *Server) log() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.out.String()
-}
+func (s *Server) Stop() { s.proc.Stop() }
 
 // binary is ./bin/azurite-blob of the repository, else azurite-blob on
 // PATH, else "".
 func binary() string {
-	if dir, err := os.Getwd(); err == nil {
-		for {
-			if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-				p := filepath.Join(dir, "bin", "azurite-blob")
-				if _, err := os.Stat(p); err == nil {
-					return p
-				}
-				break
-			}
-			parent := filepath.Dir(dir)
-			if parent == dir {
-				break
-			}
-			dir = parent
+	if root, err := testutil.RepoRoot(); err == nil {
+		if p := filepath.Join(root, "bin", "azurite-blob"); fileExists(p) {
+			return p
 		}
 	}
 	if p, err := exec.LookPath("azurite-blob"); err == nil {
 		return p
 	}
 	return ""
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }

@@ -13,8 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -29,11 +27,7 @@ type Server struct {
 	URL string
 
 	t    testing.TB
-	cmd  *exec.Cmd
-	out  *testutil.LockedBuffer
-	done chan struct{} // closed when the process has exited
-
-	stopOnce sync.Once
+	proc *testutil.Process
 }
 
 // startTimeout bounds how long a server may take to accept connections.
@@ -90,46 +84,22 @@ func start(t testing.TB, bin string) (*Server, error) {
 		"--daemonize", "no",
 		"--loglevel", "warning",
 	)
-	out := &testutil.LockedBuffer{}
-	cmd.Stdout, cmd.Stderr = out, out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", bin, err)
+	proc, err := testutil.StartProcess("redis-server on "+addr, cmd, startTimeout,
+		func(ctx context.Context) bool { return ping(ctx, addr) == nil })
+	if err != nil {
+		return nil, err
 	}
-	s := &Server{Addr: addr, URL: "redis://" + addr + "/0", t: t, cmd: cmd, out: out, done: make(chan struct{})}
-	go func() {
-		_ = cmd.Wait()
-		close(s.done)
-	}()
+	s := &Server{Addr: addr, URL: "redis://" + addr + "/0", t: t, proc: proc}
 	t.Cleanup(s.Stop)
-	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
-	defer cancel()
-	for {
-		if err := ping(ctx, addr); err == nil {
-			return s, nil
-		}
-		select {
-		case <-s.done:
-			return nil, fmt.Errorf("redis-server on %s exited at start: %s", addr, out.String())
-		case <-ctx.Done():
-			s.Stop()
-			return nil, fmt.Errorf("redis-server on %s did not answer within %v: %s", addr, startTimeout, out.String())
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
+	return s, nil
 }
 
 // Stop kills the server and waits until it has exited. It is safe to call
 // more than once; Start registers it with t.Cleanup.
-func (s *Server) Stop() {
-	s.stopOnce.Do(func() {
-		_ = s.cmd.Process.Kill()
-		<-s.done
-	})
-}
+func (s *Server) Stop() { s.proc.Stop() }
 
 // Log is what the server has written so far.
-func (s *Server) Log() string { return s.out.String() }
+func (s *Server) Log() string { return s.proc.Output() }
 
 // ping sends PING in the inline protocol and wants +PONG.
 func ping(ctx context.Context, addr string) error {

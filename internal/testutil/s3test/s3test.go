@@ -8,15 +8,12 @@ package s3test
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -37,11 +34,7 @@ type Server struct {
 	// Root is the directory holding one sub-directory per bucket.
 	Root string
 
-	cmd  *exec.Cmd
-	out  *testutil.LockedBuffer
-	done chan struct{} // closed when the process has exited
-
-	stopOnce sync.Once
+	proc *testutil.Process
 }
 
 // startTimeout bounds how long a server may take to answer.
@@ -52,7 +45,7 @@ const startTimeout = 30 * time.Second
 // is set (where `make test` must have built it).
 func Binary(t testing.TB) string {
 	t.Helper()
-	if root, err := repoRoot(); err == nil {
+	if root, err := testutil.RepoRoot(); err == nil {
 		p := filepath.Join(root, "bin", "versitygw")
 		if _, err := os.Stat(p); err == nil {
 			return p
@@ -101,36 +94,23 @@ func start(t testing.TB, bin, root string) (*Server, error) {
 		"--region", Region, "posix", root)
 	// Its own environment only: no ROOT_* or VGW_* of the caller's leak in.
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + root}
-	out := &testutil.LockedBuffer{}
-	cmd.Stdout, cmd.Stderr = out, out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", bin, err)
-	}
-	s := &Server{Endpoint: "http://" + addr, Root: root, cmd: cmd, out: out, done: make(chan struct{})}
-	go func() {
-		_ = cmd.Wait()
-		close(s.done)
-	}()
-	t.Cleanup(s.Stop)
-	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
-	defer cancel()
+	endpoint := "http://" + addr
 	client := &http.Client{Timeout: time.Second}
-	for {
+	proc, err := testutil.StartProcess("versitygw on "+addr, cmd, startTimeout, func(context.Context) bool {
 		// Any HTTP answer (an unsigned request gets 403) means it serves.
-		if resp, err := client.Get(s.Endpoint + "/"); err == nil {
-			resp.Body.Close()
-			return s, nil
+		resp, err := client.Get(endpoint + "/")
+		if err != nil {
+			return false
 		}
-		select {
-		case <-s.done:
-			return nil, fmt.Errorf("versitygw on %s exited at start: %s", addr, out.String())
-		case <-ctx.Done():
-			s.Stop()
-			return nil, fmt.Errorf("versitygw on %s did not answer within %v: %s", addr, startTimeout, out.String())
-		case <-time.After(20 * time.Millisecond):
-		}
+		resp.Body.Close()
+		return true
+	})
+	if err != nil {
+		return nil, err
 	}
+	s := &Server{Endpoint: endpoint, Root: root, proc: proc}
+	t.Cleanup(s.Stop)
+	return s, nil
 }
 
 // Env is the api-flow environment that points STORAGE_PROVIDER=s3 at this
@@ -150,30 +130,7 @@ func (s *Server) Env(content, meta string) []string {
 
 // Stop kills the server and waits until it has exited. It is safe to call
 // more than once; Start registers it with t.Cleanup.
-func (s *Server) Stop() {
-	s.stopOnce.Do(func() {
-		_ = s.cmd.Process.Kill()
-		<-s.done
-	})
-}
+func (s *Server) Stop() { s.proc.Stop() }
 
 // Log is what the server has written so far.
-func (s *Server) Log() string { return s.out.String() }
-
-// repoRoot is the directory of the go.mod above the working directory.
-func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", fmt.Errorf("no go.mod above the working directory")
-		}
-		dir = parent
-	}
-}
+func (s *Server) Log() string { return s.proc.Output() }

@@ -57,6 +57,13 @@ func TestAppendsUnderLoad(t *testing.T) {
 	}
 	defer s.Close()
 	const writers, each = 64, 32
+	appendConcurrently(t, s, writers, each, func(w, i int) string { return fmt.Sprint("proc-", (w*each+i)%100) })
+}
+
+// appendConcurrently has writers goroutines append each events apiece
+// (to the process pid names) and fails t if any append fails.
+func appendConcurrently(t *testing.T, s *pgstore.Store, writers, each int, pid func(w, i int) string) {
+	t.Helper()
 	var wg sync.WaitGroup
 	var failed atomic.Int64
 	var first atomic.Value
@@ -64,7 +71,7 @@ func TestAppendsUnderLoad(t *testing.T) {
 		wg.Go(func() {
 			for i := range each {
 				err := s.Update(context.Background(), func(tx store.Tx) error {
-					ev := store.Event{ProcessID: fmt.Sprint("proc-", (w*each+i)%100), ID: fmt.Sprintf("00000000-0000-7000-%04d-%012d", w, i),
+					ev := store.Event{ProcessID: pid(w, i), ID: fmt.Sprintf("00000000-0000-7000-%04d-%012d", w, i),
 						Data: json.RawMessage(`1`), CreatedAt: time.Now().UTC()}
 					_, err := tx.AppendEvent(&ev, "o", fmt.Sprintf("r%d-%d", w, i))
 					return err
@@ -94,29 +101,7 @@ func TestHotProcessAppends(t *testing.T) {
 	}
 	defer s.Close()
 	const writers, each = 64, 16
-	var wg sync.WaitGroup
-	var failed atomic.Int64
-	var first atomic.Value
-	for w := range writers {
-		wg.Go(func() {
-			for i := range each {
-				err := s.Update(context.Background(), func(tx store.Tx) error {
-					ev := store.Event{ProcessID: "hot", ID: fmt.Sprintf("00000000-0000-7000-%04d-%012d", w, i),
-						Data: json.RawMessage(`1`), CreatedAt: time.Now().UTC()}
-					_, err := tx.AppendEvent(&ev, "o", fmt.Sprintf("r%d-%d", w, i))
-					return err
-				})
-				if err != nil {
-					failed.Add(1)
-					first.CompareAndSwap(nil, err)
-				}
-			}
-		})
-	}
-	wg.Wait()
-	if n := failed.Load(); n > 0 {
-		t.Fatalf("%d of %d appends failed, first: %v", n, writers*each, first.Load())
-	}
+	appendConcurrently(t, s, writers, each, func(int, int) string { return "hot" })
 	err = s.View(context.Background(), func(tx store.Tx) error {
 		evs, err := tx.Events("hot", 0, writers*each+1)
 		if err != nil {
