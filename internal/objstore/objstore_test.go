@@ -59,12 +59,12 @@ func roundTrip(t *testing.T, ctx context.Context, b *blob.Bucket) {
 	}
 }
 
-// TestS3RealServer runs the S3 driver against a real S3 server (versitygw),
-// configured through the same variables as production.
-func TestS3RealServer(t *testing.T) {
-	srv := s3test.Start(t, "flow-content", "flow-meta")
+// openS3 opens the stores configured, as in production, by the variables
+// that point at srv with content and meta the buckets; t closes them.
+func openS3(t *testing.T, ctx context.Context, srv *s3test.Server, content, meta string) *Store {
+	t.Helper()
 	env := map[string]string{}
-	for _, kv := range srv.Env("flow-content", "flow-meta") {
+	for _, kv := range srv.Env(content, meta) {
 		k, v, _ := strings.Cut(kv, "=")
 		env[k] = v
 	}
@@ -72,12 +72,20 @@ func TestS3RealServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := ctxT(t)
 	st, err := Open(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer st.Close()
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+// TestS3RealServer runs the S3 driver against a real S3 server (versitygw),
+// configured through the same variables as production.
+func TestS3RealServer(t *testing.T) {
+	srv := s3test.Start(t, "flow-content", "flow-meta")
+	ctx := ctxT(t)
+	st := openS3(t, ctx, srv, "flow-content", "flow-meta")
 	if err := st.Ping(ctx); err != nil {
 		t.Fatalf("ping: %v", err)
 	}
@@ -103,22 +111,9 @@ func TestS3RealServer(t *testing.T) {
 // TestS3MissingBucket: Ping names a bucket that does not exist.
 func TestS3MissingBucket(t *testing.T) {
 	srv := s3test.Start(t, "flow-content")
-	env := map[string]string{}
-	for _, kv := range srv.Env("flow-content", "no-such-bucket") {
-		k, v, _ := strings.Cut(kv, "=")
-		env[k] = v
-	}
-	cfg, err := FromEnv(envOf(env), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx := ctxT(t)
-	st, err := Open(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	err = st.Ping(ctx)
+	st := openS3(t, ctx, srv, "flow-content", "no-such-bucket")
+	err := st.Ping(ctx)
 	if err == nil || !strings.Contains(err.Error(), "no-such-bucket") {
 		t.Fatalf("ping = %v, want an error naming no-such-bucket", err)
 	}
