@@ -169,6 +169,20 @@ func countSuffix(dir, suffix string) int {
 	return n
 }
 
+// fillUntilRotation writes filler entries straight into Badger until a new
+// memtable file appears in dir (the active memtable rotated).
+func fillUntilRotation(db *badger.DB, dir string) error {
+	before := memFiles(dir)
+	return fillUntil(db, "rotation", func() bool {
+		for name := range memFiles(dir) {
+			if !before[name] {
+				return true
+			}
+		}
+		return false
+	})
+}
+
 // fillUntil writes filler entries straight into Badger until cond holds.
 func fillUntil(db *badger.DB, what string, cond func() bool) error {
 	filler := make([]byte, 32<<10)
@@ -219,15 +233,7 @@ func powerCutChild(t *testing.T, dir, mode string) {
 			return
 		}
 		// Between the record's commit and its sync: rotate its memtable.
-		before := memFiles(dir)
-		err := fillUntil(q.db, "rotation", func() bool {
-			for name := range memFiles(dir) {
-				if !before[name] {
-					return true
-				}
-			}
-			return false
-		})
+		err := fillUntilRotation(q.db, dir)
 		if err != nil {
 			hookErr.Store(err)
 		}
@@ -243,15 +249,7 @@ func powerCutChild(t *testing.T, dir, mode string) {
 	// Each rotation's flush is awaited before the next, so that the flush
 	// queue does not fill (writes would block).
 	for tables := 1; tables <= tu.l0Stall+1; tables++ {
-		before := memFiles(dir)
-		err := fillUntil(q.db, "rotation", func() bool {
-			for name := range memFiles(dir) {
-				if !before[name] {
-					return true
-				}
-			}
-			return false
-		})
+		err := fillUntilRotation(q.db, dir)
 		if err != nil {
 			fail(err)
 		}
