@@ -185,7 +185,7 @@ func (l *loop) settle(it *item, a answer) int {
 	verdict, wait, reason := l.e.pol.decide(a.resp, a.err, rec.Attempts, rec.ReceivedAt, now)
 	switch verdict {
 	case verdictFinal:
-		return l.finish(it, a, now, false)
+		return l.finish(it, a, now)
 	case verdictDead:
 		return l.bury(it, a, reason, now)
 	}
@@ -235,19 +235,24 @@ func (l *loop) finishIfWaited(it *item, a answer, now time.Time) (int, bool) {
 	if !l.e.claim(resultOf(&out)) {
 		return 0, false
 	}
+	l.count(it.rec, string(out.Status))
 	return l.record(it, out), true
 }
 
 // finish records a final answer (delivered or rejected), hands it to any
 // waiting ticket and acknowledges the record.
-func (l *loop) finish(it *item, a answer, now time.Time, _ bool) int {
+func (l *loop) finish(it *item, a answer, now time.Time) int {
 	out := l.outcome(it, a, now)
 	// The outcome is the loop's before the client hears it, so a lookup
 	// made right after the answer sees it (it used to say in_flight until
 	// the ack below).
+	// So are the metrics: a scrape made after the client's answer counts
+	// the delivery (the counter was once bumped after the relay, and a
+	// scrape could race it).
 	l.mu.Lock()
 	it.final = &out
 	l.mu.Unlock()
+	l.count(it.rec, string(out.Status))
 	// The backend has answered: relay it now. Acking is bookkeeping; if the
 	// edge dies before the ack is on disk, the record is delivered again and
 	// the backend dedupes it by X-Request-ID (at-least-once, as promised).
@@ -255,12 +260,12 @@ func (l *loop) finish(it *item, a answer, now time.Time, _ bool) int {
 	return l.record(it, out)
 }
 
-// record keeps out as it's final outcome and acknowledges it.
+// record keeps out as its final outcome and acknowledges it. The caller
+// has counted it.
 func (l *loop) record(it *item, out buffer.Outcome) int {
 	l.mu.Lock()
 	it.final = &out
 	l.mu.Unlock()
-	l.count(it.rec, string(out.Status))
 	ctx, cancel := context.WithTimeout(context.Background(), bookkeepTimeout)
 	defer cancel()
 	if err := l.e.q.Ack(ctx, it.rec, out); err != nil {

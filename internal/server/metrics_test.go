@@ -7,7 +7,9 @@ import (
 )
 
 // TestMetricNames: the admin scrape carries every metric docs/edge.md names,
-// so dashboards and alerts can rely on them.
+// so dashboards and alerts can rely on them. Regression: the delivery
+// counter was bumped after the client got its answer, so a scrape right
+// after the answer could miss the delivery (seen in CI).
 func TestMetricNames(t *testing.T) {
 	b := newBackend(t, "b0")
 	e := startEdge(t, testConfig(t, b))
