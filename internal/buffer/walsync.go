@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 )
@@ -30,9 +31,18 @@ import (
 //
 // On Linux fdatasync writes back the pages of a file dirtied through a
 // shared mapping, as msync does, whichever descriptor it is called on.
+//
+// Listing the directory on every sync cost about 30 µs of CPU per sync
+// (15% of a one-writer append), so the syncer watches the directory with
+// inotify and lists it again only when a memtable file was created, removed
+// or renamed since the last listing (see dirWatch). Without inotify it
+// lists on every sync.
 type walSyncer struct {
 	dir   string
 	files map[string]*walFile // memtable files seen, by name
+	mems  []string            // memtable names at the last listing, oldest first
+	watch *dirWatch           // nil: list on every sync
+	lists int                 // listings done, for tests
 }
 
 // walFile is a memtable file the syncer has open.
@@ -44,28 +54,21 @@ type walFile struct {
 }
 
 func newWALSyncer(dir string) *walSyncer {
-	return &walSyncer{dir: dir, files: map[string]*walFile{}}
+	w := &walSyncer{dir: dir, files: map[string]*walFile{}}
+	if d, err := newDirWatch(dir); err == nil {
+		w.watch = d
+	}
+	return w
 }
 
-// sync fdatasyncs every memtable file present. Files flushed and deleted
-// meanwhile are skipped: their contents are in a table Badger synced
-// before deleting them.
+// sync fdatasyncs every memtable file written since its last sync. Files
+// flushed and deleted meanwhile are skipped: their contents are in a table
+// Badger synced before deleting them.
 func (w *walSyncer) sync() error {
-	ents, err := os.ReadDir(w.dir)
-	if err != nil {
-		return fmt.Errorf("buffer: sync: list %s: %w", w.dir, err)
+	if err := w.refresh(); err != nil {
+		return err
 	}
-	// Names are %05d.mem by increasing id, so the newest sorts last
-	// (ReadDir sorts by name).
-	var mems []string
-	for _, e := range ents {
-		if name := e.Name(); strings.HasSuffix(name, ".mem") {
-			mems = append(mems, name)
-		}
-	}
-	seen := make(map[string]bool, len(mems))
-	for i, name := range mems {
-		seen[name] = true
+	for i, name := range w.mems {
 		wf := w.files[name]
 		if wf != nil && wf.final {
 			continue // no write since its last sync
@@ -84,10 +87,41 @@ func (w *walSyncer) sync() error {
 		if err := fdatasync(wf.f); err != nil {
 			return fmt.Errorf("buffer: sync %s: %w", name, err)
 		}
-		wf.final = i < len(mems)-1
+		wf.final = i < len(w.mems)-1
+	}
+	return nil
+}
+
+// refresh lists the memtable files again unless the watch says none
+// appeared or went since the last listing. The watch is drained before the
+// listing, so a file created during the listing is listed again next time
+// rather than missed.
+func (w *walSyncer) refresh() error {
+	if w.watch != nil && w.lists > 0 {
+		changed, err := w.watch.changed()
+		if err != nil {
+			// It can no longer tell: list on every sync from now on.
+			w.watch.close()
+			w.watch = nil
+		} else if !changed {
+			return nil
+		}
+	}
+	ents, err := os.ReadDir(w.dir)
+	if err != nil {
+		return fmt.Errorf("buffer: sync: list %s: %w", w.dir, err)
+	}
+	w.lists++
+	// Names are %05d.mem by increasing id, so the newest sorts last
+	// (ReadDir sorts by name).
+	w.mems = w.mems[:0]
+	for _, e := range ents {
+		if name := e.Name(); strings.HasSuffix(name, ".mem") {
+			w.mems = append(w.mems, name)
+		}
 	}
 	for name, wf := range w.files {
-		if !seen[name] {
+		if !slices.Contains(w.mems, name) {
 			_ = wf.f.Close()
 			delete(w.files, name)
 		}
@@ -95,8 +129,12 @@ func (w *walSyncer) sync() error {
 	return nil
 }
 
-// close closes the files kept open.
+// close closes the files kept open and the watch.
 func (w *walSyncer) close() {
+	if w.watch != nil {
+		w.watch.close()
+		w.watch = nil
+	}
 	for name, wf := range w.files {
 		_ = wf.f.Close()
 		delete(w.files, name)
