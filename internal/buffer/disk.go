@@ -31,6 +31,13 @@ func (g *diskGauge) size(dir string) int64 {
 	return g.last
 }
 
+// set records a measure taken elsewhere (fresher than the cached one).
+func (g *diskGauge) set(size int64) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.last, g.at = size, time.Now()
+}
+
 // dirSize returns the disk space the files under dir take: allocated
 // blocks, as du counts them (a sparse or preallocated file counts what it
 // occupies, not its length). Files that vanish during the walk are skipped.

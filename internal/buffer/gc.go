@@ -98,8 +98,9 @@ func (q *queue) gcLoop(ctx context.Context) {
 // MaxBytes + OutcomeMaxBytes + DiskOverhead/4 (the rest of DiskOverhead
 // holds what piles up while a flatten runs: the memtables and level-0
 // tables up to Badger's write stall), has grown by DiskOverhead/4 since the
-// last flatten left it (or since its lowest size after that), and that flatten is at least tuning.compactInterval
-// ago (c: the state kept between calls). The growth condition keeps a
+// last flatten left it (or since its lowest size after that), and that
+// flatten is at least tuning.compactInterval ago (c: the state kept between
+// calls). The growth condition keeps a
 // directory that is near the budget because of live data (a full queue)
 // from being rewritten again and again for nothing. It runs in the GC
 // goroutine, which also runs reclaim's DropPrefix: the two never overlap.
@@ -113,6 +114,10 @@ func (q *queue) compactIfNear(c *compactState) {
 	start := time.Now()
 	err := q.db.Flatten(1)
 	c.at, c.after = time.Now(), dirSize(q.opts.Path)
+	// The gauge's cached size predates the flatten; left alone, the next
+	// call would compare that stale, larger size with c.after and flatten
+	// again at once when compactInterval is shorter than diskGaugeEvery.
+	q.disk.set(c.after)
 	q.compactions.Add(1)
 	if err != nil {
 		q.log.Warn("buffer: compaction to reclaim deleted records failed", "err", err)

@@ -294,3 +294,39 @@ func TestNoFlattenWithoutGrowth(t *testing.T) {
 		t.Errorf("%d more flattens without any write (directory %s, budget %s)", more, mib(dirSize(dir)), mib(qq.diskBudget()))
 	}
 }
+
+// TestNoFlattenRightAfterFlatten: a flatten that reclaimed space is not
+// followed by another at the next check. Regression: the disk gauge kept
+// the size it measured before the flatten (up to diskGaugeEvery old), so
+// the next check compared that stale size with the size after the flatten,
+// saw growth that never happened and flattened again (whenever
+// compactInterval is shorter than diskGaugeEvery, as in the tests).
+func TestNoFlattenRightAfterFlatten(t *testing.T) {
+	dir := t.TempDir()
+	off := false
+	q := openTuneTest(t, Options{Path: dir, Partitions: 1, MaxBytes: 2 << 20, OutcomeMaxBytes: 64 << 10, Fsync: &off},
+		func(tu *tuning) {
+			tu.memTableSize, tu.valueThreshold, tu.diskOverhead = 1<<20, 64<<10, 1<<20
+			tu.budgetInterval, tu.gcInterval, tu.compactInterval = time.Hour, time.Hour, 0 // only this test flattens
+		})
+	qq := q.(*queue)
+	for i := range 200 {
+		if _, err := q.Append(context.Background(), []*Record{newRecord(0, fmt.Sprint("proc-", i%50), benchBody)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The gauge's last measure, taken just now: the directory at its
+	// budget, full of deleted records the flatten is about to reclaim
+	// (dirSize after it is the real, much smaller size).
+	qq.disk.set(qq.diskBudget())
+	var c compactState
+	qq.compactIfNear(&c)
+	if qq.compactions.Load() != 1 {
+		t.Fatal("no flatten at the budget")
+	}
+	qq.compactIfNear(&c)
+	if n := qq.compactions.Load(); n != 1 {
+		t.Errorf("%d flattens: the check right after a flatten flattened again (directory %s, after the flatten %s)",
+			n, mib(dirSize(dir)), mib(c.after))
+	}
+}
