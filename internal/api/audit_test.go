@@ -184,20 +184,23 @@ func TestAuditClientIP(t *testing.T) {
 // TestAuditRetention: entries expire after Options.AuditRetention, so the
 // log cannot grow without bound.
 func TestAuditRetention(t *testing.T) {
-	e := newEnv(t, func(o *api.Options) { o.AuditRetention = time.Second })
+	// Flake: Badger keeps whole-second expiry times (ExpiresAt is the TTL's
+	// end truncated to the second), so a 1 s retention could expire the
+	// entry before the first GET; 3 s leaves it at least 2 s.
+	e := newEnv(t, func(o *api.Options) { o.AuditRetention = 3 * time.Second })
 	must(t, e.do(req{method: "POST", path: "/api/v1/keys", key: adminKey, body: map[string]any{"name": "short-lived"}}), 201)
 	if items, _ := e.auditPage("?action=key.create"); len(items) != 1 {
 		t.Fatalf("audit entries right after the creation: %d, want 1", len(items))
 	}
-	// Badger expires by wall-clock seconds: the entry is gone within ~2 s.
-	deadline := time.Now().Add(10 * time.Second)
+	// Badger expires by wall-clock seconds: the entry is gone within ~3 s.
+	deadline := time.Now().Add(15 * time.Second)
 	for {
 		items, _ := e.auditPage("?action=key.create")
 		if len(items) == 0 {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("audit entry still listed 10 s after a 1 s retention: %+v", items)
+			t.Fatalf("audit entry still listed 15 s after a 3 s retention: %+v", items)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

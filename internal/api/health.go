@@ -15,18 +15,32 @@ import (
 type Check func(ctx context.Context) error
 
 // HealthOptions overrides the health checks. Each nil Check means the
-// built-in one and each zero timeout DefaultCheckTimeout.
+// built-in one; each zero check timeout means DefaultCheckTimeout, and a
+// zero ReadinessTimeout DefaultReadinessTimeout.
 type HealthOptions struct {
 	Database Check // built-in: the store answers a read
 	Storage  Check // built-in: the data directory has room, and Options.Objects' buckets answer
 	Queue    Check // built-in: Options.Redis answers PING, and the job workers are alive
 
+	// DatabaseTimeout, StorageTimeout and QueueTimeout bound how long
+	// /health/health waits for each check.
 	DatabaseTimeout, StorageTimeout, QueueTimeout time.Duration
+	// ReadinessTimeout bounds how long /health/readiness waits for the
+	// database check (a run under way for /health/health is joined, and
+	// goes on for the longer of the two bounds).
+	ReadinessTimeout time.Duration
 }
 
-// DefaultCheckTimeout bounds each health check, so /health/health answers
-// within about this long whatever hangs.
+// DefaultCheckTimeout bounds each check of /health/health, so the report
+// answers within about this long whatever hangs.
 const DefaultCheckTimeout = 50 * time.Millisecond
+
+// DefaultReadinessTimeout bounds the database check of /health/readiness.
+// The edge pauses a partition whose backend is not ready until its next
+// probe (every 2 s by default), so a store that answers within a second
+// under load is ready: 50 ms would turn a GC pause or a busy connection
+// pool into a paused partition. It stays under the edge's probe interval.
+const DefaultReadinessTimeout = time.Second
 
 // Check statuses and overall statuses of /health/health.
 const (
@@ -70,6 +84,7 @@ type CheckResult struct {
 type health struct {
 	s                        *Server
 	database, storage, queue *checker
+	readiness                time.Duration // how long readiness waits for database
 }
 
 func newHealth(s *Server) *health {
@@ -101,19 +116,25 @@ func newHealth(s *Server) *health {
 			return s.runner.Check(ctx)
 		}
 	}
+	readiness := o.ReadinessTimeout
+	if readiness <= 0 {
+		readiness = DefaultReadinessTimeout
+	}
 	return &health{
-		s:        s,
-		database: newChecker("database", pick(o.Database, s.store.Ping), o.DatabaseTimeout),
-		storage:  newChecker("storage", pick(o.Storage, storage), o.StorageTimeout),
-		queue:    newChecker("queue", pick(o.Queue, queue), o.QueueTimeout),
+		s:         s,
+		database:  newChecker("database", pick(o.Database, s.store.Ping), o.DatabaseTimeout, readiness),
+		storage:   newChecker("storage", pick(o.Storage, storage), o.StorageTimeout, 0),
+		queue:     newChecker("queue", pick(o.Queue, queue), o.QueueTimeout, 0),
+		readiness: readiness,
 	}
 }
 
-// checker runs one check with its timeout, never more than one at a time.
+// checker runs one check, never more than one at a time.
 type checker struct {
 	name    string
 	fn      Check
-	timeout time.Duration
+	timeout time.Duration // how long /health/health waits for a run
+	limit   time.Duration // the run's context deadline: the longest any caller waits
 
 	mu     sync.Mutex
 	flight *flight // the run under way, nil if none
@@ -124,17 +145,21 @@ type flight struct {
 	err  error
 }
 
-func newChecker(name string, fn Check, timeout time.Duration) *checker {
+// newChecker makes the checker of fn: timeout is how long /health/health
+// waits (0: DefaultCheckTimeout), other the longest another caller waits
+// (0: none waits longer).
+func newChecker(name string, fn Check, timeout, other time.Duration) *checker {
 	if timeout <= 0 {
 		timeout = DefaultCheckTimeout
 	}
-	return &checker{name: name, fn: fn, timeout: timeout}
+	return &checker{name: name, fn: fn, timeout: timeout, limit: max(timeout, other)}
 }
 
 // start begins a run of the check, or joins the run still under way from
 // an earlier call, so a hanging check costs one goroutine, not one per
-// probe. It returns the run and the time by which to give up on it.
-func (c *checker) start(now time.Time) (*flight, time.Time) {
+// probe. It returns the run and the time by which to give up on it, wait
+// from now.
+func (c *checker) start(now time.Time, wait time.Duration) (*flight, time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	f := c.flight
@@ -142,7 +167,7 @@ func (c *checker) start(now time.Time) (*flight, time.Time) {
 		f = &flight{done: make(chan struct{})}
 		c.flight = f
 		go func() {
-			ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+			ctx, cancel := context.WithTimeout(context.Background(), c.limit)
 			defer cancel()
 			err := safeCheck(ctx, c.fn)
 			c.mu.Lock()
@@ -152,12 +177,12 @@ func (c *checker) start(now time.Time) (*flight, time.Time) {
 			close(f.done)
 		}()
 	}
-	return f, now.Add(c.timeout)
+	return f, now.Add(wait)
 }
 
-// wait waits for f until deadline; *t is a timer to reuse (nil: one is
-// made when needed).
-func (c *checker) wait(f *flight, deadline time.Time, t **time.Timer) error {
+// wait waits for f until deadline (wait after the start); *t is a timer
+// to reuse (nil: one is made when needed).
+func (c *checker) wait(f *flight, deadline time.Time, wait time.Duration, t **time.Timer) error {
 	select {
 	case <-f.done:
 		return f.err
@@ -165,7 +190,7 @@ func (c *checker) wait(f *flight, deadline time.Time, t **time.Timer) error {
 	}
 	d := time.Until(deadline)
 	if d <= 0 {
-		return c.timeoutErr()
+		return c.timeoutErr(wait)
 	}
 	if *t == nil {
 		*t = time.NewTimer(d)
@@ -177,20 +202,21 @@ func (c *checker) wait(f *flight, deadline time.Time, t **time.Timer) error {
 		(*t).Stop() // since Go 1.23 no stale tick survives Stop: Reset is safe
 		return f.err
 	case <-(*t).C:
-		return c.timeoutErr()
+		return c.timeoutErr(wait)
 	}
 }
 
-func (c *checker) timeoutErr() error {
-	return fmt.Errorf("%s check: no answer within %v", c.name, c.timeout)
+func (c *checker) timeoutErr(wait time.Duration) error {
+	return fmt.Errorf("%s check: no answer within %v", c.name, wait)
 }
 
-// run runs the check alone: its result and how long it took.
-func (c *checker) run() (time.Duration, error) {
+// run runs the check alone, waiting up to wait: its result and how long
+// it took.
+func (c *checker) run(wait time.Duration) (time.Duration, error) {
 	start := time.Now()
-	f, deadline := c.start(start)
+	f, deadline := c.start(start, wait)
 	var t *time.Timer
-	err := c.wait(f, deadline, &t)
+	err := c.wait(f, deadline, wait, &t)
 	if t != nil {
 		t.Stop()
 	}
@@ -211,14 +237,15 @@ func safeCheck(ctx context.Context, fn Check) (err error) {
 // timeout.
 func (h *health) report() (HealthReport, int) {
 	start := time.Now()
-	dbF, dbD := h.database.start(start)
-	stF, stD := h.storage.start(start)
-	qF, qD := h.queue.start(start)
+	db, st, q := h.database, h.storage, h.queue
+	dbF, dbD := db.start(start, db.timeout)
+	stF, stD := st.start(start, st.timeout)
+	qF, qD := q.start(start, q.timeout)
 	var t *time.Timer
-	dbErr := h.database.wait(dbF, dbD, &t)
+	dbErr := db.wait(dbF, dbD, db.timeout, &t)
 	dbLat := time.Since(start)
-	stErr := h.storage.wait(stF, stD, &t)
-	qErr := h.queue.wait(qF, qD, &t)
+	stErr := st.wait(stF, stD, st.timeout, &t)
+	qErr := q.wait(qF, qD, q.timeout, &t)
 	if t != nil {
 		t.Stop()
 	}
@@ -258,13 +285,13 @@ func (s *Server) liveness(c *call) (result, error) {
 	return ok(map[string]string{"status": "alive"})
 }
 
-// readiness: GET /health/readiness — 200 when the store answers and the
-// server is not draining, else 503.
+// readiness: GET /health/readiness — 200 when the store answers (within
+// HealthOptions.ReadinessTimeout) and the server is not draining, else 503.
 func (s *Server) readiness(c *call) (result, error) {
 	if s.draining.Load() {
 		return result{}, unavailable("shutting down")
 	}
-	if _, err := s.health.database.run(); err != nil {
+	if _, err := s.health.database.run(s.health.readiness); err != nil {
 		return result{}, unavailable("the store does not answer: " + err.Error())
 	}
 	return ok(map[string]string{"status": "ready"})

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"sort"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -101,6 +103,7 @@ func TestHealthHangingStorage(t *testing.T) {
 	release := make(chan struct{})
 	e := newEnv(t, func(o *api.Options) {
 		o.Health.Storage = func(context.Context) error { <-release; return nil }
+		o.Health.StorageTimeout = 0 // the product's default, not the test environment's 5 s
 	})
 	t.Cleanup(func() { close(release) }) // ends the hung check goroutines
 	for i := range 3 {
@@ -129,6 +132,64 @@ func TestHealthHangingStorage(t *testing.T) {
 		}
 	}
 	must(t, e.do(req{method: "GET", path: "/health/readiness"}), 200) // storage is not readiness
+}
+
+// TestReadinessOutwaitsHealth: /health/readiness waits for the database
+// check up to HealthOptions.ReadinessTimeout, longer than /health/health
+// waits: a store slower than the report's timeout makes the report
+// unhealthy but the backend still ready, so a moment's slowness does not
+// pause the edge's partition. The check runs with the longer deadline.
+func TestReadinessOutwaitsHealth(t *testing.T) {
+	started, release := make(chan struct{}, 1), make(chan struct{})
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	e := newEnv(t, func(o *api.Options) {
+		o.Health.Database = func(ctx context.Context) error {
+			select {
+			case started <- struct{}{}:
+			default:
+			}
+			select {
+			case <-release:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		o.Health.DatabaseTimeout = 0 // the product's default, 50 ms
+		o.Health.ReadinessTimeout = time.Minute
+	})
+	t.Cleanup(unblock) // before the server stops, which waits for the request
+	type result struct {
+		r   resp
+		err error
+	}
+	ready := make(chan result, 1)
+	go func() {
+		r, err := e.try(req{method: "GET", path: "/health/readiness"})
+		ready <- result{r, err}
+	}()
+	select {
+	case <-started: // readiness started the run, so it has waited at least as long as the report below
+	case <-time.After(20 * time.Second):
+		t.Fatal("the readiness request never ran the database check")
+	}
+	var h api.HealthReport
+	must(t, e.do(req{method: "GET", path: "/health/health"}), 503).json(t, &h)
+	if h.Checks.Database.Status != "error" || !strings.Contains(h.Checks.Database.Error, "no answer within") {
+		t.Fatalf("report while the database check hangs: %+v", h)
+	}
+	unblock()
+	var res result
+	select {
+	case res = <-ready:
+	case <-time.After(20 * time.Second):
+		t.Fatal("readiness did not answer once the check did")
+	}
+	if res.err != nil {
+		t.Fatal(res.err)
+	}
+	must(t, res.r, 200)
 }
 
 // TestHealthFailures: a failing queue check degrades (200); a failing

@@ -64,8 +64,12 @@ func newEnvOn(t testing.TB, open func() (api.Store, error), mods ...func(*api.Op
 	e := &env{t: t, dir: t.TempDir(), logs: &syncBuffer{}, open: open}
 	// Limits far above what tests send; tests of the limits set their own.
 	lots := api.Rate{Count: 1_000_000, Per: time.Minute}
+	// Flake: health checks bounded by DefaultCheckTimeout (50 ms) failed when a
+	// loaded machine stalled that long; tests of the timeouts set their own.
+	const patient = 5 * time.Second
 	e.opts = api.Options{BootstrapKey: adminKey, Version: "test-1.0", Workers: 4,
-		RateLimits: api.RateLimits{Default: lots, Posts: lots, Webhooks: lots, Keys: lots}}
+		RateLimits: api.RateLimits{Default: lots, Posts: lots, Webhooks: lots, Keys: lots},
+		Health:     api.HealthOptions{DatabaseTimeout: patient, StorageTimeout: patient, QueueTimeout: patient, ReadinessTimeout: patient}}
 	for _, m := range mods {
 		m(&e.opts)
 	}

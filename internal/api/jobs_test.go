@@ -1,6 +1,7 @@
 package api_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/flowedge/flowedge/internal/api"
+	"github.com/flowedge/flowedge/internal/api/store"
 )
 
 func delay(ms int) map[string]any { return map[string]any{"type": "delay", "ms": ms} }
@@ -195,22 +197,30 @@ func TestJobCancel(t *testing.T) {
 }
 
 // TestJobsResumeAfterRestart: a job interrupted mid-delay by a shutdown
-// resumes after restart (waiting only what was left), its event step runs
-// once, and the job queued behind it runs after it.
+// resumes after restart, waiting only what is left of its delay (here
+// nothing: the downtime outlasted it), its event step runs once, and the
+// job queued behind it runs after it.
 func TestJobsResumeAfterRestart(t *testing.T) {
 	e := newEnv(t)
-	wf := e.workflow(event("before"), delay(400), event("after"))
+	// Flake: a 400 ms delay could end before the restart on a loaded machine,
+	// so the job was never interrupted; a 10 min delay cannot, and
+	// outlastDelay makes the downtime longer than the delay instead.
+	wf := e.workflow(event("before"), delay(600_000), event("after"))
 	const pid = "proc-resume"
 	first := e.submit(pid, wf, nil)
-	second := e.submit(pid, wf, nil)
+	second := e.submit(pid, e.workflow(event("before"), delay(0), event("after")), nil)
 	waitFor(t, "first job in its delay", func() bool {
 		j := e.job(first.ID)
 		return j.Status == api.JobRunning && j.Steps[1].Status == "running"
 	})
-	e.restart()
 	if j := e.job(second.ID); j.Status != api.JobQueued {
-		t.Fatalf("second job after restart: %s", j.Status)
+		t.Fatalf("second job while the first one runs: %s", j.Status)
 	}
+	e.stop()
+	e.outlastDelay(first.ID, 1)
+	e.start()
+	// Were the delay waited again from its start, the first job would not
+	// end for 10 minutes.
 	a := e.waitJob(first.ID, api.JobSucceeded)
 	b := e.waitJob(second.ID, api.JobSucceeded)
 	if a.Runs != 2 || b.Runs != 1 {
@@ -225,6 +235,37 @@ func TestJobsResumeAfterRestart(t *testing.T) {
 	}
 	if fmt.Sprint(types) != "[before after before after]" {
 		t.Fatalf("events %v", types)
+	}
+}
+
+// outlastDelay stands for a downtime longer than what is left of job id's
+// delay step i: on the stopped server's store it moves the step's start
+// back by the step's length, so nothing of the delay is left.
+func (e *env) outlastDelay(id string, i int) {
+	e.t.Helper()
+	if !e.closed || e.open != nil {
+		e.t.Fatal("outlastDelay needs a stopped server on Badger")
+	}
+	st, err := api.OpenBadger(e.dir, api.BadgerOptions{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer st.Close()
+	err = st.Update(context.Background(), func(tx api.Tx) error {
+		var j api.Job
+		if err := store.GetJSON(tx, store.Key(store.PfxJob, id), &j); err != nil {
+			return err
+		}
+		s := &j.Steps[i]
+		if s.Type != api.StepDelay || s.Status != "running" || s.StartedAt == nil {
+			return fmt.Errorf("step %d of job %s is not a delay under way: %+v", i, id, *s)
+		}
+		at := s.StartedAt.Add(-time.Duration(s.MS) * time.Millisecond)
+		s.StartedAt = &at
+		return store.PutJob(tx, &j)
+	})
+	if err != nil {
+		e.t.Fatal(err)
 	}
 }
 

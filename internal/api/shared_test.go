@@ -80,17 +80,24 @@ func TestSharedWebhooks(t *testing.T) {
 	open := func() (api.Store, error) { return pgstore.Open(context.Background(), url, pgstore.Options{}) }
 	quick := func(o *api.Options) { o.Webhooks.SharedReload = 20 * time.Millisecond }
 	a, b := newEnvOn(t, open, quick), newEnvOn(t, open, quick)
-	rc := newReceiver(t, false)
+	// witness stays subscribed: its delivery of a job's event shows that b
+	// has emitted that event (to every webhook in b's list, in one batch).
+	rc, witness := newReceiver(t, false), newReceiver(t, false)
 	h := a.hook(rc.URL, "job.succeeded")
-	waitFor(t, "backend b to deliver a's webhook", func() bool {
+	a.hook(witness.URL, "job.succeeded")
+	waitFor(t, "backend b to deliver a's webhooks", func() bool {
 		b.finishJob("p-shared")
-		return len(rc.requests()) > 0
+		return len(rc.requests()) > 0 && len(witness.requests()) > 0
 	})
 	must(t, a.do(req{method: "DELETE", path: "/api/v1/webhooks/" + h.ID, key: adminKey}), 204)
-	time.Sleep(200 * time.Millisecond) // ten reloads: the deletion is seen by now
+	// Flake: two 200 ms sleeps stood for "deliveries under way have ended"
+	// and "b has emitted the next event"; each is now waited for.
+	// A delivery under way when the deletion answered may still end at rc.
+	b.waitWebhooksIdle()
 	n := len(rc.requests())
-	b.finishJob("p-shared")
-	time.Sleep(200 * time.Millisecond) // a stray delivery would have arrived by now
+	j := b.finishJob("p-shared")
+	waitFor(t, "backend b to emit the job's event", func() bool { return witness.gotJobEvent(j.ID) })
+	b.waitWebhooksIdle() // a delivery of it to the deleted webhook would have ended at rc
 	if got := len(rc.requests()); got != n {
 		t.Fatalf("%d deliveries after the webhook was deleted", got-n)
 	}

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/flowedge/flowedge/internal/api"
+	"github.com/flowedge/flowedge/internal/api/webhook"
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -97,6 +98,37 @@ func (e *env) waitDeliveries(result string, n float64) {
 		}
 		return got == n
 	})
+}
+
+// waitWebhooksIdle waits until e's webhook journal is empty: every
+// delivery emitted so far has ended (made, failed, or skipped because its
+// webhook is gone), so each request it made has reached its receiver. Not
+// for Webhooks.InMemory.
+func (e *env) waitWebhooksIdle() {
+	e.t.Helper()
+	j := webhook.StoreJournal{Store: e.store, Partition: e.opts.Partition}
+	waitFor(e.t, "every webhook delivery to end", func() bool {
+		recs, err := j.Pending(context.Background(), 1)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		return len(recs) == 0
+	})
+}
+
+// gotJobEvent reports whether rc received an event about job id.
+func (rc *receiver) gotJobEvent(id string) bool {
+	for _, r := range rc.requests() {
+		var env struct {
+			Data struct {
+				ID string `json:"id"`
+			} `json:"data"`
+		}
+		if json.Unmarshal(r.body, &env) == nil && env.Data.ID == id {
+			return true
+		}
+	}
+	return false
 }
 
 // received is a request a receiver got.
@@ -609,15 +641,21 @@ func TestWebhookQueueBytes(t *testing.T) {
 		o.Webhooks.InMemory = true
 	})
 	release := make(chan struct{})
-	rc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-release }))
+	var hits atomic.Int32
+	rc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hits.Add(1); <-release }))
 	defer rc.Close()
 	defer close(release)
 	e.hook(rc.URL+"/h", "job.succeeded")
 	wf := e.workflow(delay(0))
 	big := strings.Repeat("x", 40<<10)
-	for range 5 {
+	for i := range 5 {
 		j := e.submit("p-bytes", wf, map[string]any{"blob": big})
 		e.waitJob(j.ID, api.JobSucceeded)
+		if i == 0 {
+			// Flake: a worker that had not taken the first delivery off the
+			// queue before the third was emitted left three dropped.
+			waitFor(t, "the first delivery under way", func() bool { return hits.Load() == 1 })
+		}
 	}
 	// One delivery under way, two waiting (80 KiB), two dropped.
 	waitFor(t, "dropped deliveries", func() bool { return e.deliveries("dropped") >= 2 })
@@ -767,7 +805,10 @@ func TestWebhookOwnerScope(t *testing.T) {
 		body: map[string]any{"workflow_id": wf.ID}}), 201).json(t, &j)
 	e.waitJob(j.ID, api.JobSucceeded)
 	e.waitDeliveries("success", 3)
-	time.Sleep(100 * time.Millisecond) // a stray delivery would have arrived by now
+	// A stray delivery would be in the events' journal batch with these
+	// three: once the journal is empty it has reached its receiver (this
+	// waited on a 100 ms sleep, which a loaded machine can outlast).
+	e.waitWebhooksIdle()
 	if got := e.deliveries("success"); got != 3 {
 		t.Fatalf("%v deliveries, want 3", got)
 	}
