@@ -87,10 +87,11 @@ func startEngineTweaked(t testing.TB, q buffer.Queue, parts int, srv *httptest.S
 	return e
 }
 
-// waitFor polls cond until it holds; it fails the test after 10s.
+// waitFor polls cond until it holds; it fails the test after 30s (a bound
+// on a hang, far above what a loaded machine needs).
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
