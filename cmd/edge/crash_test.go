@@ -196,7 +196,23 @@ func TestCrashLosesNothing(t *testing.T) {
 		stop := make(chan struct{})
 		before := count.Load()
 		wg := load(p.publicAddr, 16, stop, &acked, &count)
+		// Flake guard: this waited for 500 acknowledgements with no deadline,
+		// so an edge that died or stalled hung the test until go test's
+		// timeout. The deadline only bounds a hang.
+		deadline := time.Now().Add(60 * time.Second)
 		for count.Load() < before+500 {
+			select {
+			case <-p.done:
+				close(stop)
+				wg.Wait()
+				t.Fatalf("round %d: edge exited under load: %v", round, p.err)
+			default:
+			}
+			if time.Now().After(deadline) {
+				close(stop)
+				wg.Wait()
+				t.Fatalf("round %d: %d of 500 requests acknowledged within 60 s", round, count.Load()-before)
+			}
 			time.Sleep(5 * time.Millisecond)
 		}
 		p.cmd.Process.Signal(syscall.SIGKILL)

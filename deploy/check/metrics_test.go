@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -297,17 +296,20 @@ func TestQueriesNameExportedMetrics(t *testing.T) {
 	dir := t.TempDir()
 	const key = "deploy-check-bootstrap-key-0123456789"
 
-	apiAddr, edgeAddr, adminAddr := freeAddr(t), freeAddr(t), freeAddr(t)
-	apiMetricsAddr := freeAddr(t) // the api serves /metrics on its own listener
+	// Every listener is on port 0 and its address read from the process's
+	// log. Flake fixed: ports were picked by listening on port 0 and closing,
+	// and an outgoing connection could take one before the process bound it.
 	api := start(t, "api", apiBin, []string{"FLOW_BOOTSTRAP_KEY=" + key},
-		"-listen", apiAddr, "-metrics-listen", apiMetricsAddr, "-partition", "0", "-partitions", "1",
+		"-listen", "127.0.0.1:0", "-metrics-listen", "127.0.0.1:0", "-partition", "0", "-partitions", "1",
 		"-data-dir", filepath.Join(dir, "api"), "-env", "development")
+	a := logged(t, api, "listening", "addr", "metrics_addr")
+	apiAddr, apiMetricsAddr := a[0], a[1] // the api serves /metrics on its own listener
 	waitOK(t, api, "http://"+apiAddr+"/health/readiness")
 
 	cfg := fmt.Sprintf(`[server]
-address = %q
+address = "127.0.0.1:0"
 [admin]
-address = %q
+address = "127.0.0.1:0"
 [partition]
 count = 1
 [backends]
@@ -316,13 +318,15 @@ probe_interval = "200ms"
 [buffer]
 path = %q
 [log]
-level = "warn"
-`, edgeAddr, adminAddr, apiAddr, filepath.Join(dir, "edge"))
+level = "info"
+`, apiAddr, filepath.Join(dir, "edge"))
 	cfgPath := filepath.Join(dir, "edge.toml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	edge := start(t, "edge", edgeBin, nil, "run", "-config", cfgPath)
+	a = logged(t, edge, "edge started", "public", "admin")
+	edgeAddr, adminAddr := a[0], a[1]
 	waitOK(t, edge, "http://"+adminAddr+"/health/readiness")
 
 	exercise(t, "http://"+edgeAddr, "http://"+apiAddr, key)
@@ -488,15 +492,37 @@ func waitOK(t *testing.T, p *proc, url string) {
 	}
 }
 
-// freeAddr returns a loopback address with a port free right now.
-func freeAddr(t *testing.T) string {
+// logged waits for p's JSON log line whose msg is msg and returns the
+// string values of keys in it (the addresses a process listens on), failing
+// if p exits or 30s pass.
+func logged(t *testing.T, p *proc, msg string, keys ...string) []string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		for _, line := range strings.Split(p.log.String(), "\n") {
+			var m map[string]any
+			if json.Unmarshal([]byte(line), &m) != nil || m["msg"] != msg {
+				continue
+			}
+			var out []string
+			for _, k := range keys {
+				v, _ := m[k].(string)
+				if v == "" {
+					t.Fatalf("%s: log line %q has no %s", p.name, msg, k)
+				}
+				out = append(out, v)
+			}
+			return out
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: no %q log line within 30s:\n%s", p.name, msg, p.log.String())
+		}
+		select {
+		case <-p.done:
+			t.Fatalf("%s exited before logging %q:\n%s", p.name, msg, p.log.String())
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 // scrape returns the metric families of a Prometheus text exposition: the

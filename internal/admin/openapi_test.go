@@ -251,10 +251,17 @@ func TestAdminOpenAPIConformance(t *testing.T) {
 
 	okID := post(t, e.PublicAddr, keyFor(0, 2, "conf-ok"))
 	dead := []string{post(t, e.PublicAddr, keyFor(1, 2, "conf-dead")), post(t, e.PublicAddr, keyFor(1, 2, "conf-dead2"))}
+	// Flake fixed: this waited for dead[1] only and then replayed dead[0], a
+	// record of another key that may still have been in flight (404). Both
+	// must be listed.
 	deadline := time.Now().Add(10 * time.Second)
-	for !bytes.Contains(s.do("GET", "/edge/v1/dead-letters?partition=1", true, "", 200), []byte(dead[1])) {
+	for {
+		list := s.do("GET", "/edge/v1/dead-letters?partition=1", true, "", 200)
+		if bytes.Contains(list, []byte(dead[0])) && bytes.Contains(list, []byte(dead[1])) {
+			break
+		}
 		if time.Now().After(deadline) {
-			t.Fatal("dead letters never listed")
+			t.Fatalf("dead letters %v never both listed: %s", dead, list)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -246,8 +246,9 @@ func TestStatusPageInBrowser(t *testing.T) {
 		chromedp.Click(chromedp.CSS(fmt.Sprintf(`#dead-letters tbody tr[data-id="%s"] button.replay`, deadID))),
 		chromedp.WaitNotPresent(rowSel),
 	)
-	msg, _ = chromedp.Run(bctx, chromedp.Text(chromedp.CSS(`#message`)))
-	if !strings.Contains(msg, "replayed") {
+	// The row can go (a periodic refresh) a moment before the click's own
+	// message is written: wait for the message rather than read it once.
+	if msg, ok := waitText(bctx, `#message`, "replayed", 20*time.Second); !ok {
 		t.Errorf("after replay the page says %q", msg)
 	}
 	deadline = time.Now().Add(20 * time.Second)
@@ -266,8 +267,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 		t.Errorf("after one click the discard button says %q, want it to ask", txt)
 	}
 	step("second discard click", chromedp.Click(discardBtn), chromedp.WaitNotPresent(discardRow))
-	msg, _ = chromedp.Run(bctx, chromedp.Text(chromedp.CSS(`#message`)))
-	if !strings.Contains(msg, "discarded") {
+	if msg, ok := waitText(bctx, `#message`, "discarded", 20*time.Second); !ok {
 		t.Errorf("after discard the page says %q", msg)
 	}
 	dl, _ := http.NewRequest(http.MethodGet, "http://"+e.AdminAddr+"/edge/v1/dead-letters", nil)
@@ -281,21 +281,38 @@ func TestStatusPageInBrowser(t *testing.T) {
 		}
 	}
 
-	// The lookup shows the delivery.
-	step("look up", chromedp.SendKeys(chromedp.CSS(`#lookup-id`), deadID),
-		chromedp.Click(chromedp.CSS(`#lookup-form button`)))
-	deadline = time.Now().Add(10 * time.Second)
+	// The lookup shows the delivery. The backend got the replayed request
+	// a moment before the edge had its answer, so the lookup is asked again
+	// until it says delivered (it was asked once: a lookup made before the
+	// answer showed in_flight for good).
+	step("look up", chromedp.SendKeys(chromedp.CSS(`#lookup-id`), deadID))
+	deadline = time.Now().Add(20 * time.Second)
 	for {
-		got, _ := chromedp.Run(bctx, chromedp.Text(chromedp.CSS(`#lookup-result`)))
-		if strings.Contains(got, `"delivered"`) && strings.Contains(got, deadID) {
+		step("look up", chromedp.Click(chromedp.CSS(`#lookup-form button`)))
+		if got, ok := waitText(bctx, `#lookup-result`, `"delivered"`, 500*time.Millisecond); ok && strings.Contains(got, deadID) {
 			break
-		}
-		if time.Now().After(deadline) {
+		} else if time.Now().After(deadline) {
 			t.Fatalf("lookup of %s shows %q, want it delivered", deadID, got)
 		}
-		time.Sleep(50 * time.Millisecond)
 	}
 	if p := problems.Load().(string); p != "" {
 		t.Errorf("the page logged problems:\n%s", p)
+	}
+}
+
+// waitText polls the text of the element sel until it contains want, for up
+// to within (an answer the page is still fetching). It returns the last text
+// and whether it contained want.
+func waitText(ctx context.Context, sel, want string, within time.Duration) (string, bool) {
+	deadline := time.Now().Add(within)
+	for {
+		got, _ := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(sel)))
+		if strings.Contains(got, want) {
+			return got, true
+		}
+		if time.Now().After(deadline) {
+			return got, false
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

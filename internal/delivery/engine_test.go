@@ -87,10 +87,11 @@ func startEngineTweaked(t testing.TB, q buffer.Queue, parts int, srv *httptest.S
 	return e
 }
 
-// waitFor polls cond until it holds; it fails the test after 10s.
+// waitFor polls cond until it holds; it fails the test after 30s (a bound
+// on a hang, far above what a loaded machine needs).
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
@@ -458,7 +459,7 @@ func TestEngineBreakerRecovers(t *testing.T) {
 		go func() { e.Stop(time.Second); q.Close(); close(stopped) }()
 		select {
 		case <-stopped:
-		case <-time.After(2 * time.Second):
+		case <-time.After(10 * time.Second): // a hang bound: was 2 s, within reach of a slow CI machine's queue close
 			t.Error("Stop did not return: a worker is stuck")
 		}
 	})
@@ -664,4 +665,55 @@ func (c *hangUpCtx) Err() error {
 		return nil
 	}
 	return context.Canceled
+}
+
+// TestReplayBeforeDeadReport pins a record left stuck when its dead letter
+// was replayed, or discarded, before the worker's report of its death
+// reached the partition loop (the dead letter is on disk first, so an
+// admin's replay can win that race; TestReplayCallerGone failed now and
+// then on it): the loop dropped the replay as a duplicate of the record it
+// still held, or lifted a park not yet recorded, and the report then parked
+// the key. The record sat undelivered and its key parked until a restart.
+// The race is played here in the losing order, on a loop that is not
+// running.
+func TestReplayBeforeDeadReport(t *testing.T) {
+	for _, discard := range []bool{false, true} {
+		q := openQueue(t, t.TempDir(), 1)
+		t.Cleanup(func() { q.Close() })
+		e, err := New(Options{Queue: q, Partitions: 1, BackendURL: func(int) string { return "http://127.0.0.1:1" },
+			OnDead: OnDeadPark})
+		if err != nil {
+			t.Fatalf("New: %v", err)
+		}
+		l := e.loops[0]
+		rec := testRecord("K", 1, "x")
+		appendRecs(t, q, rec)
+		if err := l.fill(); err != nil {
+			t.Fatalf("fill: %v", err)
+		}
+		l.dispatch(time.Now())
+		j := <-l.jobs
+		if len(j.items) != 1 || j.items[0].rec.ID != rec.ID {
+			t.Fatalf("dispatched %+v, want the record", j.items)
+		}
+		again := *j.items[0].rec
+		again.Attempts = 0
+		if discard {
+			l.unpark(&buffer.Record{ID: rec.ID, Key: rec.Key})
+		} else {
+			l.addReplayed(&again)
+		}
+		l.complete(report{job: j, fates: []int{fateDead}})
+
+		if id, ok := l.parked["K"]; ok {
+			t.Errorf("discard %v: key K parked by %s after the dead letter was handled", discard, id)
+		}
+		_, held := l.live[rec.ID]
+		if !discard && (!held || l.ready.Len() != 1) {
+			t.Errorf("replayed record held %v, candidates %d: want it back in the window, ready to send", held, l.ready.Len())
+		}
+		if discard && held {
+			t.Error("discarded record still held")
+		}
+	}
 }

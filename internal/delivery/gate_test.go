@@ -10,8 +10,10 @@ import (
 
 // bound is how long a gate call may take beyond its own deadline before the
 // test calls it hung. Every gate call runs in a goroutine under this bound so
-// that a gate whose mutex is stuck fails the test instead of hanging it.
-const bound = 2 * time.Second
+// that a gate whose mutex is stuck fails the test instead of hanging it. It
+// only bounds a hang, so it is far above what a loaded machine needs (it was
+// 2 s).
+const bound = 10 * time.Second
 
 // bounded runs f and fails the test if it does not return within bound.
 func bounded(t *testing.T, what string, f func()) {
@@ -132,13 +134,26 @@ func TestGateSuccessResetsCount(t *testing.T) {
 }
 
 func TestGateHalfOpenSingleProbe(t *testing.T) {
-	g := newGate(1, 20*time.Millisecond, true, slog.New(slog.DiscardHandler))
+	// Flake fixed: with a 20 ms cooldown, a stall of 20 ms between the
+	// report and the snapshot made snapshot say half_open; the breaker opens
+	// for an hour and the test ends the cooldown itself.
+	g := newGate(1, time.Hour, true, slog.New(slog.DiscardHandler))
 	reportT(t, g, false, resultFailure)
 	assertSnapshot(t, g, true, BreakerOpen)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	a, b := waitAsync(g, ctx), waitAsync(g, ctx)
+	assertBlocks(t, g)
+
+	// The cooldown now ends 20 ms from now; the broadcast makes the waiters
+	// read the new openUntil (they wait on its timer, as on a real open).
+	bounded(t, "shortening cooldown", func() {
+		g.mu.Lock()
+		g.openUntil = time.Now().Add(20 * time.Millisecond)
+		g.broadcast()
+		g.mu.Unlock()
+	})
 
 	// After the cooldown exactly one waiter gets the probe token.
 	var first waitResult

@@ -49,6 +49,13 @@ type report struct {
 	fates []int
 }
 
+// earlyMsg is a replay (replay true) or a lifted park of dead letter
+// rec.ID that came before its worker's report.
+type earlyMsg struct {
+	rec    *buffer.Record
+	replay bool
+}
+
 // loop owns one partition's in-memory state: the window of records read
 // from the queue and not yet final, grouped per ordering key in Seq order.
 // Only the head of an ordering key's list may be in flight or backing off,
@@ -83,6 +90,11 @@ type loop struct {
 	heldBytes   int
 	inFlight    int // records in jobs under way
 	jobsOut     int // jobs under way
+	// early holds replays and lifted parks of dead letters whose worker has
+	// not reported yet (the dead letter is on disk before the report reaches
+	// the loop): each is carried out once that report is taken, since the
+	// record is still in the window and its park not yet recorded.
+	early map[string]earlyMsg
 
 	jobs    chan *job
 	reports chan report
@@ -100,6 +112,7 @@ func newLoop(e *Engine, p int) *loop {
 		parked:      make(map[string]string),
 		parkedItems: make(map[string][]*item),
 		spilled:     make(map[string]uint64),
+		early:       make(map[string]earlyMsg),
 		jobs:        make(chan *job, e.opt.MaxInFlight),
 		reports:     make(chan report, e.opt.MaxInFlight),
 		replays:     make(chan *buffer.Record, 16),
@@ -225,7 +238,7 @@ func (l *loop) loop(ctx context.Context) {
 		case rec := <-l.replays:
 			l.addReplayed(rec)
 		case m := <-l.unparks:
-			l.lift(m.Key, m.ID)
+			l.unpark(m)
 		case <-gateCh:
 		case <-tick:
 		}
@@ -490,6 +503,23 @@ func (l *loop) complete(r report) {
 			heap.Push(&l.ready, it)
 		}
 	}
+	for _, it := range r.job.items {
+		if m, ok := l.early[it.rec.ID]; ok {
+			delete(l.early, it.rec.ID)
+			if m.replay {
+				l.addReplayed(m.rec)
+			} else {
+				l.unpark(m.rec)
+			}
+		}
+	}
+}
+
+// reporting says whether id is in a job whose report the loop has not taken
+// yet. Loop goroutine only.
+func (l *loop) reporting(id string) bool {
+	it, ok := l.live[id]
+	return ok && it.state == stateInFlight
 }
 
 // remove drops a final record and promotes its key's next record.
@@ -530,11 +560,29 @@ func (l *loop) remove(it *item, dead bool) {
 // addReplayed takes a record replayed from the dead letters. A record above
 // the cursor is left to fill, which will read it in its turn.
 func (l *loop) addReplayed(rec *buffer.Record) {
+	if l.reporting(rec.ID) {
+		// Replayed as soon as it was buried: the window still holds the
+		// dead record (add would drop the replay as a duplicate) and the
+		// report would park its key after the lift. Both used to happen,
+		// leaving the record undelivered and its key parked until a restart.
+		l.early[rec.ID] = earlyMsg{rec: rec, replay: true}
+		return
+	}
 	l.lift(rec.Key, rec.ID)
 	if rec.Seq > l.cursor {
 		return
 	}
 	l.add(&item{rec: rec})
+}
+
+// unpark lifts the park of m.Key by dead letter m.ID (discarded), once the
+// dead letter's report has been taken.
+func (l *loop) unpark(m *buffer.Record) {
+	if l.reporting(m.ID) {
+		l.early[m.ID] = earlyMsg{rec: m}
+		return
+	}
+	l.lift(m.Key, m.ID)
 }
 
 // lift removes the park of key if dead letter id holds it.

@@ -139,7 +139,7 @@ func TestWrongBackendOrder(t *testing.T) {
 	if m := misconfigured(e2); len(m) != 0 {
 		t.Fatalf("still misconfigured: %v", m)
 	}
-	eventually(t, 5*time.Second, "healthy", func() bool {
+	eventually(t, 15*time.Second, "healthy", func() bool {
 		resp, err := client.Get("http://" + e2.AdminAddr + "/health/health")
 		if err != nil {
 			t.Fatal(err)

@@ -20,7 +20,7 @@ func TestShutdownClosesSilentConnections(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer silent.Close()
-	eventually(t, 5*time.Second, "the silent connection to be tracked", func() bool {
+	eventually(t, 15*time.Second, "the silent connection to be tracked", func() bool {
 		e.fresh.mu.Lock()
 		defer e.fresh.mu.Unlock()
 		return len(e.fresh.conns) == 1

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -184,9 +185,15 @@ func TestRefusedRequests(t *testing.T) {
 // an undecided first waits like a relay, then 202 with the first's id.
 func TestIdempotencyScoped(t *testing.T) {
 	b := newBackend(t, "b0")
-	cfg := testConfig(t, b)
-	cfg.Server.RelayTimeout = config.Duration{Duration: 300 * time.Millisecond}
-	e := startEdge(t, cfg)
+	// Flake fixed: this edge had a 300 ms relay timeout, and the first
+	// request also waited for the partition's first readiness probe, so a
+	// slow append, probe and delivery answered 202 where 201 is asserted.
+	// It now waits for readiness and keeps testConfig's long relay timeout;
+	// the undecided repeat below has an edge of its own with a short one.
+	e := startEdge(t, testConfig(t, b))
+	eventually(t, 10*time.Second, "the partition to be ready", func() bool {
+		return partitionsView(t, e)[0]["ready"] == true
+	})
 	ik := "order-7"
 	first := send(t, e, "POST", "/x", "k", "k:1", map[string]string{"Idempotency-Key": ik, "Authorization": "Bearer alice"})
 	firstBody := readBody(t, first)
@@ -227,7 +234,12 @@ func TestIdempotencyScoped(t *testing.T) {
 		t.Errorf("repeat: %d %q id %s, want the first's answer", resp.StatusCode, body, resp.Header.Get("X-Delivery-ID"))
 	}
 
-	// A repeat of an undecided first waits like a relay, then 202.
+	// A repeat of an undecided first waits like a relay, then 202. The
+	// first is held at the backend until the end, so the 202s do not depend
+	// on the machine's speed; a short relay timeout keeps the test short.
+	scfg := testConfig(t, b)
+	scfg.Server.RelayTimeout = config.Duration{Duration: 300 * time.Millisecond}
+	se := startEdge(t, scfg)
 	release := make(chan struct{})
 	var once sync.Once
 	t.Cleanup(func() { once.Do(func() { close(release) }) })
@@ -238,9 +250,9 @@ func TestIdempotencyScoped(t *testing.T) {
 		return false
 	})
 	h := map[string]string{"Idempotency-Key": "slow-1"}
-	r1 := send(t, e, "POST", "/x", "slow", "slow:1", h)
+	r1 := send(t, se, "POST", "/x", "slow", "slow:1", h)
 	readBody(t, r1)
-	r2 := send(t, e, "POST", "/x", "slow", "slow:1", h)
+	r2 := send(t, se, "POST", "/x", "slow", "slow:1", h)
 	readBody(t, r2)
 	if r1.StatusCode != http.StatusAccepted || r2.StatusCode != http.StatusAccepted ||
 		r2.Header.Get("X-Delivery-ID") != r1.Header.Get("X-Delivery-ID") || r2.Header.Get("Idempotent-Replayed") != "true" {
@@ -302,7 +314,7 @@ func TestThrottledKeyIsolated(t *testing.T) {
 		// a lookup still says in_flight: wait for it (a lookup straight after
 		// the answer failed the test now and then).
 		var v map[string]any
-		eventually(t, 5*time.Second, "the throttled delivery's outcome", func() bool {
+		eventually(t, 15*time.Second, "the throttled delivery's outcome", func() bool {
 			v = adminGet(t, e, "/edge/v1/deliveries/"+id)
 			return v["status"] != "in_flight"
 		})
@@ -399,20 +411,62 @@ func TestInFlightWhileDown(t *testing.T) {
 	b := newBackend(t, "b0")
 	cfg := testConfig(t, b)
 	cfg.Server.Respond = config.RespondAccept
+	cfg.Backends.BreakerFailures = 1000 // closed, so that every write is attempted
+	// The writes are attempted, and fail (the connection dropped), while the
+	// backend still passes its probes; then it goes down altogether.
+	b.setAnswer(func(w http.ResponseWriter, r *http.Request, hit int) bool {
+		if c, _, err := http.NewResponseController(w).Hijack(); err == nil {
+			c.Close()
+		}
+		return true
+	})
 	e := startEdge(t, cfg)
-	b.stop()
 	for i := range 5 {
 		readBody(t, send(t, e, "POST", "/x", fmt.Sprintf("k%d", i), "k:1", nil))
 	}
+	eventually(t, 10*time.Second, "every write to be attempted", func() bool {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return len(b.hits) == 5
+	})
+	b.stop()
+	// The backend's address now accepts every connection and drops it: the
+	// backend is still down, and once the partition is paused each accepted
+	// connection is a readiness probe (nothing else is sent), which lets the
+	// test count probe intervals.
+	ln, err := relisten(b.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var accepted atomic.Int64
+	go func() { // ends when the cleanup closes ln
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			c.Close()
+		}
+	}()
 	eventually(t, 10*time.Second, "the partition to be paused", func() bool {
 		p := partitionsView(t, e)[0]
 		return p["ready"] == false
 	})
-	for range 3 {
-		if p := partitionsView(t, e)[0]; p["in_flight"] != float64(0) {
-			t.Fatalf("in_flight = %v while the backend is down, want 0", p["in_flight"])
+	// Flake fixed: in_flight was asserted 0 right after ready turned false,
+	// but an attempt dispatched just before the probe said so is counted
+	// until it ends. Wait for that; then it must stay 0 for three probes.
+	eventually(t, 10*time.Second, "the attempts under way to end", func() bool {
+		return partitionsView(t, e)[0]["in_flight"] == float64(0)
+	})
+	probes := accepted.Load()
+	eventually(t, 10*time.Second, "three more readiness probes", func() bool {
+		if p := partitionsView(t, e)[0]; p["in_flight"] != float64(0) || p["ready"] != false {
+			t.Fatalf("in_flight = %v, ready = %v while the backend is down, want 0 and false", p["in_flight"], p["ready"])
 		}
-	}
+		return accepted.Load() >= probes+3
+	})
 }
 
 // TestExpectNotForwarded pins a response desync: a client's "Expect:

@@ -81,21 +81,32 @@ func (b *backend) stop() {
 	}
 }
 
-// restart listens again on the same address.
-func (b *backend) restart() {
-	b.t.Helper()
-	var ln net.Listener
-	var err error
-	for i := 0; i < 100; i++ { // the port may linger a moment after close
-		if ln, err = net.Listen("tcp", b.addr); err == nil {
-			break
+// restart listens again on the same address. It returns an error rather
+// than failing the test, so that a goroutine other than the test's may call
+// it (t.Fatal must not be called from another goroutine).
+func (b *backend) restart() error {
+	ln, err := relisten(b.addr)
+	if err != nil {
+		return err
+	}
+	b.serve(ln)
+	return nil
+}
+
+// relisten listens on addr again, retrying for a while: the port may linger
+// a moment after close.
+func relisten(addr string) (net.Listener, error) {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ln, err := net.Listen("tcp", addr)
+		if err == nil {
+			return ln, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("relisten %s: %w", addr, err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if err != nil {
-		b.t.Fatalf("relisten %s: %v", b.addr, err)
-	}
-	b.serve(ln)
 }
 
 func (b *backend) handle(w http.ResponseWriter, r *http.Request) {
@@ -205,6 +216,10 @@ func testConfig(t *testing.T, backends ...*backend) config.Config {
 	}
 	cfg.Backends.ProbeInterval = config.Duration{Duration: 100 * time.Millisecond}
 	cfg.Backends.Timeout = config.Duration{Duration: 2 * time.Second}
+	// Flake fixed: with the default 2 s relay timeout a stalled CI machine
+	// answered 202 where a test expects the relayed answer. Tests that want
+	// a 202 from the timeout set a short one themselves.
+	cfg.Server.RelayTimeout = config.Duration{Duration: 20 * time.Second}
 	cfg.Buffer.Path = t.TempDir()
 	cfg.Retry.InitialBackoff = config.Duration{Duration: 10 * time.Millisecond}
 	cfg.Retry.MaxBackoff = config.Duration{Duration: 200 * time.Millisecond}
@@ -242,11 +257,22 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() bo
 
 var client = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 128}}
 
+// send sends one request to the edge's public listener; it fails the test
+// on a transport error, so only the test's goroutine may call it (others
+// use exchange).
 func send(t *testing.T, e *Edge, method, path, key, body string, hdr map[string]string) *http.Response {
 	t.Helper()
-	req, err := http.NewRequest(method, "http://"+e.PublicAddr+path, strings.NewReader(body))
+	resp, err := trySend(e, method, path, key, body, hdr)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return resp
+}
+
+func trySend(e *Edge, method, path, key, body string, hdr map[string]string) (*http.Response, error) {
+	req, err := http.NewRequest(method, "http://"+e.PublicAddr+path, strings.NewReader(body))
+	if err != nil {
+		return nil, err
 	}
 	if key != "" {
 		req.Header.Set("X-Process-ID", key)
@@ -256,19 +282,41 @@ func send(t *testing.T, e *Edge, method, path, key, body string, hdr map[string]
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
+		return nil, fmt.Errorf("%s %s: %w", method, path, err)
 	}
-	return resp
+	return resp, nil
 }
 
+// readBody reads and closes resp's body; like send, for the test's
+// goroutine only.
 func readBody(t *testing.T, resp *http.Response) string {
 	t.Helper()
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
+	b, err := tryReadBody(resp)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return string(b)
+	return b
+}
+
+func tryReadBody(resp *http.Response) (string, error) {
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", fmt.Errorf("read answer: %w", err)
+	}
+	return string(b), nil
+}
+
+// exchange is send and readBody returning an error instead of failing the
+// test: for goroutines other than the test's, which report with t.Error and
+// stop.
+func exchange(e *Edge, method, path, key, body string, hdr map[string]string) (*http.Response, string, error) {
+	resp, err := trySend(e, method, path, key, body, hdr)
+	if err != nil {
+		return nil, "", err
+	}
+	b, err := tryReadBody(resp)
+	return resp, b, err
 }
 
 // owner returns which backend must own key.

@@ -31,8 +31,12 @@ func TestStickyAndOrdered(t *testing.T) {
 			defer wg.Done()
 			key := fmt.Sprintf("proc-%d", k)
 			for i := range perKey {
-				resp := send(t, e, "POST", "/api/v1/processes/"+key+"/events", key, fmt.Sprintf("%s:%d", key, i), nil)
-				body := readBody(t, resp)
+				// Not send/readBody: t.Fatal must not be called from this goroutine.
+				resp, body, err := exchange(e, "POST", "/api/v1/processes/"+key+"/events", key, fmt.Sprintf("%s:%d", key, i), nil)
+				if err != nil {
+					t.Errorf("%s #%d: %v", key, i, err)
+					return
+				}
 				if resp.StatusCode != http.StatusAccepted || resp.Header.Get("X-Delivery-ID") == "" {
 					t.Errorf("%s #%d: %d %s", key, i, resp.StatusCode, body)
 				}
@@ -192,7 +196,7 @@ func TestMisdirectedDeadLetterReplay(t *testing.T) {
 		t.Fatalf("replay: %d", rr.StatusCode)
 	}
 	eventually(t, 10*time.Second, "replayed delivery", func() bool { return b.effectCount() == 1 })
-	eventually(t, 5*time.Second, "delivered status", func() bool {
+	eventually(t, 15*time.Second, "delivered status", func() bool {
 		return adminGet(t, e, "/edge/v1/deliveries/"+id)["status"] == "delivered"
 	})
 	list = adminGet(t, e, "/edge/v1/dead-letters")
@@ -211,15 +215,26 @@ func TestBackendOutage(t *testing.T) {
 	}
 	bs := []*backend{newBackend(t, "b0"), newBackend(t, "b1"), newBackend(t, "b2")}
 	cfg := testConfig(t, bs...)
-	cfg.Server.RelayTimeout.Duration = 300 * time.Millisecond
+	// Short enough that b1's clients get their 202 and send again during the
+	// outage; long enough that a stalled CI machine still relays some answers
+	// of the live partitions in time (it was 300 ms).
+	cfg.Server.RelayTimeout.Duration = 2 * time.Second
 	e := startEdge(t, cfg)
 
 	bs[1].stop()
 	outageEnds := time.Now().Add(5 * time.Second)
 	var restarted atomic.Bool
+	// The restart reports through t.Error (t.Fatal must not be called from
+	// another goroutine) and is waited for before the test returns.
+	restartDone := make(chan struct{})
+	t.Cleanup(func() { <-restartDone })
 	go func() {
-		time.Sleep(time.Until(outageEnds))
-		bs[1].restart()
+		defer close(restartDone)
+		time.Sleep(time.Until(outageEnds)) // the outage's length, not a synchronisation
+		if err := bs[1].restart(); err != nil {
+			t.Errorf("restart b1: %v", err)
+			return
+		}
 		restarted.Store(true)
 	}()
 
@@ -233,8 +248,11 @@ func TestBackendOutage(t *testing.T) {
 			defer wg.Done()
 			key := fmt.Sprintf("key-%d", k)
 			for i := 0; time.Now().Before(outageEnds.Add(time.Second)); i++ {
-				resp := send(t, e, "POST", "/e", key, fmt.Sprintf("%s:%d", key, i), nil)
-				readBody(t, resp)
+				resp, _, err := exchange(e, "POST", "/e", key, fmt.Sprintf("%s:%d", key, i), nil)
+				if err != nil { // not t.Fatal: this is not the test's goroutine
+					t.Errorf("%s #%d: %v", key, i, err)
+					return
+				}
 				switch resp.StatusCode {
 				case http.StatusCreated:
 					if owner(key, bs) != bs[1] && !restarted.Load() {
@@ -313,7 +331,7 @@ func TestRouteBodyLimit(t *testing.T) {
 	e := startEdge(t, cfg)
 	// Proxied requests need the partition's first readiness probe: wait for
 	// it (the test failed now and then with a 503 before it).
-	eventually(t, 5*time.Second, "backend ready", func() bool {
+	eventually(t, 15*time.Second, "backend ready", func() bool {
 		resp := send(t, e, "GET", "/x", "k", "", nil)
 		readBody(t, resp)
 		return resp.StatusCode != http.StatusServiceUnavailable
@@ -392,7 +410,9 @@ func TestBufferFull(t *testing.T) {
 	if full == 0 {
 		t.Fatal("the queue never filled")
 	}
-	b.restart()
+	if err := b.restart(); err != nil {
+		t.Fatal(err)
+	}
 	eventually(t, 30*time.Second, "every acknowledged request delivered", func() bool { return b.effectCount() == len(acked) })
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -409,7 +429,7 @@ func TestProxyMode(t *testing.T) {
 	e := startEdge(t, testConfig(t, bs...))
 	for _, key := range []string{"a", "b", "c", "d", "e"} {
 		var resp *http.Response
-		eventually(t, 5*time.Second, "backend ready", func() bool {
+		eventually(t, 15*time.Second, "backend ready", func() bool {
 			resp = send(t, e, "GET", "/api/v1/processes/"+key, key, "", nil)
 			if resp.StatusCode == http.StatusServiceUnavailable {
 				readBody(t, resp)
