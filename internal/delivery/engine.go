@@ -87,6 +87,11 @@ type Options struct {
 	BatchMax   int    // records per batch; 0 = 64
 	BatchBytes int    // encoded size of a batch; 0 = 1 MiB
 	H2C        bool   // request mode over cleartext HTTP/2 (net/http); false = each worker's own HTTP/1.1 connection
+	// Pipeline is how many records a worker sends at once over its own
+	// HTTP/1.1 connection (request mode to an http:// backend; ignored with
+	// H2C, https and the batch protocol): all requests in one write, the
+	// answers read in order. 0 or 1 = one request at a time.
+	Pipeline int
 
 	Timeout         time.Duration // per attempt; 0 = 10s
 	ProbePath       string        // readiness path; "" = no probing, always ready
