@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"net"
 	"net/http"
@@ -94,6 +95,14 @@ func (c *countingConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// statusFor is the 2xx status the backend of TestPipelineDelivers answers
+// to request id.
+func statusFor(id string) int {
+	h := fnv.New32a()
+	h.Write([]byte(id))
+	return 200 + int(h.Sum32()%7)
+}
+
 // pipeRecords makes perKey records for each of nKeys keys, interleaved.
 func pipeRecords(nKeys, perKey int) []*buffer.Record {
 	var recs []*buffer.Record
@@ -116,13 +125,15 @@ func noDeadLetters(t *testing.T, q buffer.Queue) {
 
 // TestPipelineDelivers pins pipelining's basic promise: with pipeline 8 and
 // many keys every record is delivered once, each key's records in order,
-// and requests really go several to a write (the backend reads more than
-// one request at a time).
+// each record's outcome holds the answer to its own request (the backend
+// answers a status derived from X-Request-ID; a delivered outcome keeps its
+// status only), and requests really go several to a write (the
+// backend reads more than one request at a time).
 func TestPipelineDelivers(t *testing.T) {
 	b := newPipeBackend()
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b.record(r)
-		w.WriteHeader(http.StatusCreated)
+		w.WriteHeader(statusFor(r.Header.Get("X-Request-ID")))
 	}))
 	cl := &countingListener{Listener: srv.Listener}
 	srv.Listener = cl
@@ -139,6 +150,14 @@ func TestPipelineDelivers(t *testing.T) {
 	b.mu.Unlock()
 	if hits != len(recs) {
 		t.Errorf("backend processed %d requests, want %d (each once)", hits, len(recs))
+	}
+	for _, r := range recs {
+		d, err := q.Lookup(r.ID)
+		if err != nil || d.Outcome == nil {
+			t.Errorf("%s: no outcome (%v)", r.ID, err)
+		} else if got, want := d.Outcome.ResponseStatus, statusFor(r.ID); got != want {
+			t.Errorf("%s: outcome status %d, want %d (the answer to another request)", r.ID, got, want)
+		}
 	}
 	if cl.most.Load() < 2 {
 		t.Errorf("at most %d request(s) arrived in one read: not pipelined", cl.most.Load())
