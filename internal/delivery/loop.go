@@ -441,14 +441,15 @@ func (l *loop) dispatch(now time.Time) (gateCh <-chan struct{}, wake time.Time) 
 		}
 		// A probe goes alone. A batch, or a pipelined job, holds heads of
 		// distinct ordering keys (one under ordering "partition", where
-		// MaxInFlight is 1), bounded by BatchBytes.
-		limit := 1
+		// MaxInFlight is 1), bounded by BatchBytes (pipelineBytes too).
+		limit, maxBytes := 1, opt.BatchBytes
 		switch {
 		case probe:
 		case batch:
 			limit = min(opt.BatchMax, opt.MaxInFlight-l.inFlight)
 		case l.pipe > 1:
 			limit = min(l.pipe, opt.MaxInFlight-l.inFlight)
+			maxBytes = min(maxBytes, pipelineBytes)
 		}
 		j := &job{probe: probe}
 		size := 0
@@ -459,7 +460,7 @@ func (l *loop) dispatch(now time.Time) (gateCh <-chan struct{}, wake time.Time) 
 				continue
 			}
 			sz := encodedSize(it.rec)
-			if len(j.items) > 0 && size+sz > opt.BatchBytes {
+			if len(j.items) > 0 && size+sz > maxBytes {
 				break
 			}
 			heap.Pop(&l.ready)
@@ -484,6 +485,14 @@ func (l *loop) dispatch(now time.Time) (gateCh <-chan struct{}, wake time.Time) 
 	}
 	return nil, time.Time{}
 }
+
+// pipelineBytes bounds the requests of a pipelined job (one record larger
+// goes alone). The worker writes them all before it reads an answer, while
+// the backend answers each before it reads the next: requests that fit the
+// socket buffers cannot leave both sides blocked writing (a backend sending
+// large answers to a large pipelined job would, until the timeout, again on
+// every retry).
+const pipelineBytes = 64 << 10
 
 // eligible says whether a popped candidate may be sent now; a head of a
 // parked key is set aside until the park is lifted.
