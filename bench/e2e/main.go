@@ -11,7 +11,8 @@
 //     answering 202 (the HTTP ceiling of this machine), HAProxy and nginx
 //     hashing X-Process-ID, httputil.ReverseProxy with 256 idle conns per
 //     host, and the edge (request delivery) in accept mode, accept with its
-//     backends down (intake only) and relay mode.
+//     backends down (intake only) and relay mode, then accept and relay
+//     again with [backends] pipeline = 8.
 //   - stack: three real api-flow backends (API key, rate limits raised)
 //     appending events. HAProxy and nginx hash X-Process-ID, which is not
 //     the edge's jump hash, so their api-flows run with -partitions 1 (each
@@ -383,8 +384,8 @@ func ratio(a, b row) float64 {
 }
 
 // edgeConfig writes an edge.toml and returns its path and the edge's
-// public and admin addresses.
-func (b *bench) edgeConfig(name string, backends []string, respond, protocol string) (path, public, admin string) {
+// public and admin addresses. pipeline is [backends] pipeline (1 = none).
+func (b *bench) edgeConfig(name string, backends []string, respond, protocol string, pipeline int) (path, public, admin string) {
 	public, admin = freeAddr(), freeAddr()
 	quoted := make([]string, len(backends))
 	for i, u := range backends {
@@ -403,6 +404,7 @@ count = %d
 
 [backends]
 urls = [%s]
+pipeline = %d
 
 [buffer]
 path = %q
@@ -412,7 +414,7 @@ protocol = %q
 
 [log]
 level = "warn"
-`, public, respond, admin, len(backends), strings.Join(quoted, ", "), filepath.Join(dir, "buffer"), protocol)
+`, public, respond, admin, len(backends), strings.Join(quoted, ", "), pipeline, filepath.Join(dir, "buffer"), protocol)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		log.Fatal(err)
 	}
@@ -426,7 +428,12 @@ level = "warn"
 // startEdge starts an edge and waits for its listener (and, with live
 // backends, for its readiness probes).
 func (b *bench) startEdge(name string, backends []string, respond, protocol string, live bool) (pid int, public, admin string) {
-	cfg, public, admin := b.edgeConfig(name, backends, respond, protocol)
+	return b.startEdgePipelined(name, backends, respond, protocol, 1, live)
+}
+
+// startEdgePipelined is startEdge with [backends] pipeline set.
+func (b *bench) startEdgePipelined(name string, backends []string, respond, protocol string, pipeline int, live bool) (pid int, public, admin string) {
+	cfg, public, admin := b.edgeConfig(name, backends, respond, protocol, pipeline)
 	cmd := b.start(name, nil, b.edge, "run", "-config", cfg)
 	waitListen(public)
 	if live {

@@ -129,6 +129,10 @@ func (b *bench) generic() string {
 	intake := run("edge, accept, backends down (intake only)", pub, pid)
 	pid, pub, _ = b.startEdge("edge-relay", backends, "relay", "request", true)
 	relay := run("edge, relay", pub, pid)
+	pid, pub, _ = b.startEdgePipelined("edge-accept-pipe", backends, "accept", "request", 8, true)
+	run("edge, accept, pipeline 8", pub, pid)
+	pid, pub, _ = b.startEdgePipelined("edge-relay-pipe", backends, "relay", "request", 8, true)
+	run("edge, relay, pipeline 8", pub, pid)
 	b.stopAll()
 
 	s := table("Generic backends (plain Go servers answering 201)", rows, false)

@@ -115,6 +115,10 @@ type Backends struct {
 	BreakerFailures int      `toml:"breaker_failures"` // consecutive connection errors, or 5xx/timeouts from this many distinct keys, that open the breaker; default 5
 	BreakerCooldown Duration `toml:"breaker_cooldown"` // how long an open breaker stays open; default 1m
 	H2C             bool     `toml:"h2c"`              // request-mode delivery over cleartext HTTP/2; default false (HTTP/1.1 keep-alive)
+	// Pipeline is how many requests of distinct keys a delivery worker sends
+	// at once on its HTTP/1.1 connection (request mode, http:// backends;
+	// ignored with h2c, https and protocol "batch"); 1..32, default 1.
+	Pipeline int `toml:"pipeline"`
 }
 
 // Buffer is the durable queue.
@@ -218,6 +222,7 @@ func Default() Config {
 			Timeout:         seconds(10),
 			BreakerFailures: 5,
 			BreakerCooldown: seconds(60),
+			Pipeline:        1,
 		},
 		Buffer: Buffer{
 			Path:            "./data/edge",

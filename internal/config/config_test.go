@@ -157,6 +157,7 @@ func TestDefaults(t *testing.T) {
 		{"retry.max_retry_after", cfg.Retry.MaxRetryAfter.Duration, 5 * time.Minute},
 		{"delivery.ordering", cfg.Delivery.Ordering, "key"},
 		{"delivery.max_in_flight", cfg.Delivery.MaxInFlight, 64},
+		{"backends.pipeline", cfg.Backends.Pipeline, 1},
 		{"delivery.on_dead", cfg.Delivery.OnDead, "skip"},
 		{"routes", len(cfg.Routes), 0},
 		{"log.level", cfg.Log.Level, "info"},
@@ -386,6 +387,17 @@ template = "http://backend:8080"
 			name:    "bad max_in_flight",
 			content: minimal + "[delivery]\nordering = \"partition\"\nmax_in_flight = 0\n",
 			key:     "delivery.max_in_flight", line: 9, msg: ">= 1",
+		},
+		// [backends] pipeline is 1..32: 0 and 33 are refused, naming the key.
+		{
+			name:    "pipeline 0",
+			content: minimal + "pipeline = 0\n",
+			key:     "backends.pipeline", line: 7, msg: "must be 1..32",
+		},
+		{
+			name:    "pipeline 33",
+			content: minimal + "pipeline = 33\n",
+			key:     "backends.pipeline", line: 7, msg: "must be 1..32",
 		},
 	}
 	for _, tt := range tests {

@@ -164,6 +164,9 @@ func (c Config) validatePartition(v *validator) {
 	v.oneOf("partition.missing_key", p.MissingKey, MissingKeyReject, MissingKeySpread)
 }
 
+// MaxPipeline bounds [backends] pipeline.
+const MaxPipeline = 32
+
 func (c Config) validateBackends(v *validator) {
 	b := c.Backends
 	count := c.Partition.Count
@@ -197,6 +200,9 @@ func (c Config) validateBackends(v *validator) {
 	v.duration("backends.timeout", b.Timeout)
 	if b.BreakerFailures < 1 {
 		v.add("backends.breaker_failures", "must be >= 1, got %d", b.BreakerFailures)
+	}
+	if b.Pipeline < 1 || b.Pipeline > MaxPipeline {
+		v.add("backends.pipeline", "must be 1..%d (requests sent at once on a connection; 1 = no pipelining), got %d", MaxPipeline, b.Pipeline)
 	}
 	v.duration("backends.breaker_cooldown", b.BreakerCooldown)
 }

@@ -17,7 +17,8 @@ import (
 )
 
 // wire is one worker's own HTTP/1.1 keep-alive connection to its
-// partition's backend. A worker sends one request at a time, so the
+// partition's backend. A worker sends one job at a time (one request, or
+// with Options.Pipeline a few pipelined ones), so the
 // connection needs no reader and writer goroutines, no channels and no pool
 // lock (what net/http's Transport spends per request); the pool is the set
 // of workers, sized to max_in_flight. The request is written in one buffered
@@ -77,60 +78,101 @@ var errStale = errors.New("stale keep-alive connection")
 // connection the backend closed meanwhile is redialled once (the request
 // had not reached it; a repeat would be deduped by X-Request-ID anyway).
 func (w *wire) send(ctx context.Context, rec *buffer.Record, maxBody int64, read func(*http.Response, io.Reader) answer) answer {
+	recs := [1]*buffer.Record{rec}
+	var out [1]answer
+	w.sendAll(ctx, recs[:], out[:], read)
+	return out[0]
+}
+
+// sendAll pipelines recs: every request is written in one buffered write,
+// then the answers are read in order into out (len(recs)). The backend
+// processes them one after another. An answer that ends the connection
+// (Connection: close, a body cut short) leaves the requests behind it
+// unsent (answer.unsent): the backend did not process them, or may not
+// have, and they go again without counting an attempt. A connection that
+// breaks after k answers gives the rest its error (the normal retry path;
+// a repeat is deduped by X-Request-ID). A reused connection the backend had
+// closed before it took the first request is redialled once, as in send.
+func (w *wire) sendAll(ctx context.Context, recs []*buffer.Record, out []answer, read func(*http.Response, io.Reader) answer) {
 	for try := 0; ; try++ {
 		reused := w.c != nil
 		if !reused {
 			if err := w.dial(ctx); err != nil {
-				return answer{err: err}
+				for i := range out {
+					out[i] = answer{err: err}
+				}
+				return
 			}
 		}
-		a, err := w.roundTrip(ctx, rec, maxBody, read, reused)
+		n, err := w.exchange(ctx, recs, out, read, reused)
 		if errors.Is(err, errStale) && try == 0 {
 			continue
 		}
 		if err != nil {
-			return answer{err: err}
+			for i := n; i < len(out); i++ {
+				out[i] = answer{err: err}
+			}
 		}
-		return a
+		return
 	}
 }
 
-func (w *wire) roundTrip(ctx context.Context, rec *buffer.Record, maxBody int64, read func(*http.Response, io.Reader) answer, reused bool) (answer, error) {
+// exchange writes recs and reads their answers into out. It returns how
+// many answers it read, and the error that stopped it (errStale: the
+// backend had closed the reused connection before it took any request).
+func (w *wire) exchange(ctx context.Context, recs []*buffer.Record, out []answer, read func(*http.Response, io.Reader) answer, reused bool) (int, error) {
 	c := w.c
 	_ = c.SetDeadline(time.Now().Add(w.timeout))
 	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
-	fail := func(err error) (answer, error) {
+	fail := func(n int, err error) (int, error) {
 		w.close()
 		if ctx.Err() != nil {
-			return answer{}, ctx.Err()
+			return n, ctx.Err()
 		}
-		return answer{}, err
+		return n, err
 	}
-	writeRequest(w.bw, rec, w.hostHdr)
+	for _, rec := range recs {
+		writeRequest(w.bw, rec, w.hostHdr)
+	}
 	if err := w.bw.Flush(); err != nil {
 		if reused {
-			return fail(errStale)
+			return fail(0, errStale)
 		}
-		return fail(fmt.Errorf("writing request: %w", err))
+		return fail(0, fmt.Errorf("writing request: %w", err))
 	}
-	resp, err := readFinal(w.br, rec.Method)
-	if err != nil {
-		if reused && closedByPeer(err) && w.br.Buffered() == 0 {
-			return fail(errStale)
+	for i, rec := range recs {
+		resp, err := readFinal(w.br, rec.Method)
+		if err != nil {
+			if i == 0 && reused && closedByPeer(err) && w.br.Buffered() == 0 {
+				return fail(0, errStale)
+			}
+			return fail(i, fmt.Errorf("reading answer: %w", err))
 		}
-		return fail(fmt.Errorf("reading answer: %w", err))
+		a := read(resp, resp.Body)
+		out[i] = a
+		// The connection is reusable only when the whole body was read.
+		done := a.cut || resp.Close
+		if !done {
+			if _, err := resp.Body.Read(nil); err != nil && !errors.Is(err, io.EOF) {
+				done = true
+			}
+		}
+		resp.Body.Close()
+		if done {
+			w.close()
+			for k := i + 1; k < len(recs); k++ {
+				out[k] = answer{unsent: true, err: errUnsent}
+			}
+			return len(recs), nil
+		}
 	}
-	a := read(resp, resp.Body)
-	// The connection is reusable only when the whole body was read.
-	if a.cut || resp.Close {
-		w.close()
-	} else if _, err := resp.Body.Read(nil); err != nil && !errors.Is(err, io.EOF) {
-		w.close()
-	}
-	resp.Body.Close()
-	return a, nil
+	return len(recs), nil
 }
+
+// errUnsent is the error of a pipelined request behind an answer that
+// ended the connection.
+var errUnsent = errors.New("pipelined request not processed: an earlier answer ended the connection")
 
 // maxInterim bounds the 1xx answers skipped before a final one.
 const maxInterim = 8

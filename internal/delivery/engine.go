@@ -23,6 +23,10 @@
 //     multipart/mixed request (see batch.go), with the same outcome rules per
 //     record; a backend that answers 404/405/415 to a batch is sent single
 //     requests from then on.
+//   - Pipeline N > 1 (request mode, http:// backends) sends up to N records
+//     of distinct keys pipelined on a worker's connection (conn.go), with the
+//     same outcome rules per record; requests behind an answer that ended
+//     the connection are sent again without counting an attempt.
 //   - On Stop, no new attempt starts; attempts under way may finish within
 //     the grace period; everything else stays in the queue.
 //
@@ -87,6 +91,11 @@ type Options struct {
 	BatchMax   int    // records per batch; 0 = 64
 	BatchBytes int    // encoded size of a batch; 0 = 1 MiB
 	H2C        bool   // request mode over cleartext HTTP/2 (net/http); false = each worker's own HTTP/1.1 connection
+	// Pipeline is how many records a worker sends at once over its own
+	// HTTP/1.1 connection (request mode to an http:// backend; ignored with
+	// H2C, https and the batch protocol): all requests in one write, the
+	// answers read in order. 0 or 1 = one request at a time.
+	Pipeline int
 
 	Timeout         time.Duration // per attempt; 0 = 10s
 	ProbePath       string        // readiness path; "" = no probing, always ready

@@ -27,8 +27,9 @@ type item struct {
 	final *buffer.Outcome // set once the outcome is known, until the loop drops the item
 }
 
-// job is what a worker sends in one go: one record, or a batch of records
-// of distinct keys.
+// job is what a worker sends in one go: one record, a batch of records of
+// distinct keys, or (request mode with Options.Pipeline) records of
+// distinct keys pipelined on the worker's connection.
 type job struct {
 	items []*item
 	probe bool // holds the gate's half-open probe token
@@ -40,7 +41,7 @@ const (
 	fateFinal   = iota // acknowledged (delivered or rejected)
 	fateDead           // in the dead letters
 	fateRetry          // backing off until rec.NextAttemptAt
-	fateRequeue        // not attempted (batch fallback): send again at once
+	fateRequeue        // not attempted (batch fallback, unsent pipelined request): send again at once
 	fateHanded         // abandoned on stop: still queued on disk
 )
 
@@ -67,6 +68,7 @@ type loop struct {
 	e    *Engine
 	p    int
 	gate *gate
+	pipe int // records per request-mode job (Options.Pipeline where it applies); set by start
 
 	mu   sync.Mutex
 	live map[string]*item // id → item, every record in the window
@@ -122,6 +124,12 @@ func newLoop(e *Engine, p int) *loop {
 
 // start runs the loop and its workers under the engine's WaitGroup.
 func (l *loop) start(ctx context.Context) {
+	l.pipe = 1
+	opt := &l.e.opt
+	if opt.Pipeline > 1 && opt.Protocol == ProtocolRequest && !opt.H2C && !l.e.netHTTP &&
+		newWire(opt.BackendURL(l.p), opt.Timeout) != nil {
+		l.pipe = opt.Pipeline // only a worker's own connection pipelines
+	}
 	for range l.e.opt.MaxInFlight {
 		l.e.wg.Add(1)
 		go func() {
@@ -431,9 +439,17 @@ func (l *loop) dispatch(now time.Time) (gateCh <-chan struct{}, wake time.Time) 
 		if !ok {
 			return ch, w
 		}
-		limit := 1
-		if batch && !probe {
+		// A probe goes alone. A batch, or a pipelined job, holds heads of
+		// distinct ordering keys (one under ordering "partition", where
+		// MaxInFlight is 1), bounded by BatchBytes (pipelineBytes too).
+		limit, maxBytes := 1, opt.BatchBytes
+		switch {
+		case probe:
+		case batch:
 			limit = min(opt.BatchMax, opt.MaxInFlight-l.inFlight)
+		case l.pipe > 1:
+			limit = min(l.pipe, opt.MaxInFlight-l.inFlight)
+			maxBytes = min(maxBytes, pipelineBytes)
 		}
 		j := &job{probe: probe}
 		size := 0
@@ -444,7 +460,7 @@ func (l *loop) dispatch(now time.Time) (gateCh <-chan struct{}, wake time.Time) 
 				continue
 			}
 			sz := encodedSize(it.rec)
-			if batch && len(j.items) > 0 && size+sz > opt.BatchBytes {
+			if len(j.items) > 0 && size+sz > maxBytes {
 				break
 			}
 			heap.Pop(&l.ready)
@@ -469,6 +485,14 @@ func (l *loop) dispatch(now time.Time) (gateCh <-chan struct{}, wake time.Time) 
 	}
 	return nil, time.Time{}
 }
+
+// pipelineBytes bounds the requests of a pipelined job (one record larger
+// goes alone). The worker writes them all before it reads an answer, while
+// the backend answers each before it reads the next: requests that fit the
+// socket buffers cannot leave both sides blocked writing (a backend sending
+// large answers to a large pipelined job would, until the timeout, again on
+// every retry).
+const pipelineBytes = 64 << 10
 
 // eligible says whether a popped candidate may be sent now; a head of a
 // parked key is set aside until the park is lifted.

@@ -29,6 +29,10 @@ type answer struct {
 	body []byte
 	cut  bool // body longer than MaxResponseBody, or reading it failed
 	err  error
+	// unsent: pipelined behind an answer that ended the connection
+	// (Connection: close, or a body cut short); the backend did not process
+	// it, or may not have: it is sent again, the attempt not counted.
+	unsent bool
 }
 
 // run sends one job and settles each of its records. It is a worker's whole
@@ -58,6 +62,15 @@ func (l *loop) run(ctx context.Context, j *job, w *wire) report {
 			}
 			return r
 		}
+	} else if len(j.items) > 1 {
+		// Pipelined on the worker's own connection (only then are there
+		// several records in a request-mode job).
+		recs := make([]*buffer.Record, len(j.items))
+		for i, it := range j.items {
+			recs[i] = it.rec
+		}
+		answers = make([]answer, len(j.items))
+		w.sendAll(ctx, recs, answers, l.readAnswer)
 	} else {
 		answers = []answer{l.sendOne(ctx, j.items[0].rec, w)}
 	}
@@ -70,9 +83,24 @@ func (l *loop) run(ctx context.Context, j *job, w *wire) report {
 		}
 		return r
 	}
+	// Pipelined requests behind an answer that ended the connection: not
+	// the backend's verdict, sent again at once, the attempt not counted.
+	var unsent []*item
+	for i, a := range answers {
+		if a.unsent {
+			r.fates[i] = fateRequeue
+			unsent = append(unsent, j.items[i])
+		}
+	}
+	if len(unsent) > 0 {
+		l.undoAttempts(unsent)
+	}
 	// The breaker hears each key once, and a connection failure once per job.
 	probe, down := j.probe, false
 	for i, a := range answers {
+		if a.unsent {
+			continue
+		}
 		ev := evidenceOf(a.resp, a.err)
 		if ev == evidenceDown {
 			if down {
@@ -89,6 +117,9 @@ func (l *loop) run(ctx context.Context, j *job, w *wire) report {
 	}
 	var wg sync.WaitGroup
 	for i := range answers {
+		if answers[i].unsent {
+			continue
+		}
 		wg.Go(func() { r.fates[i] = l.settle(j.items[i], answers[i]) })
 	}
 	wg.Wait()

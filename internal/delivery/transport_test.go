@@ -87,6 +87,12 @@ func benchDeliver(b *testing.B, mod func(*Options), batch bool, tweak ...func(*E
 
 func BenchmarkDeliverHTTP1(b *testing.B) { benchDeliver(b, nil, false) }
 
+// BenchmarkDeliverPipeline is request mode with 8 requests pipelined per
+// write on each worker's own connection.
+func BenchmarkDeliverPipeline(b *testing.B) {
+	benchDeliver(b, func(o *Options) { o.Pipeline = 8 }, false)
+}
+
 // BenchmarkDeliverNetHTTP is request mode over net/http's Transport
 // instead of the workers' own connections.
 func BenchmarkDeliverNetHTTP(b *testing.B) {

@@ -102,6 +102,7 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger, version str
 		BatchMax:        cfg.Delivery.BatchMax,
 		BatchBytes:      cfg.Delivery.BatchBytes,
 		H2C:             cfg.Backends.H2C,
+		Pipeline:        cfg.Backends.Pipeline,
 		BlockWhenFull:   cfg.Buffer.WhenFull == "block",
 		BlockTimeout:    cfg.Buffer.BlockTimeout.Duration,
 		Metrics:         m,
