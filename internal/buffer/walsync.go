@@ -42,6 +42,8 @@ type walSyncer struct {
 	files map[string]*walFile // memtable files seen, by name
 	mems  []string            // memtable names at the last listing, oldest first
 	watch *dirWatch           // nil: list on every sync
+	tried bool                // the watch was set up (or failed to be), at the first sync
+	stale bool                // a change was seen that no listing has taken in yet
 	lists int                 // listings done, for tests
 }
 
@@ -53,12 +55,12 @@ type walFile struct {
 	final bool
 }
 
+// newWALSyncer returns a syncer for dir. Its watch is set up at the first
+// sync, by the goroutine that syncs: a queue that never syncs this way
+// (fsync off, another sync mode, an open that fails) holds no inotify
+// instance.
 func newWALSyncer(dir string) *walSyncer {
-	w := &walSyncer{dir: dir, files: map[string]*walFile{}}
-	if d, err := newDirWatch(dir); err == nil {
-		w.watch = d
-	}
-	return w
+	return &walSyncer{dir: dir, files: map[string]*walFile{}}
 }
 
 // sync fdatasyncs every memtable file written since its last sync. Files
@@ -95,23 +97,34 @@ func (w *walSyncer) sync() error {
 // refresh lists the memtable files again unless the watch says none
 // appeared or went since the last listing. The watch is drained before the
 // listing, so a file created during the listing is listed again next time
-// rather than missed.
+// rather than missed; a change drained by a listing that then failed stays
+// pending (stale) until a listing succeeds.
 func (w *walSyncer) refresh() error {
-	if w.watch != nil && w.lists > 0 {
-		changed, err := w.watch.changed()
-		if err != nil {
-			// It can no longer tell: list on every sync from now on.
-			w.watch.close()
-			w.watch = nil
-		} else if !changed {
-			return nil
+	if !w.tried {
+		// Set up before the first listing, so no change after it is missed.
+		w.tried, w.stale = true, true
+		if d, err := newDirWatch(w.dir); err == nil {
+			w.watch = d
 		}
+	}
+	if w.watch == nil {
+		w.stale = true
+	} else if changed, err := w.watch.changed(); err != nil {
+		// It can no longer tell: list on every sync from now on.
+		w.watch.close()
+		w.watch, w.stale = nil, true
+	} else if changed {
+		w.stale = true
+	}
+	if !w.stale {
+		return nil
 	}
 	ents, err := os.ReadDir(w.dir)
 	if err != nil {
 		return fmt.Errorf("buffer: sync: list %s: %w", w.dir, err)
 	}
 	w.lists++
+	w.stale = false
 	// Names are %05d.mem by increasing id, so the newest sorts last
 	// (ReadDir sorts by name).
 	w.mems = w.mems[:0]

@@ -21,9 +21,6 @@ func TestWALSyncerWatchesForMemtables(t *testing.T) {
 	write("00001.mem")
 	w := newWALSyncer(dir)
 	defer w.close()
-	if w.watch == nil {
-		t.Fatal("no inotify watch: every sync would list the directory")
-	}
 	sync := func(wantLists int) {
 		t.Helper()
 		if err := w.sync(); err != nil {
@@ -34,6 +31,9 @@ func TestWALSyncerWatchesForMemtables(t *testing.T) {
 		}
 	}
 	sync(1)
+	if w.watch == nil {
+		t.Fatal("no inotify watch: every sync would list the directory")
+	}
 	sync(1) // nothing changed: no listing
 	write("00002.sst")
 	sync(1) // a table is not a memtable
@@ -89,5 +89,33 @@ func TestWALSyncerWatchLosesTrack(t *testing.T) {
 	}
 	if w.files["00001.mem"] == nil {
 		t.Fatal("the memtable in the directory now at the path was not synced")
+	}
+}
+
+// TestWALSyncerListingFailsOnce: a change the watch reported is not
+// forgotten when the listing that should take it in fails. Regression: the
+// watch's events were drained before the listing, so after one failed
+// listing (EMFILE under a connection flood, say) a new memtable went
+// unlisted, and unsynced, until the next one appeared.
+func TestWALSyncerListingFailsOnce(t *testing.T) {
+	dir := t.TempDir()
+	w := newWALSyncer(dir)
+	defer w.close()
+	if err := w.sync(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "00001.mem"), []byte("wal"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	w.dir = filepath.Join(dir, "missing") // the next listing fails
+	if err := w.sync(); err == nil {
+		t.Fatal("sync with a failing listing returned no error")
+	}
+	w.dir = dir
+	if err := w.sync(); err != nil {
+		t.Fatal(err)
+	}
+	if w.files["00001.mem"] == nil {
+		t.Fatal("the memtable created before the failed listing was never synced")
 	}
 }

@@ -118,19 +118,33 @@ func (w *wire) sendAll(ctx context.Context, recs []*buffer.Record, out []answer,
 }
 
 // exchange writes recs and reads their answers into out. It returns how
-// many answers it read, and the error that stopped it (errStale: the
+// many answers it settled, and the error that stopped it (errStale: the
 // backend had closed the reused connection before it took any request).
+//
+// Each answer gets the whole timeout (the backend answers pipelined
+// requests one after another). An answer that fails (a timeout, a broken
+// connection) counts against its own request only: the requests behind it
+// are marked unsent and go again without counting an attempt, so one slow
+// or poisonous request cannot burn the attempts of the others (or open the
+// breaker through them), while its own attempts still count towards its
+// dead letter.
 func (w *wire) exchange(ctx context.Context, recs []*buffer.Record, out []answer, read func(*http.Response, io.Reader) answer, reused bool) (int, error) {
 	c := w.c
 	_ = c.SetDeadline(time.Now().Add(w.timeout))
-	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
+	expire := func() { _ = c.SetDeadline(time.Unix(1, 0)) }
+	stop := context.AfterFunc(ctx, expire)
+	defer func() { stop() }()
 	fail := func(n int, err error) (int, error) {
 		w.close()
 		if ctx.Err() != nil {
 			return n, ctx.Err()
 		}
 		return n, err
+	}
+	unsent := func(from int) {
+		for k := from; k < len(recs); k++ {
+			out[k] = answer{unsent: true, err: errUnsent}
+		}
 	}
 	for _, rec := range recs {
 		writeRequest(w.bw, rec, w.hostHdr)
@@ -142,30 +156,45 @@ func (w *wire) exchange(ctx context.Context, recs []*buffer.Record, out []answer
 		return fail(0, fmt.Errorf("writing request: %w", err))
 	}
 	for i, rec := range recs {
+		if i > 0 {
+			// A fresh deadline, re-armed so that a cancellation racing
+			// the reset still expires it.
+			stop()
+			_ = c.SetReadDeadline(time.Now().Add(w.timeout))
+			stop = context.AfterFunc(ctx, expire)
+		}
 		resp, err := readFinal(w.br, rec.Method)
 		if err != nil {
 			if i == 0 && reused && closedByPeer(err) && w.br.Buffered() == 0 {
 				return fail(0, errStale)
 			}
-			return fail(i, fmt.Errorf("reading answer: %w", err))
+			if n, err := fail(i, fmt.Errorf("reading answer: %w", err)); ctx.Err() != nil {
+				return n, err
+			}
+			out[i] = answer{err: fmt.Errorf("reading answer: %w", err)}
+			unsent(i + 1)
+			return len(recs), nil
 		}
 		a := read(resp, resp.Body)
 		out[i] = a
-		// The connection is reusable only when the whole body was read.
-		done := a.cut || resp.Close
+		// The connection is reusable only when the whole body was read
+		// (and the protocol was not switched: 101 is final, and nothing
+		// after it is HTTP/1.1).
+		done := a.cut || resp.Close || resp.StatusCode == http.StatusSwitchingProtocols
 		if !done {
 			if _, err := resp.Body.Read(nil); err != nil && !errors.Is(err, io.EOF) {
 				done = true
 			}
 		}
-		resp.Body.Close()
 		if done {
+			// Closed first: closing the body of a keep-alive answer
+			// would read the rest of a cut body.
 			w.close()
-			for k := i + 1; k < len(recs); k++ {
-				out[k] = answer{unsent: true, err: errUnsent}
-			}
+			resp.Body.Close()
+			unsent(i + 1)
 			return len(recs), nil
 		}
+		resp.Body.Close()
 	}
 	return len(recs), nil
 }

@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	"container/heap"
 	"context"
 	"fmt"
 	"io"
@@ -714,6 +715,45 @@ func TestReplayBeforeDeadReport(t *testing.T) {
 		}
 		if discard && held {
 			t.Error("discarded record still held")
+		}
+	}
+}
+
+// TestJobNeverHoldsARecordTwice: a record with two entries in the ready
+// heap goes once. Regression: a replay keeps its Seq and becomes its key's
+// head, leaving the old head's heap entry behind; when the replay finished
+// the old head was pushed again, and a batch or pipelined job could take
+// both entries: two requests for one record and two settles of one item.
+func TestJobNeverHoldsARecordTwice(t *testing.T) {
+	for _, protocol := range []string{ProtocolRequest, ProtocolBatch} {
+		q := openQueue(t, t.TempDir(), 1)
+		t.Cleanup(func() { q.Close() })
+		e, err := New(Options{Queue: q, Partitions: 1, BackendURL: func(int) string { return "http://127.0.0.1:1" },
+			Protocol: protocol, Pipeline: 8})
+		if err != nil {
+			t.Fatalf("New: %v", err)
+		}
+		l := e.loops[0]
+		l.pipe = 8 // as start sets it for a plain-HTTP backend
+		appendRecs(t, q, testRecord("K", 1, "x"), testRecord("L", 1, "y"))
+		if err := l.fill(); err != nil {
+			t.Fatalf("fill: %v", err)
+		}
+		if l.ready.Len() != 2 {
+			t.Fatalf("%d ready, want 2", l.ready.Len())
+		}
+		heap.Push(&l.ready, l.ready[0]) // the stale second entry
+		l.dispatch(time.Now())
+		j := <-l.jobs
+		seen := map[string]bool{}
+		for _, it := range j.items {
+			if seen[it.rec.ID] {
+				t.Errorf("%s: record %s twice in one job", protocol, it.rec.ID)
+			}
+			seen[it.rec.ID] = true
+		}
+		if len(seen) != 2 {
+			t.Errorf("%s: job holds %d records, want both", protocol, len(seen))
 		}
 	}
 }

@@ -466,6 +466,11 @@ func (l *loop) dispatch(now time.Time) (gateCh <-chan struct{}, wake time.Time) 
 			heap.Pop(&l.ready)
 			size += sz
 			j.items = append(j.items, it)
+			// In flight from here: a second entry of it in the heap (a
+			// stale one, left when a replay took its place as its key's
+			// head) is no longer eligible, so a job never holds a record
+			// twice (it once could: two requests, two settles of one item).
+			l.setState(it, stateInFlight)
 		}
 		if len(j.items) == 0 {
 			if probe {
@@ -475,9 +480,6 @@ func (l *loop) dispatch(now time.Time) (gateCh <-chan struct{}, wake time.Time) 
 		}
 		// A record too large for a batch on its own goes as a request.
 		j.batch = batch && size <= opt.BatchBytes
-		for _, it := range j.items {
-			l.setState(it, stateInFlight)
-		}
 		l.inFlight += len(j.items)
 		l.inFlightN.Add(int32(len(j.items)))
 		l.jobsOut++

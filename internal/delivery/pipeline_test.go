@@ -233,3 +233,44 @@ func TestPipelineCutConnection(t *testing.T) {
 	b.check(t, recs)
 	noDeadLetters(t, q)
 }
+
+// TestPipelineSlowHead pins the per-answer deadline: when the first request
+// of a pipelined job outlasts the timeout, only it counts an attempt; the
+// requests behind it go again as unsent (X-Edge-Attempt stays 1) instead of
+// all timing out together. Regression: one deadline covered the whole
+// exchange, so a slow record burnt an attempt of every record pipelined
+// behind it (each a distinct key's timeout, enough to open the breaker),
+// and could dead-letter them although the backend processed them.
+func TestPipelineSlowHead(t *testing.T) {
+	b := newPipeBackend()
+	var slowSeen atomic.Bool
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("X-Process-ID") == "slow" && !slowSeen.Swap(true) {
+			time.Sleep(3 * time.Second) // past the edge's timeout, once
+		}
+		b.record(r)
+		w.WriteHeader(http.StatusCreated)
+	}))
+	t.Cleanup(srv.Close)
+	q := openQueue(t, t.TempDir(), 1)
+	recs := []*buffer.Record{testRecord("slow", 1, "slow/0")}
+	recs = append(recs, pipeRecords(7, 1)...)
+	appendRecs(t, q, recs...)
+	startEngine(t, q, 1, srv, func(o *Options) {
+		o.Pipeline = 8
+		o.MaxInFlight = 8
+		o.Timeout = time.Second // far above a fast answer, even on a loaded machine
+		o.MaxAttempts = 2
+	})
+	waitFor(t, "queue drained", queueEmpty(q))
+	noDeadLetters(t, q)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, r := range recs[1:] {
+		for _, a := range b.attempts[r.ID] {
+			if a != "1" {
+				t.Errorf("%s: X-Edge-Attempt %s seen (attempts %v): the slow head's timeout counted against it", r.ID, a, b.attempts[r.ID])
+			}
+		}
+	}
+}
