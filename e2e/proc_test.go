@@ -20,7 +20,8 @@ import (
 type binaries struct {
 	edge, api string
 	// protocol is the [delivery] protocol of the edges run from these
-	// binaries: "request" or "batch"; "" = the edge's default (request).
+	// binaries: "request" or "batch", or "pipeline" (request with
+	// [backends] pipeline = 8); "" = the edge's default (request).
 	protocol string
 }
 

@@ -15,16 +15,17 @@ import (
 // TestReliability runs every scenario against the real binaries, one
 // scenario at a time (the machine it runs on has few cores), each on a
 // fresh stack of three api-flow backends (four after the resize) and one
-// edge, once with batch delivery and once with request delivery
-// (FLOWEDGE_E2E_PROTOCOL=batch|request runs one).
+// edge, with batch delivery, with request delivery and with request
+// delivery pipelined 8 deep (FLOWEDGE_E2E_PROTOCOL=batch|request|pipeline
+// runs one).
 func TestReliability(t *testing.T) {
 	if testing.Short() {
 		t.Skip("the end-to-end reliability suite builds the edge and api binaries and runs them for a few minutes under load and faults; it runs without -short (make test, make reliability)")
 	}
 	built := buildBinaries(t, t.TempDir())
-	protocols := []string{"batch", "request"}
+	protocols := []string{"batch", "request", "pipeline"}
 	if p := os.Getenv("FLOWEDGE_E2E_PROTOCOL"); p != "" {
-		protocols = []string{p} // one delivery protocol only (batch or request)
+		protocols = []string{p} // one delivery protocol only
 	}
 	for _, proto := range protocols {
 		bins := built

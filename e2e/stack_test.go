@@ -225,9 +225,12 @@ func (s *stack) writeEdgeConfig(public, admin string) {
 		}
 		urls[n] = strconv.Quote(s.backendURL(b))
 	}
-	protocol := s.bins.protocol
-	if protocol == "" {
+	protocol, pipeline := s.bins.protocol, 1
+	switch protocol {
+	case "":
 		protocol = "request"
+	case "pipeline":
+		protocol, pipeline = "request", 8
 	}
 	maxBytes := ""
 	if s.opt.maxBytes > 0 {
@@ -255,6 +258,7 @@ urls = [%s]
 probe_interval = "200ms"
 timeout = %q
 breaker_cooldown = "2s"
+pipeline = %d
 
 [buffer]
 path = %q
@@ -271,7 +275,7 @@ protocol = %q
 level = "info"
 format = "json"
 `, public, s.opt.respond, s.opt.relayTimeout.String(), admin, s.count, strings.Join(urls, ", "),
-		s.opt.backendTimeout.String(), filepath.Join(s.dir, "edge-buffer"), maxBytes, protocol)
+		s.opt.backendTimeout.String(), pipeline, filepath.Join(s.dir, "edge-buffer"), maxBytes, protocol)
 	s.cfgPath = filepath.Join(s.dir, "edge.toml")
 	if err := os.WriteFile(s.cfgPath, []byte(cfg), 0o644); err != nil {
 		s.t.Fatal(err)
