@@ -25,8 +25,9 @@
 //     requests from then on.
 //   - Pipeline N > 1 (request mode, http:// backends) sends up to N records
 //     of distinct keys pipelined on a worker's connection (conn.go), with the
-//     same outcome rules per record; requests behind an answer that ended
-//     the connection are sent again without counting an attempt.
+//     same outcome rules per record; each answer has its own deadline, and
+//     requests behind an answer that ended the connection or failed are
+//     sent again without counting an attempt.
 //   - On Stop, no new attempt starts; attempts under way may finish within
 //     the grace period; everything else stays in the queue.
 //
