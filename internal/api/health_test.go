@@ -107,16 +107,8 @@ func TestHealthHangingStorage(t *testing.T) {
 	})
 	t.Cleanup(func() { close(release) }) // ends the hung check goroutines
 	for i := range 3 {
-		type result struct {
-			r   resp
-			err error
-		}
-		done := make(chan result, 1)
-		go func() {
-			r, err := e.try(req{method: "GET", path: "/health/health"})
-			done <- result{r, err}
-		}()
-		var res result
+		done := tryAsync(e, req{method: "GET", path: "/health/health"})
+		var res tryResult
 		select {
 		case res = <-done:
 		case <-time.After(10 * time.Second):
@@ -160,15 +152,7 @@ func TestReadinessOutwaitsHealth(t *testing.T) {
 		o.Health.ReadinessTimeout = time.Minute
 	})
 	t.Cleanup(unblock) // before the server stops, which waits for the request
-	type result struct {
-		r   resp
-		err error
-	}
-	ready := make(chan result, 1)
-	go func() {
-		r, err := e.try(req{method: "GET", path: "/health/readiness"})
-		ready <- result{r, err}
-	}()
+	ready := tryAsync(e, req{method: "GET", path: "/health/readiness"})
 	select {
 	case <-started: // readiness started the run, so it has waited at least as long as the report below
 	case <-time.After(20 * time.Second):
@@ -180,7 +164,7 @@ func TestReadinessOutwaitsHealth(t *testing.T) {
 		t.Fatalf("report while the database check hangs: %+v", h)
 	}
 	unblock()
-	var res result
+	var res tryResult
 	select {
 	case res = <-ready:
 	case <-time.After(20 * time.Second):
@@ -222,4 +206,21 @@ func TestDrain(t *testing.T) {
 	e.srv.Drain()
 	checkProblem(t, e.do(req{method: "GET", path: "/health/readiness"}), 503)
 	must(t, e.do(req{method: "GET", path: "/health/liveness"}), 200)
+}
+
+// tryResult is what e.try returned.
+type tryResult struct {
+	r   resp
+	err error
+}
+
+// tryAsync sends r from a goroutine of its own and hands back the result,
+// so the caller can bound its wait.
+func tryAsync(e *env, r req) <-chan tryResult {
+	done := make(chan tryResult, 1)
+	go func() {
+		resp, err := e.try(r)
+		done <- tryResult{resp, err}
+	}()
+	return done
 }

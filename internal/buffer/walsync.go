@@ -33,7 +33,7 @@ import (
 // shared mapping, as msync does, whichever descriptor it is called on.
 //
 // Listing the directory on every sync cost about 30 µs of CPU per sync
-// (15% of a one-writer append), so the syncer watches the directory with
+// (14% of a one-writer append), so the syncer watches the directory with
 // inotify and lists it again only when a memtable file was created, removed
 // or renamed since the last listing (see dirWatch). Without inotify it
 // lists on every sync.

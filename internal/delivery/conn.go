@@ -168,8 +168,9 @@ func (w *wire) exchange(ctx context.Context, recs []*buffer.Record, out []answer
 			if i == 0 && reused && closedByPeer(err) && w.br.Buffered() == 0 {
 				return fail(0, errStale)
 			}
-			if n, err := fail(i, fmt.Errorf("reading answer: %w", err)); ctx.Err() != nil {
-				return n, err
+			w.close()
+			if ctx.Err() != nil {
+				return i, ctx.Err()
 			}
 			out[i] = answer{err: fmt.Errorf("reading answer: %w", err)}
 			unsent(i + 1)
