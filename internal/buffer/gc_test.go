@@ -159,7 +159,8 @@ func (w tWriter) Write(p []byte) (int, error) {
 // (each record acknowledged only once the queue is 90% full, so records
 // stay queued long enough to reach Badger's last level) keeps its directory
 // under the disk budget: the GC goroutine flattens the tree when the
-// directory comes within DiskOverhead/2 of it. Regression: tombstones
+// directory has passed MaxBytes + OutcomeMaxBytes + DiskOverhead/4 and
+// grown since the last flatten (compactIfNear). Regression: tombstones
 // never pushed those records' bytes out of the last level; a 30-minute
 // soak with a full 64 MiB queue grew past its 208 MiB bound and kept
 // growing. (With the flatten disabled this test's directory passes its
@@ -234,10 +235,12 @@ func TestCompactionBoundsLongQueuedRecords(t *testing.T) {
 	}
 	qq := q.(*queue)
 	budget := qq.diskBudget()
-	// Until the queue has turned over its whole MaxBytes twice (or
-	// 60 s), the directory stays under the budget, and at least one
-	// flatten has run.
-	deadline := time.Now().Add(60 * time.Second)
+	// Until the queue has turned over its whole MaxBytes twice, the
+	// directory stays under the budget, and at least one flatten has run.
+	// The 3-minute bound only stops a hung run: a quiet machine turns the
+	// queue over in under a minute, a loaded CI machine took longer (a
+	// flake when the bound was 60 s).
+	deadline := time.Now().Add(3 * time.Minute)
 	turnover := int64(2 * maxBytes / benchBody)
 	var peak int64
 	for acked.Load() < turnover && time.Now().Before(deadline) {
@@ -254,7 +257,7 @@ func TestCompactionBoundsLongQueuedRecords(t *testing.T) {
 	}
 	t.Logf("%d acks, peak %s (budget %s), %d flattens", acked.Load(), mib(peak), mib(budget), qq.compactions.Load())
 	if acked.Load() < turnover {
-		t.Fatalf("only %d acks in 60 s, want %d", acked.Load(), turnover)
+		t.Fatalf("only %d acks in 3 minutes, want %d", acked.Load(), turnover)
 	}
 	if qq.compactions.Load() == 0 {
 		t.Error("no flatten ran")
