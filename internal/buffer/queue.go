@@ -34,6 +34,15 @@ const (
 // GC goroutine flattens the tree: see gc.go). Stats.DiskBudget includes it.
 const DiskOverhead int64 = 128 << 20
 
+// HeapReserve is the Go heap an open queue may keep live under sustained
+// writes, from the tuning below: Badger keeps up to 8 table-builder arenas
+// pooled on the Go heap while it builds tables (each grows to what its
+// largest build needed, up to ~30 MiB for a flushed 8 MiB memtable; 168 MiB
+// together measured), the memtables' arenas (3 × 8 MiB), and the queue's
+// copies of recently read segments (32 MiB). A process's soft memory limit
+// (GOMEMLIMIT) belongs well above it, or the collector runs back to back.
+const HeapReserve int64 = 256 << 20
+
 // MaxRecordBytes bounds the encoded size of one record (body, headers and
 // fields). Append refuses a larger record with an error.
 const MaxRecordBytes = 32 << 20
