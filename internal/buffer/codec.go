@@ -16,6 +16,14 @@ import (
 // partition sort in Seq order and a seek lands on the first record after a
 // cursor.
 //
+// Outcomes sort below every other kind, and their ids (UUIDv7) by time, so
+// a new outcome sorts above every kept one and below everything else a
+// commit writes. A memtable's key range then starts at its first new
+// outcome, and the compaction of a level-0 table into the next level leaves
+// the kept outcomes alone. Under 'o', between the finished sets and the
+// segments, every such compaction rewrote all kept outcomes at that level:
+// the bytes written per delivered request doubled as outcomes accumulated.
+//
 //	s <p> <first> segment: the records of p appended by one group commit,
 //	              Seqs first, first+1, ... → encoded segment
 //	a <p> <first> finished set of a segment some of whose records are final
@@ -26,7 +34,9 @@ import (
 //	d <p> <seq>   dead letter              → encoded dead letter (record + outcome)
 //	i <id>        id index of dead letters (and of records stored by
 //	              earlier versions) → state byte, p, seq
-//	o <id>        outcome (kept OutcomeTTL, within OutcomeMaxBytes) → encoded outcome
+//	0 <id>        outcome (kept OutcomeTTL, within OutcomeMaxBytes) → encoded outcome
+//	o <id>        outcome written by earlier versions: read, counted and trimmed
+//	              (oldest first) like the others until none is left
 //	k <idem key>  unscoped idempotency key of earlier versions (TTL; no longer read)
 //	K <scope>     scoped idempotency key (TTL IdempotencyTTL) → encoded idem entry
 //	P <p> <key>   parked key               → id of the dead letter parking it
@@ -41,7 +51,8 @@ const (
 	prefixRetry      byte = 'r'
 	prefixDead       byte = 'd'
 	prefixIndex      byte = 'i'
-	prefixOutcome    byte = 'o'
+	prefixOutcome    byte = '0'
+	prefixOutcomeV1  byte = 'o'
 	prefixIdem       byte = 'k'
 	prefixIdemScoped byte = 'K'
 	prefixParked     byte = 'P'

@@ -848,6 +848,9 @@ func (q *queue) Lookup(id string) (Delivery, error) {
 		}
 		item, err = txn.Get(stringKey(prefixOutcome, id))
 		if errors.Is(err, badger.ErrKeyNotFound) {
+			item, err = txn.Get(stringKey(prefixOutcomeV1, id))
+		}
+		if errors.Is(err, badger.ErrKeyNotFound) {
 			rec, err := q.findQueued(txn, id)
 			if err != nil {
 				return err

@@ -127,7 +127,7 @@ func Check(path string) (CheckReport, error) {
 					if len(k) >= 3 {
 						part(int(k[1])<<8|int(k[2])).Parked++
 					}
-				case prefixOutcome:
+				case prefixOutcome, prefixOutcomeV1:
 					rep.Outcomes++
 				case prefixQuarantine:
 					rep.Quarantined++

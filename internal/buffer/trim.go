@@ -10,7 +10,7 @@ import (
 
 // Outcome budget.
 //
-// Outcomes (o <id>) are kept for lookups and idempotent repeats within
+// Outcomes (0 <id>) are kept for lookups and idempotent repeats within
 // Options.OutcomeMaxBytes and Options.OutcomeTTL. The committer counts
 // their encoded size (persisted with the global counters); when the count
 // passes the budget, or periodically for the age limit, the GC goroutine
@@ -26,14 +26,40 @@ const trimBatch = 1024
 
 // planTrim stages the deletion of outcomes from the oldest: every outcome
 // while the kept bytes exceed the budget, then those finished before
-// cutoff, stopping at the first one that is neither.
+// cutoff, stopping at the first one that is neither. Outcomes of earlier
+// versions (o <id>) are all older than the others (0 <id>) and go first.
 func (q *queue) planTrim(o *op, s *txBatch, st *stage) (func(), error) {
 	var freed int64
 	cutoff := time.Now().Add(-q.opts.OutcomeTTL)
-	it := s.txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixOutcome}})
-	defer it.Close()
 	n := 0
-	for it.Seek([]byte{prefixOutcome}); it.Valid() && n < trimBatch; it.Next() {
+	for _, prefix := range []byte{prefixOutcomeV1, prefixOutcome} {
+		more, err := q.trimRange(s, st, prefix, cutoff, &freed, &n)
+		if err != nil {
+			return nil, err
+		}
+		if !more {
+			break
+		}
+	}
+	o.trimmed = n
+	return func() {
+		s.outcomeBytes = max(s.outcomeBytes-freed, 0)
+		if n > 0 {
+			s.globalDirty = true
+		}
+	}, nil
+}
+
+// trimRange stages deletions in the outcomes under prefix, counting into
+// freed and n. It reports whether the next range may be trimmed too: the
+// range ran out before the batch was full and before an outcome to keep.
+func (q *queue) trimRange(s *txBatch, st *stage, prefix byte, cutoff time.Time, freed *int64, n *int) (bool, error) {
+	it := s.txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefix}})
+	defer it.Close()
+	for it.Seek([]byte{prefix}); it.Valid(); it.Next() {
+		if *n >= trimBatch {
+			return false, nil
+		}
 		item := it.Item()
 		var (
 			out  *Outcome
@@ -45,12 +71,12 @@ func (q *queue) planTrim(o *op, s *txBatch, st *stage) (func(), error) {
 			return nil
 		})
 		if err != nil {
-			return nil, fmt.Errorf("buffer: trim outcomes: %w", err)
+			return false, fmt.Errorf("buffer: trim outcomes: %w", err)
 		}
-		over := s.outcomeBytes-freed > q.opts.OutcomeMaxBytes
+		over := s.outcomeBytes-*freed > q.opts.OutcomeMaxBytes
 		expired := out == nil || (!out.FinishedAt.IsZero() && out.FinishedAt.Before(cutoff))
 		if !over && !expired {
-			break
+			return false, nil
 		}
 		st.del(item.KeyCopy(nil))
 		if out != nil && out.scope != "" {
@@ -58,16 +84,10 @@ func (q *queue) planTrim(o *op, s *txBatch, st *stage) (func(), error) {
 		}
 		// Outcomes written before the count existed were never counted:
 		// the count is clamped at 0.
-		freed += size
-		n++
+		*freed += size
+		*n++
 	}
-	o.trimmed = n
-	return func() {
-		s.outcomeBytes = max(s.outcomeBytes-freed, 0)
-		if n > 0 {
-			s.globalDirty = true
-		}
-	}, nil
+	return true, nil
 }
 
 // trimOutcomes runs trim ops until a pass deletes nothing or fewer than a

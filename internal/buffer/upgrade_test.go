@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // The fixture testdata/v1queue was written by the queue of the previous
@@ -204,5 +205,39 @@ func TestCheckExportBothLayouts(t *testing.T) {
 	}
 	if n := strings.Count(out.String(), "\n"); n != 11 {
 		t.Fatalf("export of both layouts: %d lines", n)
+	}
+}
+
+// TestUpgradeOutcomesTrimmedFirst: outcomes kept by the previous releases
+// (o <id>) are older than every new one (0 <id>): the outcome budget drops
+// them first, and they are counted in the check.
+func TestUpgradeOutcomesTrimmedFirst(t *testing.T) {
+	const budget = 64 << 10
+	dir := copyFixture(t)
+	ctx := context.Background()
+	q := openTuneTest(t, Options{Path: dir, Partitions: 2, Route: fixtureRoute, OutcomeMaxBytes: budget},
+		func(tu *tuning) { tu.budgetInterval = 50 * time.Millisecond })
+	if _, err := q.Lookup(fixtureID(0)); err != nil {
+		t.Fatalf("outcome of the previous release: %v", err)
+	}
+	var recs []*Record
+	for i := range 100 {
+		r := newRecord(0, "p0", 10)
+		r.IdempotencyScope = fmt.Sprintf("scope-%d", i) // full outcomes, counted against the budget
+		recs = append(recs, r)
+	}
+	mustAppend(t, q, recs...)
+	body := bytes.Repeat([]byte("b"), 1000)
+	for _, r := range recs {
+		if err := q.Ack(ctx, r, Outcome{Status: StatusDelivered, ResponseStatus: 200, ResponseBody: body}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitUntil(t, 10*time.Second, "outcomes within budget", func() bool { return q.Stats().OutcomeBytes <= budget })
+	if _, err := q.Lookup(fixtureID(0)); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("outcome of the previous release after the trim: %v, want ErrNotFound", err)
+	}
+	if d, err := q.Lookup(recs[99].ID); err != nil || d.Status != StatusDelivered {
+		t.Fatalf("newest outcome: %+v, %v", d, err)
 	}
 }
