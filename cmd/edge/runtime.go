@@ -18,9 +18,9 @@ import (
 // soft memory limit makes the collector work harder only when the heap
 // approaches it, so a large backlog or a burst cannot push the heap past what
 // the pod is sized for. The limit sits requestHeap above what the queue keeps
-// live under sustained writes (buffer.HeapReserve): at 192 MiB, below that,
-// the collector ran back to back and a delivering edge fell from 9,000 to
-// 3,100 req/s (docs/benchmarks.md has the figures).
+// live under sustained writes (buffer.HeapReserve). A limit of 192 MiB once
+// sat below what the queue kept live: the collector ran back to back and a
+// delivering edge fell from 9,000 to 3,100 req/s (docs/benchmarks.md).
 const (
 	defaultGCPercent   = 400
 	requestHeap        = 128 << 20 // requests in flight and garbage between collections
