@@ -17,14 +17,13 @@ import (
 // path's CPU went to the collector. GOGC=400 collects a quarter as often; the
 // soft memory limit makes the collector work harder only when the heap
 // approaches it, so a large backlog or a burst cannot push the heap past what
-// the pod is sized for. The limit sits requestHeap above what the queue keeps
-// live under sustained writes (buffer.HeapReserve). A limit of 192 MiB once
-// sat below what the queue kept live: the collector ran back to back and a
-// delivering edge fell from 9,000 to 3,100 req/s (docs/benchmarks.md).
+// the pod is sized for. The limit (buffer.SoftMemoryLimit) sits above what
+// the queue keeps live under sustained writes: a limit of 192 MiB once sat
+// below it, the collector ran back to back and a delivering edge fell from
+// 7,865 to 3,323 req/s (docs/benchmarks.md, "Sustained load").
 const (
 	defaultGCPercent   = 400
-	requestHeap        = 128 << 20 // requests in flight and garbage between collections
-	defaultMemoryLimit = buffer.HeapReserve + requestHeap
+	defaultMemoryLimit = buffer.SoftMemoryLimit
 )
 
 // tuneRuntime applies the defaults and logs what is in effect.

@@ -89,6 +89,53 @@ func TestOutcomeBudget(t *testing.T) {
 	}
 }
 
+// TestOutcomeTrimHysteresis: a trim pass that starts over the budget goes
+// on down to the low-water mark (7/8 of the budget), and none starts below
+// the budget.
+//
+// Regression: trimmed just under the budget, a few outcomes went after
+// nearly every commit once the budget filled; their deletions sort at the
+// bottom of the outcome range, so nearly every memtable spanned all kept
+// outcomes and every compaction rewrote them again.
+func TestOutcomeTrimHysteresis(t *testing.T) {
+	const budget = 64 << 10
+	q := openTuneTest(t, Options{Path: t.TempDir(), Partitions: 1, OutcomeMaxBytes: budget}, nil)
+	qq := q.(*queue)
+	qq.gcCancel() // no trims in the background: the test runs each pass
+	ctx := context.Background()
+	body := bytes.Repeat([]byte("b"), 1000)
+	ack := func(n int) {
+		t.Helper()
+		for range n {
+			r := newRecord(0, "k", 10)
+			r.IdempotencyScope = r.ID // a full outcome, counted
+			mustAppend(t, q, r)
+			if err := q.Ack(ctx, r, Outcome{Status: StatusDelivered, ResponseStatus: 200, ResponseBody: body}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	ack(100)
+	if ob := q.Stats().OutcomeBytes; ob <= budget {
+		t.Fatalf("outcome bytes %d, want over the budget %d to start with", ob, budget)
+	}
+	if _, err := qq.trimOutcomes(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ob, low := q.Stats().OutcomeBytes, int64(budget*7/8); ob > low || ob < low-2048 {
+		t.Fatalf("outcome bytes %d after a trim pass, want just under the low-water mark %d", ob, low)
+	}
+	before := q.Stats().OutcomeBytes
+	ack(2) // still under the budget
+	n, err := qq.trimOutcomes(ctx)
+	if err != nil || n != 0 {
+		t.Fatalf("a trim under the budget deleted %d (%v), want none", n, err)
+	}
+	if q.Stats().OutcomeBytes <= before {
+		t.Fatal("the two new outcomes were not counted")
+	}
+}
+
 // TestOutcomeTTL: outcomes older than OutcomeTTL are dropped and their
 // count returns to zero.
 func TestOutcomeTTL(t *testing.T) {

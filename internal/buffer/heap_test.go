@@ -23,15 +23,18 @@ func liveHeap() int64 {
 // deliverAll appends total records of benchBody bytes from writers
 // goroutines over parts partitions (every fourth with an idempotency
 // scope) and acknowledges each as delivered, calling sample every 100 ms
-// and once at the end.
+// and once at the end. At most maxBacklog records are appended and not yet
+// acknowledged, as with an edge whose backends keep up.
 func deliverAll(t *testing.T, q Queue, parts, writers, total int, sample func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	const maxBacklog = 4096
 	var (
 		next, acked atomic.Int64
 		wg          sync.WaitGroup
 		errs        = make(chan error, writers+parts)
+		backlog     = make(chan struct{}, maxBacklog)
 	)
 	for range writers {
 		wg.Add(1)
@@ -41,6 +44,11 @@ func deliverAll(t *testing.T, q Queue, parts, writers, total int, sample func())
 				r := newRecord(int(i)%parts, fmt.Sprintf("proc-%d", i%1000), benchBody)
 				if i%4 == 0 {
 					r.IdempotencyScope = r.ID
+				}
+				select {
+				case backlog <- struct{}{}:
+				case <-ctx.Done():
+					return
 				}
 				if _, err := q.Append(ctx, []*Record{r}); err != nil {
 					errs <- fmt.Errorf("append: %w", err)
@@ -74,6 +82,7 @@ func deliverAll(t *testing.T, q Queue, parts, writers, total int, sample func())
 						return
 					}
 					acked.Add(1)
+					<-backlog
 				}
 				after = recs[len(recs)-1].Seq
 			}
@@ -106,13 +115,17 @@ func deliverAll(t *testing.T, q Queue, parts, writers, total int, sample func())
 // appends and acks and checks that the live heap never exceeds HeapReserve.
 //
 // Regression: the edge's soft memory limit (192 MiB) sat below the heap
-// the queue keeps live under sustained writes, most of it Badger's pooled
-// table-builder arenas (8 of them, ~156 MiB measured). The heap then never
-// fell below the limit, the collector ran back to back (7,295 collections
-// in 40 s) and a delivering edge fell from 9,000 to 3,100 req/s after ten
-// seconds of load. The edge now derives its limit from HeapReserve, so this
-// test is what keeps that figure honest.
+// the queue kept live under sustained writes, most of it Badger's pooled
+// table-builder arenas (168 MiB of a 193–239 MiB peak with 4 KiB blocks).
+// The heap never fell below the limit, the collector ran back to back
+// (4,486 collections in 60 s) and a delivering edge fell from 7,865 to
+// 3,323 req/s after ten seconds of load (docs/benchmarks.md). The edge's
+// limit is now SoftMemoryLimit, above HeapReserve, so this test is what
+// keeps that figure honest.
 func TestHeapReserve(t *testing.T) {
+	if testing.Short() {
+		t.Skip("400,000 durable appends and acks")
+	}
 	q := openTuneTest(t, Options{Path: t.TempDir(), Partitions: 3}, nil)
 	// The live heap as of each collection, sampled while the load runs:
 	// Badger returns its pooled arenas only after 2 s without a table build.
@@ -135,12 +148,18 @@ func TestHeapReserve(t *testing.T) {
 // rewrote them all. The bytes a delivering edge wrote per request rose
 // from 2.1 KB to 4.6 KB within a minute as outcomes accumulated, and CPU
 // per request with them. Outcomes now sort below every other key and by
-// time, so a level-0 table meets at most the newest kept outcomes (acks
-// do not come in exactly the order of the ids).
+// time, so a level-0 table meets only the newest kept outcomes: acks do not
+// come in exactly the order of the ids (and the readers may trail the
+// writers by the backlog deliverAll allows), so the bound is half the kept
+// outcome tables; with the old key a level-0 table met all of them. (A CI
+// run with a bound of 2 saw 5 on a busy machine.)
 func TestOutcomesOutOfCompactions(t *testing.T) {
+	if testing.Short() {
+		t.Skip("300,000 durable appends and acks")
+	}
 	q := openTuneTest(t, Options{Path: t.TempDir(), Partitions: 3}, nil)
 	db := q.(*queue).db
-	var most, seen, samples int // outcome tables one level-0 table overlapped; outcome tables below level 0
+	var most, seen, samples, spanning int // most: outcome tables one level-0 table overlapped
 	deliverAll(t, q, 3, 32, 300_000, func() {
 		var l0, outs []badger.TableInfo
 		for _, ti := range db.Tables() {
@@ -164,13 +183,17 @@ func TestOutcomesOutOfCompactions(t *testing.T) {
 				}
 			}
 			most = max(most, n)
+			if n*2 > len(outs) {
+				spanning++
+			}
 		}
 	})
 	t.Logf("%d samples with level-0 tables and ≥ 8 outcome tables below (up to %d); a level-0 table overlapped at most %d", samples, seen, most)
 	if samples == 0 {
 		t.Fatal("never saw level-0 tables beside 8 or more outcome tables: the load is too small to test this")
 	}
-	if most > 2 {
-		t.Errorf("a level-0 table's key range spans %d of the kept outcome tables: compactions rewrite them", most)
+	if spanning > 0 {
+		t.Errorf("%d times a level-0 table's key range spanned over half the kept outcome tables (at most %d of up to %d): compactions rewrite them",
+			spanning, most, seen)
 	}
 }

@@ -44,6 +44,11 @@ const DiskOverhead int64 = 128 << 20
 // collector runs back to back.
 const HeapReserve int64 = 192 << 20
 
+// SoftMemoryLimit is the Go soft memory limit (GOMEMLIMIT) for a process
+// that runs one queue: HeapReserve plus 128 MiB for requests in flight and
+// the garbage between collections. `edge run` sets it by default.
+const SoftMemoryLimit = HeapReserve + 128<<20
+
 // MaxRecordBytes bounds the encoded size of one record (body, headers and
 // fields). Append refuses a larger record with an error.
 const MaxRecordBytes = 32 << 20
@@ -225,8 +230,11 @@ type queue struct {
 
 	gcKick   chan struct{}
 	trimKick chan struct{} // the outcomes passed their budget
-	gcCancel context.CancelFunc
-	wg       sync.WaitGroup
+	// oldOutcomes: outcomes of earlier versions (o <id>) may be left; set
+	// at Open, cleared by the trim that finds none.
+	oldOutcomes atomic.Bool
+	gcCancel    context.CancelFunc
+	wg          sync.WaitGroup
 }
 
 var _ Queue = (*queue)(nil)
@@ -352,6 +360,16 @@ func openTuned(opts Options, t tuning) (Queue, error) {
 	}
 	for p := range q.parts {
 		q.durable[p].Store(q.parts[p].NextSeq - 1)
+	}
+	if err := q.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixOutcomeV1}})
+		defer it.Close()
+		it.Rewind()
+		q.oldOutcomes.Store(it.Valid())
+		return nil
+	}); err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("buffer: open %s: %w", opts.Path, err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	q.gcCancel = cancel

@@ -20,44 +20,78 @@ import (
 // idempotency keys are bounded with the outcomes (a repeat after its
 // outcome was dropped is a new request; one within the budget and the TTL
 // is answered). A lookup of a dropped outcome is ErrNotFound ("unknown").
+//
+// Trims come in bulk, seldom: a pass that starts over the budget goes on
+// down to trimLowWater of it, and one for the age limit starts only once
+// the oldest outcome is OutcomeTTL/16 past it (it then drops every outcome
+// past the TTL). The deletions sort at the bottom of the outcome range: a
+// memtable holding some spans every kept outcome, and its compaction
+// rewrites them all. Trimmed a few at a time after every commit, as the
+// count passes the budget, every memtable would.
+
+// trimLowWater is the share of OutcomeMaxBytes (in eighths) a trim pass
+// that started over the budget leaves.
+const trimLowWater = 7
 
 // trimBatch bounds the outcomes one trim op deletes (one transaction).
 const trimBatch = 1024
 
-// planTrim stages the deletion of outcomes from the oldest: every outcome
-// while the kept bytes exceed the budget, then those finished before
-// cutoff, stopping at the first one that is neither. Outcomes of earlier
-// versions (o <id>) are all older than the others (0 <id>) and go first.
+// planTrim stages the deletion of outcomes from the oldest: when the pass
+// starts (o.trimGoing false), only if the kept bytes exceed the budget or
+// the oldest outcome finished OutcomeTTL/16 before the age limit; then
+// every outcome while the kept bytes exceed the low-water mark, and those
+// finished before the age limit, stopping at the first one that is
+// neither. Outcomes of earlier versions (o <id>) are all older than the
+// others (0 <id>) and go first.
 func (q *queue) planTrim(o *op, s *txBatch, st *stage) (func(), error) {
-	var freed int64
-	cutoff := time.Now().Add(-q.opts.OutcomeTTL)
-	n := 0
-	for _, prefix := range []byte{prefixOutcomeV1, prefixOutcome} {
-		more, err := q.trimRange(s, st, prefix, cutoff, &freed, &n)
+	tr := trimRun{
+		cutoff: time.Now().Add(-q.opts.OutcomeTTL),
+		going:  o.trimGoing,
+		low:    q.opts.OutcomeMaxBytes / 8 * trimLowWater,
+	}
+	tr.start = tr.cutoff.Add(-q.opts.OutcomeTTL / 16)
+	prefixes := []byte{prefixOutcome}
+	if q.oldOutcomes.Load() {
+		prefixes = []byte{prefixOutcomeV1, prefixOutcome}
+	}
+	for _, prefix := range prefixes {
+		more, err := q.trimRange(s, st, prefix, &tr)
 		if err != nil {
 			return nil, err
+		}
+		if prefix == prefixOutcomeV1 && more && tr.n == 0 {
+			q.oldOutcomes.Store(false) // none left: later trims skip the range
 		}
 		if !more {
 			break
 		}
 	}
-	o.trimmed = n
+	o.trimmed = tr.n
 	return func() {
-		s.outcomeBytes = max(s.outcomeBytes-freed, 0)
-		if n > 0 {
+		s.outcomeBytes = max(s.outcomeBytes-tr.freed, 0)
+		if tr.n > 0 {
 			s.globalDirty = true
 		}
 	}, nil
 }
 
-// trimRange stages deletions in the outcomes under prefix, counting into
-// freed and n. It reports whether the next range may be trimmed too: the
-// range ran out before the batch was full and before an outcome to keep.
-func (q *queue) trimRange(s *txBatch, st *stage, prefix byte, cutoff time.Time, freed *int64, n *int) (bool, error) {
+// trimRun is one trim op's progress.
+type trimRun struct {
+	cutoff, start time.Time // the age limit; an age-limit pass starts past start
+	low           int64     // the low-water mark of a pass that started over the budget
+	going         bool      // the pass has started deleting
+	freed         int64
+	n             int
+}
+
+// trimRange stages deletions in the outcomes under prefix. It reports
+// whether the next range may be trimmed too: the range ran out before the
+// batch was full and before an outcome to keep.
+func (q *queue) trimRange(s *txBatch, st *stage, prefix byte, tr *trimRun) (bool, error) {
 	it := s.txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefix}})
 	defer it.Close()
 	for it.Seek([]byte{prefix}); it.Valid(); it.Next() {
-		if *n >= trimBatch {
+		if tr.n >= trimBatch {
 			return false, nil
 		}
 		item := it.Item()
@@ -73,9 +107,20 @@ func (q *queue) trimRange(s *txBatch, st *stage, prefix byte, cutoff time.Time, 
 		if err != nil {
 			return false, fmt.Errorf("buffer: trim outcomes: %w", err)
 		}
-		over := s.outcomeBytes-*freed > q.opts.OutcomeMaxBytes
-		expired := out == nil || (!out.FinishedAt.IsZero() && out.FinishedAt.Before(cutoff))
-		if !over && !expired {
+		finished := time.Time{}
+		if out != nil {
+			finished = out.FinishedAt
+		}
+		kept := s.outcomeBytes - tr.freed
+		if !tr.going {
+			old := out == nil || (!finished.IsZero() && finished.Before(tr.start))
+			if kept <= q.opts.OutcomeMaxBytes && !old {
+				return false, nil
+			}
+			tr.going = true
+		}
+		expired := out == nil || (!finished.IsZero() && finished.Before(tr.cutoff))
+		if kept <= tr.low && !expired {
 			return false, nil
 		}
 		st.del(item.KeyCopy(nil))
@@ -84,8 +129,8 @@ func (q *queue) trimRange(s *txBatch, st *stage, prefix byte, cutoff time.Time, 
 		}
 		// Outcomes written before the count existed were never counted:
 		// the count is clamped at 0.
-		*freed += size
-		*n++
+		tr.freed += size
+		tr.n++
 	}
 	return true, nil
 }
@@ -95,7 +140,7 @@ func (q *queue) trimRange(s *txBatch, st *stage, prefix byte, cutoff time.Time, 
 func (q *queue) trimOutcomes(ctx context.Context) (int, error) {
 	total := 0
 	for ctx.Err() == nil {
-		o := &op{kind: opTrim}
+		o := &op{kind: opTrim, trimGoing: total > 0}
 		if err := q.submit(ctx, o); err != nil {
 			return total, err
 		}
