@@ -3,6 +3,7 @@ package api
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"mime"
@@ -35,6 +36,7 @@ func (s *Server) edgeBatch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var parts []*http.Request
+	ctx := context.WithValue(r.Context(), batchKeysKey{}, &batchKeys{})
 	mr := multipart.NewReader(r.Body, params["boundary"])
 	for {
 		p, err := mr.NextPart()
@@ -58,7 +60,7 @@ func (s *Server) edgeBatch(w http.ResponseWriter, r *http.Request) {
 		req.Body = io.NopCloser(bytes.NewReader(body))
 		req.ContentLength = int64(len(body))
 		req.RemoteAddr, req.TLS = r.RemoteAddr, r.TLS
-		parts = append(parts, req.WithContext(r.Context()))
+		parts = append(parts, req.WithContext(ctx))
 	}
 	answers := make([]*batchAnswer, len(parts))
 	var wg sync.WaitGroup

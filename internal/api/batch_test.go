@@ -143,3 +143,34 @@ func TestEdgeBatchRefused(t *testing.T) {
 		t.Errorf("nested batch: %d, want 400", answers[0].StatusCode)
 	}
 }
+
+// TestBatchKeysPerBatch: a batch's parts share the API key verdicts of that
+// batch only. Parts with the same key pass, a part with an unknown key in
+// the same batch is refused, and a key deleted after one batch is refused
+// in the next (the verdicts cached for a batch must not outlive it).
+func TestBatchKeysPerBatch(t *testing.T) {
+	e := newEnv(t)
+	var k struct {
+		ID  string `json:"id"`
+		Key string `json:"key"`
+	}
+	must(t, e.do(req{method: "POST", path: "/api/v1/keys", key: adminKey, body: map[string]any{"name": "batch", "role": "admin"}}), 201).json(t, &k)
+	ev := func(pid, rid, key string) batchPart {
+		return batchPart{"POST", "/api/v1/processes/" + pid + "/events", pid, rid, key, `{"n":1}`}
+	}
+	answers := postBatch(t, e, []batchPart{
+		ev("proc-k1", "a1111111-1111-4111-8111-111111111111", k.Key),
+		ev("proc-k2", "a2222222-2222-4222-8222-222222222222", k.Key),
+		ev("proc-k3", "a3333333-3333-4333-8333-333333333333", "fe_not_a_key"),
+	})
+	for i, want := range []int{http.StatusCreated, http.StatusCreated, http.StatusUnauthorized} {
+		if answers[i].StatusCode != want {
+			t.Errorf("part %d: %d, want %d", i+1, answers[i].StatusCode, want)
+		}
+	}
+	must(t, e.do(req{method: "DELETE", path: "/api/v1/keys/" + k.ID, key: adminKey}), 204)
+	answers = postBatch(t, e, []batchPart{ev("proc-k4", "a4444444-4444-4444-8444-444444444444", k.Key)})
+	if answers[0].StatusCode != http.StatusUnauthorized {
+		t.Errorf("deleted key in the next batch: %d, want 401", answers[0].StatusCode)
+	}
+}
