@@ -39,7 +39,7 @@ const DiskOverhead int64 = 128 << 20
 // pooled on the Go heap while it builds tables (each grows to what its
 // largest build needed, ~14 MiB for a flushed 8 MiB memtable), the
 // memtables' arenas (3 × 8 MiB), and the queue's copies of recently read
-// segments (32 MiB). TestHeapReserve measured peaks of 114–131 MiB. A
+// segments (32 MiB). TestHeapReserve measured peaks of 114–138 MiB. A
 // process's soft memory limit (GOMEMLIMIT) belongs well above it, or the
 // collector runs back to back.
 const HeapReserve int64 = 192 << 20
