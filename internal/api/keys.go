@@ -140,64 +140,83 @@ func (s *Server) authenticate(ctx context.Context, r *http.Request) (*keyRecord,
 		return nil, unauthorized("an API key is required: Authorization: Bearer <key> or X-API-Key: <key>")
 	}
 	bk, _ := ctx.Value(batchKeysKey{}).(*batchKeys)
-	if rec, ok := bk.get(secret); ok {
-		return &rec, nil
-	}
-	var rec keyRecord
-	err := s.store.View(ctx, func(tx Tx) error {
-		id, err := tx.Get(store.Key(store.PfxKeyHash, hashSecret(secret)))
-		if err != nil {
-			return err
+	return bk.lookup(secret, func() (*keyRecord, error) {
+		var rec keyRecord
+		err := s.store.View(ctx, func(tx Tx) error {
+			id, err := tx.Get(store.Key(store.PfxKeyHash, hashSecret(secret)))
+			if err != nil {
+				return err
+			}
+			return store.GetJSON(tx, store.Key(store.PfxKey, string(id)), &rec)
+		})
+		if errors.Is(err, ErrNotFound) {
+			return nil, unauthorized("the API key is not valid (unknown or deleted)")
 		}
-		return store.GetJSON(tx, store.Key(store.PfxKey, string(id)), &rec)
+		if err != nil {
+			return nil, err
+		}
+		return &rec, nil
 	})
-	if errors.Is(err, ErrNotFound) {
-		return nil, unauthorized("the API key is not valid (unknown or deleted)")
-	}
-	if err != nil {
-		return nil, err
-	}
-	bk.put(secret, rec)
-	return &rec, nil
 }
 
 // batchKeys holds the API keys the parts of one edge batch were
 // authenticated with, by secret: a batch's parts mostly carry one
 // credential, and each check costs two store reads and a JSON decode (12%
-// of api-flow's CPU serving batches, measured). It lives for one batch
-// request, like the parts it serves, which run concurrently as separate
-// requests would: a key deleted while a batch runs may still pass that
-// batch's later parts, and is refused from the next batch on. Only keys
-// found are kept; a refusal is checked again.
+// of api-flow's CPU serving batches, measured). The parts run concurrently:
+// the first to check a secret looks it up, the others with that secret wait
+// for it. It lives for one batch request, like the parts it serves, which
+// run as separate requests would: a key deleted while a batch runs may
+// still pass that batch's later parts, and is refused from the next batch
+// on. Only keys found are shared; after a refusal or an error each part
+// checks again itself.
 type batchKeys struct {
-	mu   sync.Mutex
-	recs map[string]keyRecord
+	mu    sync.Mutex
+	byKey map[string]*batchKey
+}
+
+// batchKey is one secret's lookup: rec and ok are set before done closes.
+type batchKey struct {
+	done chan struct{}
+	rec  keyRecord
+	ok   bool
 }
 
 type batchKeysKey struct{}
 
-// get returns the key of secret if a part of this batch was authenticated
-// with it; a nil b (not a batch) has none.
-func (b *batchKeys) get(secret string) (keyRecord, bool) {
+// lookup returns the key of secret, looking it up with find once per batch
+// while it is found; a nil b (not a batch) always calls find.
+func (b *batchKeys) lookup(secret string, find func() (*keyRecord, error)) (*keyRecord, error) {
 	if b == nil {
-		return keyRecord{}, false
+		return find()
 	}
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	rec, ok := b.recs[secret]
-	return rec, ok
-}
-
-func (b *batchKeys) put(secret string, rec keyRecord) {
-	if b == nil {
-		return
+	e, waiting := b.byKey[secret]
+	if !waiting {
+		if b.byKey == nil {
+			b.byKey = make(map[string]*batchKey)
+		}
+		e = &batchKey{done: make(chan struct{})}
+		b.byKey[secret] = e
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.recs == nil {
-		b.recs = make(map[string]keyRecord)
+	b.mu.Unlock()
+	if waiting {
+		<-e.done
+		if e.ok {
+			rec := e.rec
+			return &rec, nil
+		}
+		return find()
 	}
-	b.recs[secret] = rec
+	defer close(e.done) // also if find panics: the waiters then check for themselves
+	rec, err := find()
+	if err != nil {
+		b.mu.Lock()
+		delete(b.byKey, secret) // later parts check for themselves
+		b.mu.Unlock()
+		return nil, err
+	}
+	e.rec, e.ok = *rec, true
+	return rec, nil
 }
 
 type keyInput struct {

@@ -136,6 +136,109 @@ func TestOutcomeTrimHysteresis(t *testing.T) {
 	}
 }
 
+// TestOutcomeAgeTrim: a pass for the age limit starts only once the oldest
+// outcome is OutcomeTTL/16 past it, and then drops what is past the limit,
+// not what the budget keeps.
+//
+// Regression: once a pass had started, the low-water mark of budget passes
+// applied to age passes too, and an age pass over a count between 7/8 of
+// the budget and the budget dropped unexpired outcomes (and with them the
+// idempotency keys of requests still within their TTL).
+func TestOutcomeAgeTrim(t *testing.T) {
+	const (
+		budget = 64 << 10
+		ttl    = time.Hour
+	)
+	q := openTuneTest(t, Options{Path: t.TempDir(), Partitions: 1, OutcomeMaxBytes: budget, OutcomeTTL: ttl}, nil)
+	qq := q.(*queue)
+	qq.gcCancel() // no trims in the background: the test runs each pass
+	ctx := context.Background()
+	body := bytes.Repeat([]byte("b"), 1000)
+	ack := func(finished time.Time) *Record {
+		t.Helper()
+		r := newRecord(0, "k", 10)
+		r.IdempotencyScope = r.ID // a full outcome, counted
+		mustAppend(t, q, r)
+		if err := q.Ack(ctx, r, Outcome{Status: StatusDelivered, ResponseStatus: 200, ResponseBody: body, FinishedAt: finished}); err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	// Past the TTL, but not by TTL/16 yet: no pass starts.
+	barely := ack(time.Now().Add(-ttl - ttl/32))
+	for range 58 {
+		ack(time.Time{})
+	}
+	if ob := q.Stats().OutcomeBytes; ob <= budget*7/8 || ob > budget {
+		t.Fatalf("outcome bytes %d, want between 7/8 of the budget and the budget", ob)
+	}
+	if n, err := qq.trimOutcomes(ctx); err != nil || n != 0 {
+		t.Fatalf("trim with the oldest outcome %v past the TTL deleted %d (%v), want none", ttl/32, n, err)
+	}
+	if _, err := q.Lookup(barely.ID); err != nil {
+		t.Fatalf("outcome just past the TTL: %v", err)
+	}
+	// Rewrite the oldest as long past the TTL: the pass starts, drops the
+	// outcomes past the TTL (both) and keeps the rest, although the count
+	// is above the low-water mark.
+	old := newRecord(0, "k", 10)
+	old.ID = "rec-00000000" // sorts before every other record of the test binary
+	mustAppend(t, q, old)
+	if err := q.Ack(ctx, old, Outcome{Status: StatusDelivered, ResponseStatus: 200, FinishedAt: time.Now().Add(-2 * ttl)}); err != nil {
+		t.Fatal(err)
+	}
+	n, err := qq.trimOutcomes(ctx)
+	if err != nil || n != 2 {
+		t.Fatalf("age trim deleted %d (%v), want the 2 outcomes past the TTL", n, err)
+	}
+	if _, err := q.Lookup(barely.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("outcome past the TTL after the age trim: %v, want ErrNotFound", err)
+	}
+}
+
+// TestTrimKeepsNewerIdempotencyKey: dropping an outcome drops its
+// idempotency entry only if the entry still names that outcome's record.
+//
+// Regression: the trim deleted K <scope> unconditionally. When the entry
+// had expired first (IdempotencyTTL) and the client had used the key again,
+// it named the newer record, and trimming the old outcome made a repeat of
+// the newer request, within its TTL, a new request: a duplicate delivery.
+func TestTrimKeepsNewerIdempotencyKey(t *testing.T) {
+	const budget = 2048
+	q := openTuneTest(t, Options{Path: t.TempDir(), Partitions: 1, OutcomeMaxBytes: budget, IdempotencyTTL: time.Second}, nil)
+	qq := q.(*queue)
+	qq.gcCancel() // no trims in the background: the test runs the pass
+	ctx := context.Background()
+	a := newRecord(0, "k", 10)
+	a.IdempotencyScope = "scope-1"
+	mustAppend(t, q, a)
+	if err := q.Ack(ctx, a, Outcome{Status: StatusDelivered, ResponseStatus: 200, ResponseBody: bytes.Repeat([]byte("a"), 4000)}); err != nil {
+		t.Fatal(err)
+	}
+	// Once A's idempotency entry has expired, the same key is a new request.
+	var b *Record
+	waitUntil(t, 10*time.Second, "the idempotency entry of the first request expired", func() bool {
+		r := newRecord(0, "k", 10)
+		r.IdempotencyScope = "scope-1"
+		if res := mustAppend(t, q, r); !res[0].Duplicate {
+			b = r
+			return true
+		}
+		return false
+	})
+	if err := q.Ack(ctx, b, Outcome{Status: StatusDelivered, ResponseStatus: 200, ResponseBody: []byte("b")}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := qq.trimOutcomes(ctx); err != nil || n != 1 {
+		t.Fatalf("trim deleted %d (%v), want A's outcome only", n, err)
+	}
+	again := newRecord(0, "k", 10)
+	again.IdempotencyScope = "scope-1"
+	if res := mustAppend(t, q, again); !res[0].Duplicate || res[0].ID != b.ID {
+		t.Fatalf("a repeat of B after A's outcome was trimmed: %+v, want B's answer", res[0])
+	}
+}
+
 // TestOutcomeTTL: outcomes older than OutcomeTTL are dropped and their
 // count returns to zero.
 func TestOutcomeTTL(t *testing.T) {

@@ -83,11 +83,11 @@ type op struct {
 	locs     []recLoc       // append: where each record was stored (set at commit)
 	replayed *Record        // replay
 	trimmed  int            // trim: outcomes deleted
-	// trimGoing: an earlier op of this trim pass deleted outcomes, so this
-	// one goes on down to the low-water mark without the start conditions.
-	trimGoing bool
-	err       error
-	done      chan struct{}
+	// trimMode: why the trim pass this op belongs to started (trimIdle for
+	// its first op); set by the op for the next one.
+	trimMode trimMode
+	err      error
+	done     chan struct{}
 }
 
 // estimate is the op's size for batch bounding.

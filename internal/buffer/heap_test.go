@@ -149,10 +149,10 @@ func TestHeapReserve(t *testing.T) {
 // from 2.1 KB to 4.6 KB within a minute as outcomes accumulated, and CPU
 // per request with them. Outcomes now sort below every other key and by
 // time, so a level-0 table meets only the newest kept outcomes: acks do not
-// come in exactly the order of the ids (and the readers may trail the
-// writers by the backlog deliverAll allows), so the bound is half the kept
-// outcome tables; with the old key a level-0 table met all of them. (A CI
-// run with a bound of 2 saw 5 on a busy machine.)
+// come in exactly the order of the ids, and the readers may trail the
+// writers by the backlog deliverAll allows (a CI run saw 5 of 16 before
+// that backlog was capped). With the old key a level-0 table met all of
+// them; the test fails on a level-0 table that meets all or all but one.
 func TestOutcomesOutOfCompactions(t *testing.T) {
 	if testing.Short() {
 		t.Skip("300,000 durable appends and acks")
@@ -183,7 +183,7 @@ func TestOutcomesOutOfCompactions(t *testing.T) {
 				}
 			}
 			most = max(most, n)
-			if n*2 > len(outs) {
+			if n >= len(outs)-1 {
 				spanning++
 			}
 		}
@@ -193,7 +193,7 @@ func TestOutcomesOutOfCompactions(t *testing.T) {
 		t.Fatal("never saw level-0 tables beside 8 or more outcome tables: the load is too small to test this")
 	}
 	if spanning > 0 {
-		t.Errorf("%d times a level-0 table's key range spanned over half the kept outcome tables (at most %d of up to %d): compactions rewrite them",
+		t.Errorf("%d times a level-0 table's key range spanned all or all but one of the kept outcome tables (at most %d of up to %d): compactions rewrite them",
 			spanning, most, seen)
 	}
 }

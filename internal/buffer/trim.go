@@ -30,23 +30,33 @@ import (
 // count passes the budget, every memtable would.
 
 // trimLowWater is the share of OutcomeMaxBytes (in eighths) a trim pass
-// that started over the budget leaves.
+// that started over the budget leaves; a pass for the age limit drops only
+// what is past it.
 const trimLowWater = 7
 
 // trimBatch bounds the outcomes one trim op deletes (one transaction).
 const trimBatch = 1024
 
-// planTrim stages the deletion of outcomes from the oldest: when the pass
-// starts (o.trimGoing false), only if the kept bytes exceed the budget or
-// the oldest outcome finished OutcomeTTL/16 before the age limit; then
-// every outcome while the kept bytes exceed the low-water mark, and those
-// finished before the age limit, stopping at the first one that is
-// neither. Outcomes of earlier versions (o <id>) are all older than the
-// others (0 <id>) and go first.
+// trimMode is why a trim pass started, which decides how far it goes.
+type trimMode uint8
+
+const (
+	trimIdle   trimMode = iota // not started: the first outcome decides
+	trimBudget                 // over OutcomeMaxBytes: down to the low-water mark, and past the TTL
+	trimAge                    // the oldest outcome OutcomeTTL/16 past the TTL: everything past the TTL
+)
+
+// planTrim stages the deletion of outcomes from the oldest. A pass starts
+// (o.trimMode trimIdle) only if the kept bytes exceed the budget, or if the
+// oldest outcome finished OutcomeTTL/16 before the age limit; it then
+// deletes every outcome finished before the age limit and, if it started
+// over the budget, every outcome while the kept bytes exceed the low-water
+// mark, stopping at the first one to keep. Outcomes of earlier versions
+// (o <id>) are all older than the others (0 <id>) and go first.
 func (q *queue) planTrim(o *op, s *txBatch, st *stage) (func(), error) {
 	tr := trimRun{
 		cutoff: time.Now().Add(-q.opts.OutcomeTTL),
-		going:  o.trimGoing,
+		mode:   o.trimMode,
 		low:    q.opts.OutcomeMaxBytes / 8 * trimLowWater,
 	}
 	tr.start = tr.cutoff.Add(-q.opts.OutcomeTTL / 16)
@@ -66,7 +76,7 @@ func (q *queue) planTrim(o *op, s *txBatch, st *stage) (func(), error) {
 			break
 		}
 	}
-	o.trimmed = tr.n
+	o.trimmed, o.trimMode = tr.n, tr.mode
 	return func() {
 		s.outcomeBytes = max(s.outcomeBytes-tr.freed, 0)
 		if tr.n > 0 {
@@ -77,9 +87,9 @@ func (q *queue) planTrim(o *op, s *txBatch, st *stage) (func(), error) {
 
 // trimRun is one trim op's progress.
 type trimRun struct {
-	cutoff, start time.Time // the age limit; an age-limit pass starts past start
-	low           int64     // the low-water mark of a pass that started over the budget
-	going         bool      // the pass has started deleting
+	cutoff, start time.Time // the age limit; an age pass starts past start
+	low           int64     // where a pass that started over the budget stops
+	mode          trimMode
 	freed         int64
 	n             int
 }
@@ -112,20 +122,35 @@ func (q *queue) trimRange(s *txBatch, st *stage, prefix byte, tr *trimRun) (bool
 			finished = out.FinishedAt
 		}
 		kept := s.outcomeBytes - tr.freed
-		if !tr.going {
-			old := out == nil || (!finished.IsZero() && finished.Before(tr.start))
-			if kept <= q.opts.OutcomeMaxBytes && !old {
+		if tr.mode == trimIdle {
+			switch {
+			case kept > q.opts.OutcomeMaxBytes:
+				tr.mode = trimBudget
+			case out == nil || (!finished.IsZero() && finished.Before(tr.start)):
+				tr.mode = trimAge
+			default:
 				return false, nil
 			}
-			tr.going = true
 		}
 		expired := out == nil || (!finished.IsZero() && finished.Before(tr.cutoff))
-		if kept <= tr.low && !expired {
+		if !expired && (tr.mode != trimBudget || kept <= tr.low) {
 			return false, nil
 		}
 		st.del(item.KeyCopy(nil))
 		if out != nil && out.scope != "" {
-			st.del(stringKey(prefixIdemScoped, out.scope))
+			// The idempotency entry goes with its outcome, unless it names
+			// a later record by now (it expired first and the key was used
+			// again, or a relayed 429 let it go): that one keeps it.
+			k := stringKey(prefixIdemScoped, out.scope)
+			v, found, err := getCopy(s.txn, k)
+			if err != nil {
+				return false, fmt.Errorf("buffer: trim outcomes: %w", err)
+			}
+			if found {
+				if id, _, err := decodeIdem(v); err != nil || id == string(item.Key()[1:]) {
+					st.del(k)
+				}
+			}
 		}
 		// Outcomes written before the count existed were never counted:
 		// the count is clamped at 0.
@@ -138,16 +163,16 @@ func (q *queue) trimRange(s *txBatch, st *stage, prefix byte, tr *trimRun) (bool
 // trimOutcomes runs trim ops until a pass deletes nothing or fewer than a
 // full batch. It returns the number of outcomes deleted.
 func (q *queue) trimOutcomes(ctx context.Context) (int, error) {
-	total := 0
+	total, mode := 0, trimIdle
 	for ctx.Err() == nil {
-		o := &op{kind: opTrim, trimGoing: total > 0}
+		o := &op{kind: opTrim, trimMode: mode}
 		if err := q.submit(ctx, o); err != nil {
 			return total, err
 		}
 		if o.err != nil {
 			return total, o.err
 		}
-		total += o.trimmed
+		total, mode = total+o.trimmed, o.trimMode
 		if o.trimmed < trimBatch {
 			break
 		}
