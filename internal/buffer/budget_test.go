@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -46,24 +45,33 @@ func openTuneTest(t testing.TB, opts Options, mod func(*tuning)) Queue {
 // idempotency entry goes with it, while a kept one still answers a repeat.
 // (The bug: outcomes and idempotency keys were kept 24 h whatever their
 // number, ~280 bytes per delivered request, and filled the disk.)
-func TestOutcomeBudget(t *testing.T) {
-	const budget = 64 << 10
-	q := openTuneTest(t, Options{Path: t.TempDir(), Partitions: 1, OutcomeMaxBytes: budget},
-		func(tu *tuning) { tu.budgetInterval = 50 * time.Millisecond })
-	ctx := context.Background()
-	var recs []*Record
-	for i := range 400 {
-		r := newRecord(0, "k", 10)
-		r.IdempotencyScope = fmt.Sprintf("scope-%d", i)
-		recs = append(recs, r)
+// ackFull appends n idempotent records of key and acknowledges each with a
+// full outcome (a 1000-byte body, counted against OutcomeMaxBytes) that
+// finished at finished (zero: now).
+func ackFull(t *testing.T, q Queue, key string, n int, finished time.Time) []*Record {
+	t.Helper()
+	recs := make([]*Record, n)
+	for i := range recs {
+		recs[i] = newRecord(0, key, 10)
+		recs[i].IdempotencyScope = recs[i].ID
 	}
 	mustAppend(t, q, recs...)
 	body := bytes.Repeat([]byte("b"), 1000)
 	for _, r := range recs {
-		if err := q.Ack(ctx, r, Outcome{Status: StatusDelivered, ResponseStatus: 200, ResponseBody: body}); err != nil {
+		out := Outcome{Status: StatusDelivered, ResponseStatus: 200, ResponseBody: body, FinishedAt: finished}
+		if err := q.Ack(context.Background(), r, out); err != nil {
 			t.Fatal(err)
 		}
 	}
+	return recs
+}
+
+func TestOutcomeBudget(t *testing.T) {
+	const budget = 64 << 10
+	q := openTuneTest(t, Options{Path: t.TempDir(), Partitions: 1, OutcomeMaxBytes: budget},
+		func(tu *tuning) { tu.budgetInterval = 50 * time.Millisecond })
+	recs := ackFull(t, q, "k", 400, time.Time{})
+	body := bytes.Repeat([]byte("b"), 1000)
 	waitUntil(t, 10*time.Second, "outcomes within budget", func() bool { return q.Stats().OutcomeBytes <= budget })
 	if ob := q.Stats().OutcomeBytes; ob < budget/2 {
 		t.Fatalf("outcome bytes %d: more dropped than the budget needs", ob)
@@ -103,19 +111,7 @@ func TestOutcomeTrimHysteresis(t *testing.T) {
 	qq := q.(*queue)
 	qq.gcCancel() // no trims in the background: the test runs each pass
 	ctx := context.Background()
-	body := bytes.Repeat([]byte("b"), 1000)
-	ack := func(n int) {
-		t.Helper()
-		for range n {
-			r := newRecord(0, "k", 10)
-			r.IdempotencyScope = r.ID // a full outcome, counted
-			mustAppend(t, q, r)
-			if err := q.Ack(ctx, r, Outcome{Status: StatusDelivered, ResponseStatus: 200, ResponseBody: body}); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	ack(100)
+	ackFull(t, q, "k", 100, time.Time{})
 	if ob := q.Stats().OutcomeBytes; ob <= budget {
 		t.Fatalf("outcome bytes %d, want over the budget %d to start with", ob, budget)
 	}
@@ -126,7 +122,7 @@ func TestOutcomeTrimHysteresis(t *testing.T) {
 		t.Fatalf("outcome bytes %d after a trim pass, want just under the low-water mark %d", ob, low)
 	}
 	before := q.Stats().OutcomeBytes
-	ack(2) // still under the budget
+	ackFull(t, q, "k", 2, time.Time{}) // still under the budget
 	n, err := qq.trimOutcomes(ctx)
 	if err != nil || n != 0 {
 		t.Fatalf("a trim under the budget deleted %d (%v), want none", n, err)
@@ -153,22 +149,9 @@ func TestOutcomeAgeTrim(t *testing.T) {
 	qq := q.(*queue)
 	qq.gcCancel() // no trims in the background: the test runs each pass
 	ctx := context.Background()
-	body := bytes.Repeat([]byte("b"), 1000)
-	ack := func(finished time.Time) *Record {
-		t.Helper()
-		r := newRecord(0, "k", 10)
-		r.IdempotencyScope = r.ID // a full outcome, counted
-		mustAppend(t, q, r)
-		if err := q.Ack(ctx, r, Outcome{Status: StatusDelivered, ResponseStatus: 200, ResponseBody: body, FinishedAt: finished}); err != nil {
-			t.Fatal(err)
-		}
-		return r
-	}
 	// Past the TTL, but not by TTL/16 yet: no pass starts.
-	barely := ack(time.Now().Add(-ttl - ttl/32))
-	for range 58 {
-		ack(time.Time{})
-	}
+	barely := ackFull(t, q, "k", 1, time.Now().Add(-ttl-ttl/32))[0]
+	ackFull(t, q, "k", 58, time.Time{})
 	if ob := q.Stats().OutcomeBytes; ob <= budget*7/8 || ob > budget {
 		t.Fatalf("outcome bytes %d, want between 7/8 of the budget and the budget", ob)
 	}

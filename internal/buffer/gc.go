@@ -100,10 +100,10 @@ func (q *queue) gcLoop(ctx context.Context) {
 // tables up to Badger's write stall), has grown by DiskOverhead/4 since the
 // last flatten left it (or since its lowest size after that), and that
 // flatten is at least tuning.compactInterval ago (c: the state kept between
-// calls). The growth condition keeps a
-// directory that is near the budget because of live data (a full queue)
-// from being rewritten again and again for nothing. It runs in the GC
-// goroutine, which also runs reclaim's DropPrefix: the two never overlap.
+// calls). The growth condition keeps a directory that is near the budget
+// because of live data (a full queue) from being rewritten again and again
+// for nothing. It runs in the GC goroutine, which also runs reclaim's
+// DropPrefix: the two never overlap.
 func (q *queue) compactIfNear(c *compactState) {
 	size := q.disk.size(q.opts.Path)
 	c.after = min(c.after, size) // a reclaim or a trim may have shrunk it since

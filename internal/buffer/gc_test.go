@@ -201,35 +201,13 @@ func TestCompactionBoundsLongQueuedRecords(t *testing.T) {
 	body := bytes.Repeat([]byte("r"), 512)
 	for p := range parts {
 		wg.Go(func() {
-			after := uint64(0)
-			for ctx.Err() == nil {
-				recs, err := q.Read(p, after, 64, 0)
-				if err != nil {
-					errs <- err
-					return
-				}
-				if len(recs) == 0 || q.Stats().Bytes < maxBytes*9/10 {
-					select {
-					case <-q.Notify(p):
-					case <-ctx.Done():
-					case <-time.After(5 * time.Millisecond):
-					}
-					continue
-				}
-				for _, r := range recs {
-					out := Outcome{Status: StatusDelivered, ResponseStatus: 200}
-					if r.IdempotencyScope != "" {
-						out.ResponseBody = body
-					}
-					if err := q.Ack(ctx, r, out); err != nil {
-						if ctx.Err() == nil {
-							errs <- err
-						}
-						return
-					}
-					acked.Add(1)
-				}
-				after = recs[len(recs)-1].Seq
+			// Acknowledged only while the queue is nearly full, so records
+			// wait there long enough to reach Badger's last level.
+			err := acker{max: 64, poll: 5 * time.Millisecond, body: body,
+				hold:  func() bool { return q.Stats().Bytes < maxBytes*9/10 },
+				acked: func() { acked.Add(1) }}.run(ctx, q, p)
+			if err != nil {
+				errs <- err
 			}
 		})
 	}

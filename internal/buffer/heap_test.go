@@ -58,35 +58,14 @@ func deliverAll(t *testing.T, q Queue, parts, writers, total int, sample func())
 		}()
 	}
 	for p := range parts {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			after := uint64(0)
-			for ctx.Err() == nil && acked.Load() < int64(total) {
-				recs, err := q.Read(p, after, 256, 0)
-				if err != nil {
-					errs <- fmt.Errorf("read: %w", err)
-					return
-				}
-				if len(recs) == 0 {
-					select {
-					case <-q.Notify(p):
-					case <-ctx.Done():
-					case <-time.After(50 * time.Millisecond):
-					}
-					continue
-				}
-				for _, r := range recs {
-					if err := q.Ack(ctx, r, Outcome{Status: StatusDelivered, ResponseStatus: 200}); err != nil {
-						errs <- fmt.Errorf("ack: %w", err)
-						return
-					}
-					acked.Add(1)
-					<-backlog
-				}
-				after = recs[len(recs)-1].Seq
+		wg.Go(func() {
+			err := acker{max: 256, poll: 50 * time.Millisecond,
+				until: func() bool { return acked.Load() >= int64(total) },
+				acked: func() { acked.Add(1); <-backlog }}.run(ctx, q, p)
+			if err != nil {
+				errs <- err
 			}
-		}()
+		})
 	}
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()

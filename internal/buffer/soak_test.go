@@ -52,6 +52,55 @@ func duBytes(dir string) int64 {
 	return n
 }
 
+// acker reads one partition from its start and acknowledges each record as
+// delivered, as a delivery loop whose backend keeps up would: the load
+// tests' consumer side.
+type acker struct {
+	max   int           // records per Read
+	poll  time.Duration // longest wait for new records
+	until func() bool   // stop once it says so (nil: when ctx ends)
+	hold  func() bool   // while it says so, wait instead of acknowledging (nil: never)
+	body  []byte        // response body of idempotent records' outcomes
+	acked func()        // called after each ack (nil: nothing)
+}
+
+// run acknowledges partition p's records until ctx ends or a.until says
+// stop. An error of the queue is returned; one caused by ctx ending is not.
+func (a acker) run(ctx context.Context, q Queue, p int) error {
+	after := uint64(0)
+	for ctx.Err() == nil && (a.until == nil || !a.until()) {
+		recs, err := q.Read(p, after, a.max, 0)
+		if err != nil {
+			return fmt.Errorf("read: %w", err)
+		}
+		if len(recs) == 0 || (a.hold != nil && a.hold()) {
+			select {
+			case <-q.Notify(p):
+			case <-ctx.Done():
+			case <-time.After(a.poll):
+			}
+			continue
+		}
+		for _, r := range recs {
+			out := Outcome{Status: StatusDelivered, ResponseStatus: 200}
+			if r.IdempotencyScope != "" {
+				out.ResponseBody = a.body
+			}
+			if err := q.Ack(ctx, r, out); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return fmt.Errorf("ack: %w", err)
+			}
+			if a.acked != nil {
+				a.acked()
+			}
+		}
+		after = recs[len(recs)-1].Seq
+	}
+	return nil
+}
+
 func TestSustainedLoadDiskFlat(t *testing.T) {
 	dur := soakDuration(t)
 	const (
@@ -92,38 +141,12 @@ func TestSustainedLoadDiskFlat(t *testing.T) {
 		}()
 	}
 	for p := range parts {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			after := uint64(0)
-			for ctx.Err() == nil {
-				recs, err := q.Read(p, after, 256, 0)
-				if err != nil {
-					errs <- err
-					return
-				}
-				if len(recs) == 0 {
-					select {
-					case <-q.Notify(p):
-					case <-ctx.Done():
-					case <-time.After(50 * time.Millisecond):
-					}
-					continue
-				}
-				for _, r := range recs {
-					out := Outcome{Status: StatusDelivered, ResponseStatus: 200}
-					if r.IdempotencyScope != "" {
-						out.ResponseBody = body
-					}
-					if err := q.Ack(context.Background(), r, out); err != nil {
-						errs <- fmt.Errorf("ack: %w", err)
-						return
-					}
-					acked.Add(1)
-				}
-				after = recs[len(recs)-1].Seq
+		wg.Go(func() {
+			err := acker{max: 256, poll: 50 * time.Millisecond, body: body, acked: func() { acked.Add(1) }}.run(ctx, q, p)
+			if err != nil {
+				errs <- err
 			}
-		}()
+		})
 	}
 
 	// Sample the size once a second.

@@ -220,25 +220,12 @@ func TestCheckExportBothLayouts(t *testing.T) {
 func TestUpgradeOutcomesTrimmedFirst(t *testing.T) {
 	const budget = 64 << 10
 	dir := copyFixture(t)
-	ctx := context.Background()
 	q := openTuneTest(t, Options{Path: dir, Partitions: 2, Route: fixtureRoute, OutcomeMaxBytes: budget, OutcomeTTL: fixtureTTL},
 		func(tu *tuning) { tu.budgetInterval = 50 * time.Millisecond })
 	if _, err := q.Lookup(fixtureID(0)); err != nil {
 		t.Fatalf("outcome of the previous release: %v", err)
 	}
-	var recs []*Record
-	for i := range 100 {
-		r := newRecord(0, "p0", 10)
-		r.IdempotencyScope = fmt.Sprintf("scope-%d", i) // full outcomes, counted against the budget
-		recs = append(recs, r)
-	}
-	mustAppend(t, q, recs...)
-	body := bytes.Repeat([]byte("b"), 1000)
-	for _, r := range recs {
-		if err := q.Ack(ctx, r, Outcome{Status: StatusDelivered, ResponseStatus: 200, ResponseBody: body}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	recs := ackFull(t, q, "p0", 100, time.Time{})
 	waitUntil(t, 10*time.Second, "outcomes within budget", func() bool { return q.Stats().OutcomeBytes <= budget })
 	if _, err := q.Lookup(fixtureID(0)); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("outcome of the previous release after the trim: %v, want ErrNotFound", err)

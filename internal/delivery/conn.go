@@ -74,10 +74,10 @@ func (w *wire) dial(ctx context.Context) error {
 // errStale is a reused connection that the backend had closed.
 var errStale = errors.New("stale keep-alive connection")
 
-// send delivers rec and reads the answer (body up to maxBody). A reused
-// connection the backend closed meanwhile is redialled once (the request
-// had not reached it; a repeat would be deduped by X-Request-ID anyway).
-func (w *wire) send(ctx context.Context, rec *buffer.Record, maxBody int64, read func(*http.Response, io.Reader) answer) answer {
+// send delivers rec and reads the answer with read. A reused connection
+// the backend closed meanwhile is redialled once (the request had not
+// reached it; a repeat would be deduped by X-Request-ID anyway).
+func (w *wire) send(ctx context.Context, rec *buffer.Record, read func(*http.Response, io.Reader) answer) answer {
 	recs := [1]*buffer.Record{rec}
 	var out [1]answer
 	w.sendAll(ctx, recs[:], out[:], read)

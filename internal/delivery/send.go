@@ -166,7 +166,7 @@ func outboundHeader(rec *buffer.Record) http.Header {
 // connection w, or (h2c, https, w nil) the shared net/http client.
 func (l *loop) sendOne(ctx context.Context, rec *buffer.Record, w *wire) answer {
 	if w != nil {
-		return w.send(ctx, rec, l.e.opt.MaxResponseBody, l.readAnswer)
+		return w.send(ctx, rec, l.readAnswer)
 	}
 	u, err := url.Parse(l.e.opt.BackendURL(l.p) + target(rec))
 	if err != nil {
