@@ -4,17 +4,21 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"mime/multipart"
 	"net/http"
 	"net/http/httptest"
+	"net/textproto"
 	"os"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/flowedge/flowedge/internal/api"
 	"github.com/flowedge/flowedge/internal/testutil/pgtest"
 )
 
@@ -165,4 +169,80 @@ func benchAppend(b *testing.B, e *env) {
 		}
 	})
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "appends/s")
+}
+
+// BenchmarkEventBatch compares api-flow's two ways of taking the real
+// stack's load (each event a new process, 300-byte body, its own
+// X-Request-ID): 64 concurrent clients posting one event each (what a
+// hashing proxy sends) against 4 concurrent edge batches of 64 parts (what
+// the edge sends with protocol = "batch"). One op is one event; cpu-µs/event
+// is the whole process (server and client) from getrusage.
+func BenchmarkEventBatch(b *testing.B) {
+	body := `{"type":"bench","data":"` + strings.Repeat("x", 270) + `"}`
+	var seq atomic.Int64
+	b.Run("direct", func(b *testing.B) {
+		e := newEnv(b)
+		b.SetParallelism(32)
+		measureEvents(b, func(pb *testing.PB) {
+			for pb.Next() {
+				i := seq.Add(1)
+				req, _ := http.NewRequest("POST", fmt.Sprintf("%s/api/v1/processes/p%x/events", e.ts.URL, i), strings.NewReader(body))
+				req.Header.Set("Authorization", "Bearer "+adminKey)
+				req.Header.Set("Content-Type", "application/json")
+				req.Header.Set("X-Request-ID", fmt.Sprintf("d-%d", i))
+				if err := expect(e.client.Do(req))(http.StatusCreated); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	})
+	for _, size := range []int{4, 16, 64} {
+		b.Run(fmt.Sprintf("batch=%d", size), func(b *testing.B) {
+			e := newEnv(b)
+			b.SetParallelism(2)
+			measureEvents(b, func(pb *testing.PB) {
+				var buf bytes.Buffer
+				for {
+					buf.Reset()
+					mw := multipart.NewWriter(&buf)
+					n := 0
+					for n < size && pb.Next() {
+						i := seq.Add(1)
+						pw, _ := mw.CreatePart(textproto.MIMEHeader{"Content-Type": {"application/http"}})
+						fmt.Fprintf(pw, "POST /api/v1/processes/p%x/events HTTP/1.1\r\nHost: api\r\nX-Process-ID: p%x\r\nX-Request-ID: b-%d\r\nX-Edge-Attempt: 1\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s",
+							i, i, i, adminKey, len(body), body)
+						n++
+					}
+					if n == 0 {
+						return
+					}
+					mw.Close()
+					res, err := e.client.Post(e.ts.URL+api.BatchPath, "multipart/mixed; boundary="+mw.Boundary(), &buf)
+					if err := expect(res, err)(http.StatusOK); err != nil {
+						b.Error(err)
+						return
+					}
+					if n < size {
+						return
+					}
+				}
+			})
+		})
+	}
+}
+
+// measureEvents runs body in parallel and reports events/s and the
+// process's CPU per event.
+func measureEvents(b *testing.B, body func(*testing.PB)) {
+	var ru0, ru1 syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
+	b.ResetTimer()
+	start := time.Now()
+	b.RunParallel(body)
+	elapsed := time.Since(start)
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
+	cpu := time.Duration(ru1.Utime.Nano() + ru1.Stime.Nano() - ru0.Utime.Nano() - ru0.Stime.Nano())
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "events/s")
+	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/event")
 }

@@ -426,3 +426,105 @@ func TestBatchEnvelopeRefused(t *testing.T) {
 		})
 	}
 }
+
+// TestBatchesGatherBehindOneInFlight: while a batch is in flight, the
+// records that arrive go together in the partition's next batch, sent when
+// the first answers or batchStagger after it went. Before, every arrival
+// was sent at once, up to four batches in flight: a busy partition sent
+// many batches of a few records each, and api-flow spends about twice the
+// CPU per record on batches of 4 as on batches of 16 or more
+// (BenchmarkEventBatch in internal/api). Played on a loop that is not
+// running, with its clock passed in.
+func TestBatchesGatherBehindOneInFlight(t *testing.T) {
+	q := openQueue(t, t.TempDir(), 1)
+	t.Cleanup(func() { q.Close() })
+	e, err := New(Options{Queue: q, Partitions: 1, BackendURL: func(int) string { return "http://127.0.0.1:1" },
+		Protocol: ProtocolBatch})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	l := e.loops[0]
+	arrive := func(keys ...string) {
+		t.Helper()
+		for _, k := range keys {
+			appendRecs(t, q, testRecord(k, 1, k))
+		}
+		l.atEnd = false // as the queue's notification sets it
+		if err := l.fill(); err != nil {
+			t.Fatalf("fill: %v", err)
+		}
+	}
+	sent := func(want ...string) *job {
+		t.Helper()
+		if len(l.jobs) != 1 {
+			t.Fatalf("%d jobs handed out, want one batch of %v", len(l.jobs), want)
+		}
+		j := <-l.jobs
+		var got []string
+		for _, it := range j.items {
+			got = append(got, it.rec.Key)
+		}
+		slices.Sort(got)
+		if !j.batch || !slices.Equal(got, want) {
+			t.Fatalf("sent %v (batch %v), want one batch of %v", got, j.batch, want)
+		}
+		return j
+	}
+
+	t0 := time.Now()
+	arrive("A")
+	l.dispatch(t0)
+	first := sent("A") // nothing in flight: at once
+	for i, k := range []string{"B", "C", "D"} {
+		arrive(k)
+		_, wake := l.dispatch(t0.Add(time.Duration(i+1) * time.Millisecond))
+		if len(l.jobs) != 0 {
+			t.Fatalf("%s sent at once beside the batch in flight, want it kept for the next batch", k)
+		}
+		if want := t0.Add(batchStagger); !wake.Equal(want) {
+			t.Fatalf("loop wakes at %v, want batchStagger after the first batch (%v)", wake, want)
+		}
+	}
+	l.dispatch(t0.Add(batchStagger)) // the first is slow: the next goes anyway
+	second := sent("B", "C", "D")
+
+	arrive("E", "F")
+	l.dispatch(t0.Add(batchStagger + time.Millisecond))
+	if len(l.jobs) != 0 {
+		t.Fatal("E and F sent at once beside the second batch")
+	}
+	l.complete(report{job: first, fates: []int{fateFinal}})
+	l.complete(report{job: second, fates: []int{fateFinal, fateFinal, fateFinal}})
+	l.dispatch(t0.Add(batchStagger + 2*time.Millisecond)) // answered: at once
+	sent("E", "F")
+}
+
+// TestHungBatchDoesNotHoldPartition: a batch the backend does not answer
+// holds back the rest of its partition for batchStagger, not until the
+// delivery timeout: other keys go in the next batch meanwhile.
+func TestHungBatchDoesNotHoldPartition(t *testing.T) {
+	store := newDedupeStore()
+	release := make(chan struct{})
+	srv := httptest.NewServer(&batchServer{store: store, part: func(r *http.Request, _ int) int {
+		if r.Header.Get("X-Process-ID") == "stuck" {
+			<-release
+		}
+		return http.StatusCreated
+	}})
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(release) }) // before srv.Close, which waits for the handler
+	q := openQueue(t, t.TempDir(), 1)
+	appendRecs(t, q, testRecord("stuck", 1, "s"))
+	startEngine(t, q, 1, srv, func(o *Options) {
+		batchOptions(o)
+		o.Timeout = 10 * time.Minute
+	})
+	waitFor(t, "the stuck batch at the backend", func() bool {
+		store.mu.Lock()
+		defer store.mu.Unlock()
+		return len(store.hits) == 1
+	})
+	others, _ := keysRecords(1, 5, 1)
+	appendRecs(t, q, others...)
+	waitFor(t, "the other keys applied while the stuck batch hangs", func() bool { return store.effects() == 1+len(others) })
+}

@@ -22,7 +22,8 @@
 //   - Protocol "batch" sends up to BatchMax records of distinct keys in one
 //     multipart/mixed request (see batch.go), with the same outcome rules per
 //     record; a backend that answers 404/405/415 to a batch is sent single
-//     requests from then on.
+//     requests from then on. A partition sends its next batch when the one
+//     in flight answers, or batchStagger after it went (up to 4 in flight).
 //   - Pipeline N > 1 (request mode, http:// backends) sends up to N records
 //     of distinct keys pipelined on a worker's connection (conn.go), with the
 //     same outcome rules per record; each answer has its own deadline, and
@@ -66,6 +67,14 @@ const (
 	ProtocolBatch     = "batch"
 	DefaultBatchPath  = "/_edge/batch"
 	maxConcurrentJobs = 4 // batches in flight per partition (protocol "batch")
+	// batchStagger: while a batch is in flight, the partition's next batch
+	// waits for its answer or, at most, until the last batch has been out
+	// this long. The records that arrive meanwhile go together, so a busy
+	// partition sends one large batch per round trip instead of several
+	// small ones (a backend's work per record falls steeply with the batch
+	// size: docs/benchmarks.md), and a slow or hung batch holds back the
+	// rest of the partition for no longer than this.
+	batchStagger = 25 * time.Millisecond
 )
 
 // Errors of Submit. Callers test them with errors.Is.

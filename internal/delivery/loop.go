@@ -90,8 +90,9 @@ type loop struct {
 	rescans     []string           // spilled keys whose rescan failed: retried by the loop
 	held        int                // records in the window
 	heldBytes   int
-	inFlight    int // records in jobs under way
-	jobsOut     int // jobs under way
+	inFlight    int       // records in jobs under way
+	jobsOut     int       // jobs under way
+	lastBatch   time.Time // when the last batch job was handed to a worker
 	// early holds replays and lifted parks of dead letters whose worker has
 	// not reported yet (the dead letter is on disk before the report reaches
 	// the loop): each is carried out once that report is taken, since the
@@ -435,6 +436,9 @@ func (l *loop) dispatch(now time.Time) (gateCh <-chan struct{}, wake time.Time) 
 		maxJobs = min(maxConcurrentJobs, opt.MaxInFlight)
 	}
 	for l.ready.Len() > 0 && l.inFlight < opt.MaxInFlight && l.jobsOut < maxJobs {
+		if next := l.lastBatch.Add(batchStagger); batch && l.jobsOut > 0 && now.Before(next) {
+			return nil, next // gather behind the batch in flight (batchStagger)
+		}
 		ok, probe, ch, w := l.gate.admit(now)
 		if !ok {
 			return ch, w
@@ -483,6 +487,9 @@ func (l *loop) dispatch(now time.Time) (gateCh <-chan struct{}, wake time.Time) 
 		l.inFlight += len(j.items)
 		l.inFlightN.Add(int32(len(j.items)))
 		l.jobsOut++
+		if j.batch {
+			l.lastBatch = now
+		}
 		l.jobs <- j // buffered to the worker count: never blocks
 	}
 	return nil, time.Time{}
