@@ -83,6 +83,7 @@ bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./internal/buffer/ ./internal/partition/
 	$(GO) test -run '^$$' -bench Deliver -benchtime 5000x ./internal/delivery/
 	$(GO) test -run '^$$' -bench 'Append' -benchtime 2s ./internal/api/ ./internal/api/store/badgerstore/ ./internal/api/store/pgstore/
+	$(GO) test -run '^$$' -bench 'EventBatch' -benchtime 20000x ./internal/api/
 	FLOW_API_BENCH=1 $(GO) test -run TestPacedLatency -v ./internal/api/
 	$(GO) run ./bench/e2e -duration 10s -connections 64 -edge-bin $(BIN)/edge -api-bin $(BIN)/api
 	FLOWEDGE_SOAK=30m $(GO) test -run TestSustainedLoadDiskFlat -v -timeout 40m ./internal/buffer/
