@@ -499,9 +499,42 @@ func TestBatchesGatherBehindOneInFlight(t *testing.T) {
 	sent("E", "F")
 }
 
+// TestFullBatchGoesBesideOneInFlight: a full batch does not wait behind the
+// one in flight when max_in_flight leaves room for it (waiting would not
+// make it larger), so a backlog drains with several batches in flight.
+func TestFullBatchGoesBesideOneInFlight(t *testing.T) {
+	q := openQueue(t, t.TempDir(), 1)
+	t.Cleanup(func() { q.Close() })
+	e, err := New(Options{Queue: q, Partitions: 1, BackendURL: func(int) string { return "http://127.0.0.1:1" },
+		Protocol: ProtocolBatch, BatchMax: 4, MaxInFlight: 16})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	l := e.loops[0]
+	for _, k := range []string{"A", "B", "C", "D", "E", "F", "G", "H", "I"} {
+		appendRecs(t, q, testRecord(k, 1, k))
+	}
+	if err := l.fill(); err != nil {
+		t.Fatalf("fill: %v", err)
+	}
+	t0 := time.Now()
+	l.dispatch(t0)
+	var sizes []int
+	for len(l.jobs) > 0 {
+		sizes = append(sizes, len((<-l.jobs).items))
+	}
+	// Two full batches at once; the ninth record waits for an answer.
+	if !slices.Equal(sizes, []int{4, 4}) {
+		t.Fatalf("batches sent at once: %v, want [4 4]", sizes)
+	}
+}
+
 // TestHungBatchDoesNotHoldPartition: a batch the backend does not answer
 // holds back the rest of its partition for batchStagger, not until the
-// delivery timeout: other keys go in the next batch meanwhile.
+// delivery timeout: other keys go in the next batch meanwhile. (Red with
+// one batch in flight per partition and no stagger; whether the others
+// arrive within batchStagger of the stuck batch or later depends on the
+// machine's speed, TestBatchesGatherBehindOneInFlight pins the wait itself.)
 func TestHungBatchDoesNotHoldPartition(t *testing.T) {
 	store := newDedupeStore()
 	release := make(chan struct{})
@@ -512,13 +545,13 @@ func TestHungBatchDoesNotHoldPartition(t *testing.T) {
 		return http.StatusCreated
 	}})
 	t.Cleanup(srv.Close)
-	t.Cleanup(func() { close(release) }) // before srv.Close, which waits for the handler
 	q := openQueue(t, t.TempDir(), 1)
 	appendRecs(t, q, testRecord("stuck", 1, "s"))
 	startEngine(t, q, 1, srv, func(o *Options) {
 		batchOptions(o)
 		o.Timeout = 10 * time.Minute
 	})
+	t.Cleanup(func() { close(release) }) // first: the engine's stop and srv.Close wait for the handler
 	waitFor(t, "the stuck batch at the backend", func() bool {
 		store.mu.Lock()
 		defer store.mu.Unlock()

@@ -92,7 +92,8 @@ type loop struct {
 	heldBytes   int
 	inFlight    int       // records in jobs under way
 	jobsOut     int       // jobs under way
-	lastBatch   time.Time // when the last batch job was handed to a worker
+	batchesOut  int       // of which batches
+	lastBatch   time.Time // when the last batch was handed to a worker
 	// early holds replays and lifted parks of dead letters whose worker has
 	// not reported yet (the dead letter is on disk before the report reaches
 	// the loop): each is carried out once that report is taken, since the
@@ -436,7 +437,7 @@ func (l *loop) dispatch(now time.Time) (gateCh <-chan struct{}, wake time.Time) 
 		maxJobs = min(maxConcurrentJobs, opt.MaxInFlight)
 	}
 	for l.ready.Len() > 0 && l.inFlight < opt.MaxInFlight && l.jobsOut < maxJobs {
-		if next := l.lastBatch.Add(batchStagger); batch && l.jobsOut > 0 && now.Before(next) {
+		if next := l.lastBatch.Add(batchStagger); batch && l.batchesOut > 0 && now.Before(next) && !l.fullBatchWaits() {
 			return nil, next // gather behind the batch in flight (batchStagger)
 		}
 		ok, probe, ch, w := l.gate.admit(now)
@@ -488,6 +489,7 @@ func (l *loop) dispatch(now time.Time) (gateCh <-chan struct{}, wake time.Time) 
 		l.inFlightN.Add(int32(len(j.items)))
 		l.jobsOut++
 		if j.batch {
+			l.batchesOut++
 			l.lastBatch = now
 		}
 		l.jobs <- j // buffered to the worker count: never blocks
@@ -502,6 +504,15 @@ func (l *loop) dispatch(now time.Time) (gateCh <-chan struct{}, wake time.Time) 
 // large answers to a large pipelined job would, until the timeout, again on
 // every retry).
 const pipelineBytes = 64 << 10
+
+// fullBatchWaits says whether a full batch is ready and would fit beside
+// those in flight: waiting would not make it larger, so it goes at once (a
+// backlog drains with several batches in flight when max_in_flight leaves
+// room for them).
+func (l *loop) fullBatchWaits() bool {
+	opt := &l.e.opt
+	return l.ready.Len() >= opt.BatchMax && opt.MaxInFlight-l.inFlight >= opt.BatchMax
+}
 
 // eligible says whether a popped candidate may be sent now; a head of a
 // parked key is set aside until the park is lifted.
@@ -522,6 +533,9 @@ func (l *loop) eligible(it *item) bool {
 // complete takes a worker's report.
 func (l *loop) complete(r report) {
 	l.jobsOut--
+	if r.job.batch {
+		l.batchesOut--
+	}
 	l.inFlight -= len(r.job.items)
 	l.inFlightN.Add(-int32(len(r.job.items)))
 	for i, it := range r.job.items {
