@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	badger "github.com/dgraph-io/badger/v4"
 )
 
 // waitUntil polls cond until it holds or the deadline passes.
@@ -176,6 +178,39 @@ func TestOutcomeAgeTrim(t *testing.T) {
 	}
 	if _, err := q.Lookup(barely.ID); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("outcome past the TTL after the age trim: %v, want ErrNotFound", err)
+	}
+}
+
+// TestOutcomeWithoutFinishTimeAged: an outcome with no finish time is
+// dropped by the age pass. Regression: it counted as never expiring, so an
+// age pass stopped at it; every later outcome then outlived the TTL until
+// the budget filled, and so did the idempotency keys with them.
+func TestOutcomeWithoutFinishTimeAged(t *testing.T) {
+	const ttl = time.Hour
+	q := openTuneTest(t, Options{Path: t.TempDir(), Partitions: 1, OutcomeTTL: ttl}, nil)
+	qq := q.(*queue)
+	qq.gcCancel() // no trims in the background: the test runs the pass
+	ctx := context.Background()
+	// As an earlier version or damage could leave it: no finish time, and
+	// the lowest id, where every pass starts.
+	err := qq.db.Update(func(txn *badger.Txn) error {
+		return txn.Set(stringKey(prefixOutcome, "rec-00000000"), encodeOutcome(&Outcome{Status: StatusDelivered, ResponseStatus: 200}, 0))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	expired := ackFull(t, q, "k", 3, time.Now().Add(-2*ttl))
+	kept := ackFull(t, q, "k", 1, time.Time{})[0]
+	if n, err := qq.trimOutcomes(ctx); err != nil || n != 4 {
+		t.Fatalf("age trim deleted %d (%v), want the outcome without a finish time and the 3 past the TTL", n, err)
+	}
+	for _, r := range expired {
+		if _, err := q.Lookup(r.ID); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("outcome past the TTL after the age trim: %v, want ErrNotFound", err)
+		}
+	}
+	if _, err := q.Lookup(kept.ID); err != nil {
+		t.Fatalf("outcome within the TTL: %v", err)
 	}
 }
 

@@ -117,7 +117,10 @@ func (q *queue) trimRange(s *txBatch, st *stage, prefix byte, tr *trimRun) (bool
 		if err != nil {
 			return false, fmt.Errorf("buffer: trim outcomes: %w", err)
 		}
-		finished := time.Time{}
+		// An outcome without a finish time (only earlier versions' data or
+		// damage leave one; Ack stamps every outcome) counts as expired,
+		// like a damaged one: kept, it would stop every age pass here.
+		var finished time.Time
 		if out != nil {
 			finished = out.FinishedAt
 		}
@@ -126,13 +129,13 @@ func (q *queue) trimRange(s *txBatch, st *stage, prefix byte, tr *trimRun) (bool
 			switch {
 			case kept > q.opts.OutcomeMaxBytes:
 				tr.mode = trimBudget
-			case out == nil || (!finished.IsZero() && finished.Before(tr.start)):
+			case finished.Before(tr.start): // a zero time too
 				tr.mode = trimAge
 			default:
 				return false, nil
 			}
 		}
-		expired := out == nil || (!finished.IsZero() && finished.Before(tr.cutoff))
+		expired := finished.Before(tr.cutoff)
 		if !expired && (tr.mode != trimBudget || kept <= tr.low) {
 			return false, nil
 		}
