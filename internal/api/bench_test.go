@@ -175,7 +175,7 @@ func benchAppend(b *testing.B, e *env) {
 
 // BenchmarkEventBatch compares api-flow's two ways of taking the real
 // stack's load (each event a new process, 300-byte body, its own
-// X-Request-ID): 16 concurrent clients per GOMAXPROCS posting one event each
+// X-Request-ID): 32 concurrent clients per GOMAXPROCS posting one event each
 // (64 on two cores; what a hashing proxy sends) against 2 concurrent edge
 // batches per GOMAXPROCS (4 on two cores) of 4, 16 or 64 parts (what the
 // edge sends with protocol = "batch"). Every part must be answered 201. One
@@ -236,12 +236,14 @@ func BenchmarkEventBatch(b *testing.B) {
 	}
 }
 
-// allCreated checks that a batch's answer holds n parts, each 201.
+// allCreated checks that a batch's answer holds n parts, each 201, and
+// reads it to the end (so the client keeps the connection).
 func allCreated(res *http.Response, err error, n int) error {
 	if err != nil {
 		return err
 	}
 	defer res.Body.Close()
+	defer io.Copy(io.Discard, res.Body)
 	_, params, err := mime.ParseMediaType(res.Header.Get("Content-Type"))
 	if res.StatusCode != http.StatusOK || err != nil {
 		return fmt.Errorf("batch answered %d %s", res.StatusCode, res.Header.Get("Content-Type"))
@@ -260,6 +262,9 @@ func allCreated(res *http.Response, err error, n int) error {
 			b, _ := io.ReadAll(r.Body)
 			return fmt.Errorf("part %d answered %d: %s", i+1, r.StatusCode, b)
 		}
+	}
+	if _, err := mr.NextPart(); err != io.EOF {
+		return fmt.Errorf("answer holds more than the %d parts sent (%v)", n, err)
 	}
 	return nil
 }

@@ -117,9 +117,10 @@ func (q *queue) trimRange(s *txBatch, st *stage, prefix byte, tr *trimRun) (bool
 		if err != nil {
 			return false, fmt.Errorf("buffer: trim outcomes: %w", err)
 		}
-		// An outcome without a finish time (only earlier versions' data or
-		// damage leave one; Ack stamps every outcome) counts as expired,
-		// like a damaged one: kept, it would stop every age pass here.
+		// An outcome without a finish time (Ack stamps every outcome; only
+		// damage that passes the checksum, or a finish time stored as 0,
+		// leaves one) counts as expired, like a damaged one: kept, it would
+		// stop every age pass here.
 		var finished time.Time
 		if out != nil {
 			finished = out.FinishedAt

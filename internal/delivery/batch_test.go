@@ -527,6 +527,26 @@ func TestFullBatchGoesBesideOneInFlight(t *testing.T) {
 	if !slices.Equal(sizes, []int{4, 4}) {
 		t.Fatalf("batches sent at once: %v, want [4 4]", sizes)
 	}
+
+	// Without room for a whole second batch, it waits like any other.
+	q2 := openQueue(t, t.TempDir(), 1)
+	t.Cleanup(func() { q2.Close() })
+	e2, err := New(Options{Queue: q2, Partitions: 1, BackendURL: func(int) string { return "http://127.0.0.1:1" },
+		Protocol: ProtocolBatch, BatchMax: 4, MaxInFlight: 6})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	l2 := e2.loops[0]
+	for _, k := range []string{"A", "B", "C", "D", "E", "F", "G", "H"} {
+		appendRecs(t, q2, testRecord(k, 1, k))
+	}
+	if err := l2.fill(); err != nil {
+		t.Fatalf("fill: %v", err)
+	}
+	l2.dispatch(t0)
+	if len(l2.jobs) != 1 || len((<-l2.jobs).items) != 4 {
+		t.Fatal("with max_in_flight 6 and batches of 4, want one batch sent and the rest kept behind it")
+	}
 }
 
 // TestHungBatchDoesNotHoldPartition: a batch the backend does not answer

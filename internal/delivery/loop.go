@@ -437,7 +437,7 @@ func (l *loop) dispatch(now time.Time) (gateCh <-chan struct{}, wake time.Time) 
 		maxJobs = min(maxConcurrentJobs, opt.MaxInFlight)
 	}
 	for l.ready.Len() > 0 && l.inFlight < opt.MaxInFlight && l.jobsOut < maxJobs {
-		if next := l.lastBatch.Add(batchStagger); batch && l.batchesOut > 0 && now.Before(next) && !l.fullBatchWaits() {
+		if next := l.lastBatch.Add(batchStagger); batch && l.batchesOut > 0 && now.Before(next) && !l.fullBatchFits() {
 			return nil, next // gather behind the batch in flight (batchStagger)
 		}
 		ok, probe, ch, w := l.gate.admit(now)
@@ -505,11 +505,12 @@ func (l *loop) dispatch(now time.Time) (gateCh <-chan struct{}, wake time.Time) 
 // every retry).
 const pipelineBytes = 64 << 10
 
-// fullBatchWaits says whether a full batch is ready and would fit beside
+// fullBatchFits says whether a full batch is ready and would fit beside
 // those in flight: waiting would not make it larger, so it goes at once (a
 // backlog drains with several batches in flight when max_in_flight leaves
-// room for them).
-func (l *loop) fullBatchWaits() bool {
+// room for them). The ready heap may hold stale entries and heads of
+// parked keys, so the batch may come out smaller: only efficiency is lost.
+func (l *loop) fullBatchFits() bool {
 	opt := &l.e.opt
 	return l.ready.Len() >= opt.BatchMax && opt.MaxInFlight-l.inFlight >= opt.BatchMax
 }
