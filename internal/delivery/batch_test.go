@@ -431,7 +431,7 @@ func TestBatchEnvelopeRefused(t *testing.T) {
 // records that arrive go together in the partition's next batch, sent when
 // the first answers or batchStagger after it went. Before, every arrival
 // was sent at once, up to four batches in flight: a busy partition sent
-// many batches of a few records each, and api-flow spends 1.5 to 2 times
+// many batches of a few records each, and api-flow spends about 1.5 times
 // the CPU per record on batches of 4 as on batches of 16 or 64
 // (BenchmarkEventBatch in internal/api). Played on a loop that is not
 // running, with its clock passed in.
