@@ -23,7 +23,8 @@
 //     multipart/mixed request (see batch.go), with the same outcome rules per
 //     record; a backend that answers 404/405/415 to a batch is sent single
 //     requests from then on. A partition sends its next batch when the one
-//     in flight answers, or batchStagger after it went (up to 4 in flight).
+//     in flight answers, or batchStagger after it went, or at once when it
+//     is full and MaxInFlight has room for it (up to 4 in flight).
 //   - Pipeline N > 1 (request mode, http:// backends) sends up to N records
 //     of distinct keys pipelined on a worker's connection (conn.go), with the
 //     same outcome rules per record; each answer has its own deadline, and
