@@ -16,11 +16,11 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/flowedge/flowedge/internal/api"
+	"github.com/flowedge/flowedge/internal/testutil"
 	"github.com/flowedge/flowedge/internal/testutil/pgtest"
 )
 
@@ -272,14 +272,12 @@ func allCreated(res *http.Response, err error, n int) error {
 // measureEvents runs body in parallel and reports events/s and the
 // process's CPU per event.
 func measureEvents(b *testing.B, body func(*testing.PB)) {
-	var ru0, ru1 syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
+	cpu0 := testutil.CPUTime()
 	b.ResetTimer()
 	start := time.Now()
 	b.RunParallel(body)
 	elapsed := time.Since(start)
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
-	cpu := time.Duration(ru1.Utime.Nano() + ru1.Stime.Nano() - ru0.Utime.Nano() - ru0.Stime.Nano())
+	cpu := testutil.CPUTime() - cpu0
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "events/s")
 	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/event")
 }

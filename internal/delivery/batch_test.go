@@ -427,24 +427,20 @@ func TestBatchEnvelopeRefused(t *testing.T) {
 	}
 }
 
-// TestBatchesGatherBehindOneInFlight: while a batch is in flight, the
-// records that arrive go together in the partition's next batch, sent when
-// the first answers or batchStagger after it went. Before, every arrival
-// was sent at once, up to four batches in flight: a busy partition sent
-// many batches of a few records each, and api-flow spends about 1.5 times
-// the CPU per record on batches of 4 as on batches of 16 or 64
-// (BenchmarkEventBatch in internal/api). Played on a loop that is not
-// running, with its clock passed in.
-func TestBatchesGatherBehindOneInFlight(t *testing.T) {
+// idleLoop returns the loop of a one-partition engine over a fresh queue,
+// never started: the test drives it (dispatch, complete) with its own clock.
+// arrive appends a record for each key and has the loop read them.
+func idleLoop(t *testing.T, o Options) (*loop, func(keys ...string)) {
+	t.Helper()
 	q := openQueue(t, t.TempDir(), 1)
 	t.Cleanup(func() { q.Close() })
-	e, err := New(Options{Queue: q, Partitions: 1, BackendURL: func(int) string { return "http://127.0.0.1:1" },
-		Protocol: ProtocolBatch})
+	o.Queue, o.Partitions, o.BackendURL = q, 1, func(int) string { return "http://127.0.0.1:1" }
+	e, err := New(o)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
 	l := e.loops[0]
-	arrive := func(keys ...string) {
+	return l, func(keys ...string) {
 		t.Helper()
 		for _, k := range keys {
 			appendRecs(t, q, testRecord(k, 1, k))
@@ -454,6 +450,18 @@ func TestBatchesGatherBehindOneInFlight(t *testing.T) {
 			t.Fatalf("fill: %v", err)
 		}
 	}
+}
+
+// TestBatchesGatherBehindOneInFlight: while a batch is in flight, the
+// records that arrive go together in the partition's next batch, sent when
+// the first answers or batchStagger after it went. Before, every arrival
+// was sent at once, up to four batches in flight: a busy partition sent
+// many batches of a few records each, and api-flow spends about 1.5 times
+// the CPU per record on batches of 4 as on batches of 16 or 64
+// (BenchmarkEventBatch in internal/api). Played on a loop that is not
+// running, with its clock passed in.
+func TestBatchesGatherBehindOneInFlight(t *testing.T) {
+	l, arrive := idleLoop(t, Options{Protocol: ProtocolBatch})
 	sent := func(want ...string) *job {
 		t.Helper()
 		if len(l.jobs) != 1 {
@@ -503,20 +511,8 @@ func TestBatchesGatherBehindOneInFlight(t *testing.T) {
 // one in flight when max_in_flight leaves room for it (waiting would not
 // make it larger), so a backlog drains with several batches in flight.
 func TestFullBatchGoesBesideOneInFlight(t *testing.T) {
-	q := openQueue(t, t.TempDir(), 1)
-	t.Cleanup(func() { q.Close() })
-	e, err := New(Options{Queue: q, Partitions: 1, BackendURL: func(int) string { return "http://127.0.0.1:1" },
-		Protocol: ProtocolBatch, BatchMax: 4, MaxInFlight: 16})
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	l := e.loops[0]
-	for _, k := range []string{"A", "B", "C", "D", "E", "F", "G", "H", "I"} {
-		appendRecs(t, q, testRecord(k, 1, k))
-	}
-	if err := l.fill(); err != nil {
-		t.Fatalf("fill: %v", err)
-	}
+	l, arrive := idleLoop(t, Options{Protocol: ProtocolBatch, BatchMax: 4, MaxInFlight: 16})
+	arrive("A", "B", "C", "D", "E", "F", "G", "H", "I")
 	t0 := time.Now()
 	l.dispatch(t0)
 	var sizes []int
@@ -529,20 +525,8 @@ func TestFullBatchGoesBesideOneInFlight(t *testing.T) {
 	}
 
 	// Without room for a whole second batch, it waits like any other.
-	q2 := openQueue(t, t.TempDir(), 1)
-	t.Cleanup(func() { q2.Close() })
-	e2, err := New(Options{Queue: q2, Partitions: 1, BackendURL: func(int) string { return "http://127.0.0.1:1" },
-		Protocol: ProtocolBatch, BatchMax: 4, MaxInFlight: 6})
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	l2 := e2.loops[0]
-	for _, k := range []string{"A", "B", "C", "D", "E", "F", "G", "H"} {
-		appendRecs(t, q2, testRecord(k, 1, k))
-	}
-	if err := l2.fill(); err != nil {
-		t.Fatalf("fill: %v", err)
-	}
+	l2, arrive2 := idleLoop(t, Options{Protocol: ProtocolBatch, BatchMax: 4, MaxInFlight: 6})
+	arrive2("A", "B", "C", "D", "E", "F", "G", "H")
 	l2.dispatch(t0)
 	if len(l2.jobs) != 1 || len((<-l2.jobs).items) != 4 {
 		t.Fatal("with max_in_flight 6 and batches of 4, want one batch sent and the rest kept behind it")

@@ -10,11 +10,11 @@ import (
 	"net/http/httptest"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/flowedge/flowedge/internal/buffer"
+	"github.com/flowedge/flowedge/internal/testutil"
 )
 
 // h2cServer is a backend that speaks cleartext HTTP/2 (prior knowledge)
@@ -76,13 +76,13 @@ func benchDeliver(b *testing.B, mod func(*Options), batch bool, tweak ...func(*E
 		appendRecs(b, q, recs[i:min(i+1000, len(recs))]...)
 	}
 	b.ResetTimer()
-	cpu0 := cpuTime()
+	cpu0 := testutil.CPUTime()
 	startEngineTweaked(b, q, 1, srv, mod, tweak...)
 	waitFor(b, "queue drained", queueEmpty(q))
 	b.StopTimer()
 	// The process's CPU (edge and backend both) is steadier than wall time
 	// on a shared machine.
-	b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/float64(b.N), "cpu-µs/op")
+	b.ReportMetric(float64((testutil.CPUTime()-cpu0).Microseconds())/float64(b.N), "cpu-µs/op")
 }
 
 func BenchmarkDeliverHTTP1(b *testing.B) { benchDeliver(b, nil, false) }
@@ -101,13 +101,6 @@ func BenchmarkDeliverNetHTTP(b *testing.B) {
 func BenchmarkDeliverH2C(b *testing.B) { benchDeliver(b, func(o *Options) { o.H2C = true }, false) }
 func BenchmarkDeliverBatch(b *testing.B) {
 	benchDeliver(b, func(o *Options) { o.Protocol = ProtocolBatch }, true)
-}
-
-// cpuTime is the process's user+system CPU time so far.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // TestWireReconnects: the workers' own keep-alive connections survive a

@@ -1,7 +1,8 @@
 // Package testutil holds the small pieces the throwaway test servers
 // (pgtest, redistest, s3test, azuritetest) and the e2e tests share: a free
 // loopback port, a buffer a process writes its output to while a test reads
-// it, and the start, wait and stop of a server process.
+// it, and the start, wait and stop of a server process; and the process's
+// CPU time, which benchmarks report per operation.
 package testutil
 
 import (
@@ -19,6 +20,13 @@ import (
 	"syscall"
 	"time"
 )
+
+// CPUTime is the process's user + system CPU time so far (getrusage).
+func CPUTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
 
 // FreePort returns a loopback port free a moment ago, below the kernel's
 // ephemeral range, so that a process can listen on it again after a restart:
