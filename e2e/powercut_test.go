@@ -50,6 +50,7 @@ func TestPowerCut(t *testing.T) {
 		f := runPowerCuts(t, bins, true)
 		f.requireIntact(t)
 	})
+	t.Run("frozen-disk", func(t *testing.T) { runFrozenDisk(t, bins) })
 	t.Run("fsync-off", func(t *testing.T) {
 		f := runPowerCuts(t, bins, false)
 		if f.lost == 0 {
@@ -66,28 +67,8 @@ const powerCuts = 5
 // what the backends received.
 func runPowerCuts(t *testing.T, bins binaries, fsync bool) figures {
 	began := time.Now()
-	dir := t.TempDir()
 	rec := newDeliveryRecorder()
-	var urls []string
-	for n := range partitions {
-		srv := httptest.NewServer(rec.handler(n))
-		t.Cleanup(srv.Close)
-		urls = append(urls, strconv.Quote(srv.URL))
-	}
-	pc := &powerCutEdge{t: t, bins: bins, dir: dir, backing: filepath.Join(dir, "disk"), mnt: filepath.Join(dir, "mnt"),
-		fsync: fsync, urls: strings.Join(urls, ", "), client: &http.Client{Timeout: 5 * time.Second}}
-	for _, d := range []string{pc.backing, pc.mnt} {
-		if err := os.Mkdir(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	t.Cleanup(func() {
-		if t.Failed() && pc.edge != nil {
-			t.Logf("edge (last lines of %s):\n%s", pc.logPath(), pc.edge.logTail())
-		}
-	})
-	pc.mount()
-	pc.start()
+	pc := startPowerCutEdge(t, bins, rec, fsync)
 
 	// Backend 1 is down during the cuts, so that at each cut a backlog of
 	// acknowledged requests is queued (the others flow, with attempts in
@@ -133,6 +114,144 @@ func runPowerCuts(t *testing.T, bins binaries, fsync bool) figures {
 	f.add("duration", time.Since(began).Round(100*time.Millisecond))
 	f.report(t)
 	return f
+}
+
+// runFrozenDisk stops the disk under a running edge, as a failing disk
+// does: from then on every write and sync fails. The edge goes on serving.
+// The requests sent then must be refused with 503, none of them may reach a
+// backend, and the edge's liveness must ask for a restart. After the cut
+// and a restart, the clients' retries with the same Idempotency-Key are
+// delivered exactly once each.
+//
+// Regression (fsync-on saw 4 requests stored twice in CI): the queue
+// advanced its durable marks after a failed sync and delivered the records
+// it had refused with 503; their clients' retries, stored again after the
+// restart, reached the backends a second time.
+func runFrozenDisk(t *testing.T, bins binaries) {
+	rec := newDeliveryRecorder()
+	pc := startPowerCutEdge(t, bins, rec, true)
+	type event struct{ pid, rid string }
+	events := make([]event, 20)
+	for i := range events {
+		events[i] = event{pid: fmt.Sprintf("frozen-%d", i), rid: fmt.Sprintf("frozen-rid-%d", i)}
+	}
+	send := func(ev event) (int, http.Header, string) {
+		t.Helper()
+		body := fmt.Sprintf(`{"type":"e2e","pid":%q,"seq":1,"rid":%q}`, ev.pid, ev.rid)
+		req, err := http.NewRequest(http.MethodPost, "http://"+pc.public+"/api/v1/processes/"+ev.pid+"/events", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header = http.Header{"Content-Type": {"application/json"}, "X-Process-Id": {ev.pid},
+			"Idempotency-Key": {ev.rid}}
+		resp, err := pc.client.Do(req)
+		if err != nil {
+			t.Fatalf("POST %s: %v", req.URL, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, resp.Header, string(b)
+	}
+	effects := func(evs []event) int {
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		n := 0
+		for _, ev := range evs {
+			n += len(rec.effects[ev.rid])
+		}
+		return n
+	}
+	before, during := events[:10], events[10:]
+	for _, ev := range before {
+		if code, _, body := send(ev); code != http.StatusAccepted {
+			t.Fatalf("before the freeze: %d %s, want 202", code, body)
+		}
+	}
+	waitFor(t, 30*time.Second, "the requests acknowledged before the freeze at the backends", func() bool {
+		return effects(before) == len(before)
+	})
+
+	pc.fs.Freeze()
+	for _, ev := range during {
+		code, hdr, body := send(ev)
+		if code != http.StatusServiceUnavailable || hdr.Get("Retry-After") == "" {
+			t.Fatalf("sent while the disk was frozen: %d (Retry-After %q) %s, want 503 with Retry-After", code, hdr.Get("Retry-After"), body)
+		}
+	}
+	waitFor(t, 10*time.Second, "GET /health/liveness to ask for a restart (503)", func() bool {
+		return pc.status("/health/liveness") == http.StatusServiceUnavailable
+	})
+	if code := pc.status("/health/readiness"); code != http.StatusServiceUnavailable {
+		t.Errorf("GET /health/readiness with the disk frozen: %d, want 503", code)
+	}
+	// That nothing comes can only be watched for a while: a second, in
+	// which the edge delivers a stored record many times over.
+	for end := time.Now().Add(time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		if n := effects(during); n > 0 {
+			t.Fatalf("%d of the requests refused with 503 reached a backend", n)
+		}
+	}
+
+	pc.fs.Freeze() // already frozen: the cut keeps what was durable before
+	pc.edge.signal(t, syscall.SIGKILL)
+	if err := pc.fs.Cut(); err != nil {
+		t.Fatal(err)
+	}
+	pc.edge.wait(t, 10*time.Second)
+	pc.mount()
+	pc.start()
+	for _, ev := range during {
+		if code, _, body := send(ev); code != http.StatusAccepted {
+			t.Fatalf("retried after the restart: %d %s, want 202", code, body)
+		}
+	}
+	waitFor(t, drainTimeout, "the edge to drain its queue (GET /edge/v1/partitions: queued = in_flight = 0)", pc.settled)
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	for _, ev := range events {
+		if n := len(rec.effects[ev.rid]); n != 1 {
+			t.Errorf("request %s took effect %d times, want once", ev.rid, n)
+		}
+	}
+}
+
+// status is the code of GET path on the edge's admin address.
+func (pc *powerCutEdge) status(path string) int {
+	pc.t.Helper()
+	resp, err := pc.client.Get("http://" + pc.admin + path)
+	if err != nil {
+		pc.t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode
+}
+
+// startPowerCutEdge starts the recorder's backends and an edge whose queue
+// is on a faultfs mount.
+func startPowerCutEdge(t *testing.T, bins binaries, rec *deliveryRecorder, fsync bool) *powerCutEdge {
+	dir := t.TempDir()
+	var urls []string
+	for n := range partitions {
+		srv := httptest.NewServer(rec.handler(n))
+		t.Cleanup(srv.Close)
+		urls = append(urls, strconv.Quote(srv.URL))
+	}
+	pc := &powerCutEdge{t: t, bins: bins, dir: dir, backing: filepath.Join(dir, "disk"), mnt: filepath.Join(dir, "mnt"),
+		fsync: fsync, urls: strings.Join(urls, ", "), client: &http.Client{Timeout: 5 * time.Second}}
+	for _, d := range []string{pc.backing, pc.mnt} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		if t.Failed() && pc.edge != nil {
+			t.Logf("edge (last lines of %s):\n%s", pc.logPath(), pc.edge.logTail())
+		}
+	})
+	pc.mount()
+	pc.start()
+	return pc
 }
 
 // powerCutEdge is the edge process on a faultfs mount of a backing dir.

@@ -54,9 +54,7 @@ type Handler struct {
 // New builds the admin handler.
 func New(opt Options) *Handler {
 	h := &Handler{opt: opt, mux: http.NewServeMux(), hist: newHistory(opt.Gatherer, 0, 0)}
-	h.mux.HandleFunc("GET /health/liveness", func(w http.ResponseWriter, _ *http.Request) {
-		httpx.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
-	})
+	h.mux.HandleFunc("GET /health/liveness", h.liveness)
 	h.mux.HandleFunc("GET /health/readiness", h.readiness)
 	h.mux.HandleFunc("GET /health/health", h.health)
 	if opt.Gatherer != nil {
@@ -92,6 +90,17 @@ func (h *Handler) auth(next func(http.ResponseWriter, *http.Request)) http.Handl
 		}
 		next(w, r)
 	})
+}
+
+// liveness is 200 while the process serves, 503 once a failed sync has
+// stopped the queue: only a restart, which reopens the queue on what the
+// disk holds, brings it back.
+func (h *Handler) liveness(w http.ResponseWriter, _ *http.Request) {
+	if err := h.opt.Deliveries.Err(); errors.Is(err, buffer.ErrSyncFailed) {
+		httpx.WriteJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "restart needed", "error": err.Error()})
+		return
+	}
+	httpx.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 }
 
 // readiness is 200 while the edge accepts traffic: not draining and the

@@ -33,6 +33,14 @@ var (
 	ErrClosed = errors.New("buffer: closed")
 	// ErrNotFound means no record, outcome or dead letter has that id.
 	ErrNotFound = errors.New("buffer: not found")
+	// ErrSyncFailed means a sync of the queue's files failed. The queue can
+	// no longer tell what is on disk (after a failed fsync the kernel may
+	// have dropped the pages it could not write, and a later fsync would
+	// succeed without them), so it stops: every later write and Read fails
+	// with it, and only reopening the queue, which reads what the disk
+	// holds, recovers. A write answered with it may or may not have reached
+	// the disk.
+	ErrSyncFailed = errors.New("buffer: a sync failed; the queue takes nothing more until it is reopened")
 )
 
 // Status is where a delivery stands.
@@ -208,7 +216,8 @@ type Queue interface {
 	Stats() Stats
 
 	// Err returns the last write error (e.g. disk full), nil once a write
-	// succeeded again. The health endpoint reports it.
+	// succeeded again; after a failed sync, the error wrapping ErrSyncFailed
+	// for good. The health endpoints report it.
 	Err() error
 
 	// Close flushes and closes the store. Safe to call twice.

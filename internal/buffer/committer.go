@@ -366,7 +366,10 @@ func (q *queue) commit(batch []*op) {
 		q.commitWork(work)
 	}
 	for _, o := range reclaim {
-		o.err = q.reclaimNow(o.parts)
+		o.err = q.failed()
+		if o.err == nil {
+			o.err = q.reclaimNow(o.parts)
+		}
 		close(o.done)
 	}
 }
@@ -374,6 +377,14 @@ func (q *queue) commit(batch []*op) {
 // commitWork writes a batch of ops (no reclaims).
 func (q *queue) commitWork(batch []*op) {
 	f := &flight{ops: batch}
+	if err := q.failed(); err != nil {
+		for _, o := range batch {
+			o.err = err
+		}
+		f.failed = err
+		q.release(f, nil)
+		return
+	}
 	seg := q.newTxBatch()
 	for _, o := range batch {
 		st, apply, err := q.plan(o, seg)
@@ -466,10 +477,16 @@ func (q *queue) syncLoop() {
 		for _, g := range flights {
 			vlog = vlog || g.vlog
 		}
-		if q.tune.beforeSync != nil {
-			q.tune.beforeSync(q)
+		err := q.failed()
+		if err == nil && q.tune.beforeSync != nil {
+			err = q.tune.beforeSync(q)
 		}
-		err := q.syncFlights(vlog)
+		if err == nil {
+			err = q.syncFlights(vlog)
+		}
+		if err != nil {
+			err = q.fail(err)
+		}
 		for _, g := range flights {
 			q.release(g, err)
 		}
@@ -477,6 +494,28 @@ func (q *queue) syncLoop() {
 			return
 		}
 	}
+}
+
+// fail stops the queue after a failed sync (see ErrSyncFailed) and returns
+// the error every later operation gets: the first failure, kept for good.
+func (q *queue) fail(err error) error {
+	if errors.Is(err, ErrSyncFailed) {
+		return err
+	}
+	stop := fmt.Errorf("%w: %w", ErrSyncFailed, err)
+	if q.failure.CompareAndSwap(nil, &stop) {
+		q.log.Error("buffer: sync failed; the queue takes nothing more until the edge restarts", "err", err)
+	}
+	return *q.failure.Load()
+}
+
+// failed is the error of the failed sync that stopped the queue, nil while
+// none has.
+func (q *queue) failed() error {
+	if p := q.failure.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // syncFlights makes what was committed so far durable, as tuning.sync says.
@@ -516,16 +555,19 @@ func (q *queue) release(f *flight, syncErr error) {
 		q.lastErr = failed
 		q.mu.Unlock()
 	}
-	if failed != nil {
+	if failed != nil && !errors.Is(failed, ErrSyncFailed) { // fail logged that once
 		q.log.Error("buffer: write failed", "err", failed, "ops", len(f.ops))
 	}
 	if syncErr == nil {
+		// Only a sync that succeeded makes records readable: those of a
+		// failed one are in Badger's memory but maybe not on disk, and
+		// their callers were told they were not stored.
 		q.publishTail(f)
-	}
-	for _, s := range f.done {
-		for p, seq := range s.appended {
-			if seq > q.durable[p].Load() {
-				q.durable[p].Store(seq)
+		for _, s := range f.done {
+			for p, seq := range s.appended {
+				if seq > q.durable[p].Load() {
+					q.durable[p].Store(seq)
+				}
 			}
 		}
 	}

@@ -230,15 +230,16 @@ func powerCutChild(t *testing.T, dir, mode string) {
 	}
 	var armed atomic.Bool
 	var hookErr atomic.Value
-	tu.beforeSync = func(q *queue) {
+	tu.beforeSync = func(q *queue) error {
 		if !armed.CompareAndSwap(true, false) {
-			return
+			return nil
 		}
 		// Between the record's commit and its sync: rotate its memtable.
 		err := fillUntilRotation(q.db, dir)
 		if err != nil {
 			hookErr.Store(err)
 		}
+		return nil
 	}
 	qq, err := openTuned(Options{Path: dir, Partitions: 1, Logger: discardLogger()}, tu)
 	if err != nil {

@@ -97,7 +97,7 @@ type tuning struct {
 
 	l0Tables, l0Stall int // level-0 tables that start a compaction / stall writes; 0 = from numMemtables
 
-	beforeSync func(*queue) // tests only: run by the syncer before each sync
+	beforeSync func(*queue) error // tests only: run by the syncer before each sync; an error fails the sync
 
 	rehomeFailAfter int // tests only: rehome stops with an error after this many committed moves (a crash part-way); 0 = never
 }
@@ -198,6 +198,10 @@ type queue struct {
 	// rw guards the DB handle against Close: every reader holds it shared.
 	rw     sync.RWMutex
 	closed atomic.Bool
+
+	// failure is set by the first failed sync (ErrSyncFailed) and never
+	// cleared: the committer takes no write after it and Read fails.
+	failure atomic.Pointer[error]
 
 	wal *walSyncer // owned by the syncer
 
@@ -608,6 +612,9 @@ func (q *queue) Read(p int, after uint64, max int, maxBytes int) ([]*Record, err
 		corrupt []corruptValue
 		total   int
 	)
+	if err := q.failed(); err != nil {
+		return nil, err
+	}
 	durable := q.durable[p].Load()
 	if after >= durable {
 		return nil, nil
@@ -1012,6 +1019,9 @@ func (q *queue) Stats() Stats {
 
 // Err implements Queue.
 func (q *queue) Err() error {
+	if err := q.failed(); err != nil {
+		return err
+	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return q.lastErr

@@ -373,9 +373,13 @@ func (h *Handler) submitFailed(w http.ResponseWriter, err error) {
 	}
 	w.Header().Set("Retry-After", "1")
 	detail := "the edge could not store the request; nothing was accepted, retry later"
-	if errors.Is(err, buffer.ErrFull) {
+	switch {
+	case errors.Is(err, buffer.ErrFull):
 		detail = "the edge's queue is full; nothing was accepted, retry later"
-	} else if !errors.Is(err, context.Canceled) {
+	case errors.Is(err, buffer.ErrSyncFailed):
+		// The queue logged the failure once; it may hold the request.
+		detail = "the edge's disk failed a sync: the request may or may not be stored; retry with the same Idempotency-Key once the edge has restarted"
+	case !errors.Is(err, context.Canceled):
 		h.log.Error("append failed", "err", err)
 	}
 	httpx.WriteProblem(w, httpx.Problem{Status: http.StatusServiceUnavailable, Detail: detail})

@@ -62,7 +62,7 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger, version str
 		IdempotencyTTL:  cfg.Buffer.IdempotencyTTL.Duration,
 		OutcomeTTL:      cfg.Buffer.OutcomeTTL.Duration,
 		OutcomeMaxBytes: cfg.Buffer.OutcomeMaxBytes,
-		Logger:          log.With("component", "buffer"),
+		Logger:          log, // the buffer names itself (component=buffer)
 		Route:           partition.OfString,
 	})
 	if err != nil {

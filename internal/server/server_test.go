@@ -1,9 +1,13 @@
 package server
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -475,5 +479,42 @@ func TestAdminToken(t *testing.T) {
 	}
 	if got := get("/edge/v1/partitions", "s3cret"); got != 200 {
 		t.Errorf("right token: %d", got)
+	}
+}
+
+// TestBufferLogsNameTheirComponentOnce: the queue's log lines carry
+// component=buffer once.
+//
+// Regression: the edge handed the queue a logger already labelled
+// component=buffer and the queue labelled it again, so every buffer line
+// held the key twice (seen on the sync-failure line), which JSON log
+// pipelines reject or collapse unpredictably.
+func TestBufferLogsNameTheirComponentOnce(t *testing.T) {
+	cfg := testConfig(t, newBackend(t, "b0"))
+	// An empty memtable file, as a power cut leaves: the queue removes it
+	// at open and says so.
+	if err := os.WriteFile(filepath.Join(cfg.Buffer.Path, "00007.mem"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var logs lockedBuffer
+	e, err := Start(context.Background(), cfg, slog.New(slog.NewJSONHandler(&logs, nil)), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	e.Shutdown(ctx)
+	found := false
+	for _, line := range strings.Split(logs.String(), "\n") {
+		if !strings.Contains(line, "empty memtable") {
+			continue
+		}
+		found = true
+		if n := strings.Count(line, `"component":`); n != 1 {
+			t.Errorf("component named %d times: %s", n, line)
+		}
+	}
+	if !found {
+		t.Fatalf("no line about the empty memtable file in:\n%s", logs.String())
 	}
 }
