@@ -32,7 +32,7 @@ type Deliveries interface {
 	DeadLetters(p int, cursor string, limit int) ([]buffer.DeadLetter, string, error)
 	Replay(ctx context.Context, id string) (*buffer.Record, error)
 	Discard(ctx context.Context, id string) error
-	Err() error // the queue's last write error (disk full, I/O)
+	Err() error // the queue's last write error (disk full, I/O); one wrapping buffer.ErrSyncFailed for good after a failed sync
 }
 
 // Options configure the admin handler.

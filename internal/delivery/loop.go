@@ -88,6 +88,7 @@ type loop struct {
 	parkedItems map[string][]*item // heads waiting on a parked key
 	spilled     map[string]uint64  // ordering key → lowest Seq of its records dropped back to disk
 	rescans     []string           // spilled keys whose rescan failed: retried by the loop
+	readErr     string             // the last read error logged: the same one is not logged again each second
 	held        int                // records in the window
 	heldBytes   int
 	inFlight    int       // records in jobs under way
@@ -214,8 +215,13 @@ func (l *loop) loop(ctx context.Context) {
 				}
 			}
 			if err := l.fill(); err != nil {
-				log.Error("reading queue", "err", err)
+				if err.Error() != l.readErr {
+					log.Error("reading queue", "err", err)
+					l.readErr = err.Error()
+				}
 				retryRead = time.After(time.Second)
+			} else {
+				l.readErr = ""
 			}
 			gateCh, wake = l.dispatch(time.Now())
 		} else if l.jobsOut == 0 {

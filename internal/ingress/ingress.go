@@ -371,17 +371,22 @@ func (h *Handler) submitFailed(w http.ResponseWriter, err error) {
 			Detail: "this Idempotency-Key was used for another request body; use a new key for a new request"})
 		return
 	}
-	w.Header().Set("Retry-After", "1")
-	detail := "the edge could not store the request; nothing was accepted, retry later"
+	retry := "1"
+	// A failed write may still reach the disk (and be delivered after a
+	// restart): only a full queue is sure to hold nothing of it.
+	detail := "the edge could not store the request; retry later with the same Idempotency-Key"
 	switch {
 	case errors.Is(err, buffer.ErrFull):
 		detail = "the edge's queue is full; nothing was accepted, retry later"
 	case errors.Is(err, buffer.ErrSyncFailed):
-		// The queue logged the failure once; it may hold the request.
+		// The queue logged the failure once. It takes nothing more until
+		// the edge restarts (its liveness probe asks for that).
+		retry = "10"
 		detail = "the edge's disk failed a sync: the request may or may not be stored; retry with the same Idempotency-Key once the edge has restarted"
 	case !errors.Is(err, context.Canceled):
 		h.log.Error("append failed", "err", err)
 	}
+	w.Header().Set("Retry-After", retry)
 	httpx.WriteProblem(w, httpx.Problem{Status: http.StatusServiceUnavailable, Detail: detail})
 }
 
