@@ -4,13 +4,14 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"fmt"
 	"io"
 	"mime"
 	"mime/multipart"
 	"net/http"
 	"net/textproto"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 )
 
@@ -38,6 +39,7 @@ func (s *Server) edgeBatch(w http.ResponseWriter, r *http.Request) {
 	var parts []*http.Request
 	ctx := context.WithValue(r.Context(), batchKeysKey{}, &batchKeys{})
 	mr := multipart.NewReader(r.Body, params["boundary"])
+	var br *bufio.Reader // one for every part: each is read to its end before the next
 	for {
 		p, err := mr.NextPart()
 		if err == io.EOF {
@@ -47,7 +49,12 @@ func (s *Server) edgeBatch(w http.ResponseWriter, r *http.Request) {
 			s.writeProblem(w, r, batchError(len(parts), err))
 			return
 		}
-		req, err := http.ReadRequest(bufio.NewReader(p))
+		if br == nil {
+			br = bufio.NewReader(p)
+		} else {
+			br.Reset(p)
+		}
+		req, err := http.ReadRequest(br)
 		if err != nil {
 			s.writeProblem(w, r, batchError(len(parts), err))
 			return
@@ -73,20 +80,29 @@ func (s *Server) edgeBatch(w http.ResponseWriter, r *http.Request) {
 		wg.Go(func() { s.handler.ServeHTTP(answers[i], req) })
 	}
 	wg.Wait()
-	mw := multipart.NewWriter(w)
-	w.Header().Set("Content-Type", "multipart/mixed; boundary="+mw.Boundary())
-	w.WriteHeader(http.StatusOK)
+	// The answers are in memory already: the envelope is built whole and
+	// sent with its length (no chunking), in one write.
+	size := 0
 	for _, a := range answers {
-		pw, err := mw.CreatePart(textproto.MIMEHeader{"Content-Type": {"application/http"}})
-		if err != nil {
-			return // the edge lost the connection; it retries what it did not get
-		}
-		if err := a.writeTo(pw); err != nil {
-			return
-		}
+		size += a.body.Len() + 256
+	}
+	var out bytes.Buffer
+	out.Grow(size)
+	mw := multipart.NewWriter(&out)
+	for _, a := range answers {
+		// Writes to a bytes.Buffer cannot fail.
+		_, _ = mw.CreatePart(partHeader)
+		a.writeTo(&out)
 	}
 	_ = mw.Close()
+	w.Header().Set("Content-Type", "multipart/mixed; boundary="+mw.Boundary())
+	w.Header().Set("Content-Length", strconv.Itoa(out.Len()))
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(out.Bytes()) // the edge retries what it did not get
 }
+
+// partHeader is the header of each part of a batch's answer.
+var partHeader = textproto.MIMEHeader{"Content-Type": {"application/http"}}
 
 func batchError(i int, err error) error {
 	return problem(http.StatusBadRequest, typeValidation, "batch part %d: %v", i+1, err)
@@ -114,19 +130,42 @@ func (a *batchAnswer) Write(b []byte) (int, error) {
 	return a.body.Write(b)
 }
 
-// writeTo writes the response as HTTP/1.1 bytes.
-func (a *batchAnswer) writeTo(w io.Writer) error {
+// writeTo appends the response as HTTP/1.1 bytes: the status line, the
+// header sorted by name (values with line breaks flattened, as
+// http.Header.Write does), its own Content-Length, the body.
+func (a *batchAnswer) writeTo(b *bytes.Buffer) {
 	if a.status == 0 {
 		a.status = http.StatusOK
 	}
-	bw := bufio.NewWriter(w)
-	fmt.Fprintf(bw, "HTTP/1.1 %d %s\r\n", a.status, http.StatusText(a.status))
-	a.header.Del("Content-Length")
-	a.header.Del("Transfer-Encoding")
-	if err := a.header.Write(bw); err != nil {
-		return err
+	b.WriteString("HTTP/1.1 ")
+	b.WriteString(strconv.Itoa(a.status))
+	b.WriteByte(' ')
+	b.WriteString(http.StatusText(a.status))
+	b.WriteString("\r\n")
+	var names [16]string
+	keys := names[:0]
+	for k := range a.header {
+		if k != "Content-Length" && k != "Transfer-Encoding" {
+			keys = append(keys, k)
+		}
 	}
-	bw.WriteString("Content-Length: " + strconv.Itoa(a.body.Len()) + "\r\n\r\n")
-	bw.Write(a.body.Bytes())
-	return bw.Flush()
+	slices.Sort(keys)
+	for _, k := range keys {
+		for _, v := range a.header[k] {
+			if strings.ContainsAny(v, "\r\n") {
+				v = textproto.TrimString(headerBreaks.Replace(v))
+			}
+			b.WriteString(k)
+			b.WriteString(": ")
+			b.WriteString(v)
+			b.WriteString("\r\n")
+		}
+	}
+	b.WriteString("Content-Length: ")
+	b.WriteString(strconv.Itoa(a.body.Len()))
+	b.WriteString("\r\n\r\n")
+	b.Write(a.body.Bytes())
 }
+
+// headerBreaks flattens line breaks in a header value, as http.Header.Write.
+var headerBreaks = strings.NewReplacer("\n", " ", "\r", " ")

@@ -46,6 +46,9 @@ func postBatch(t *testing.T, e *env, parts []batchPart) []*http.Response {
 		b, _ := io.ReadAll(resp.Body)
 		t.Fatalf("batch: %d %s", resp.StatusCode, b)
 	}
+	if resp.ContentLength <= 0 {
+		t.Errorf("batch answer sent without its length (Content-Length %d, Transfer-Encoding %v)", resp.ContentLength, resp.TransferEncoding)
+	}
 	_, params, err := mime.ParseMediaType(resp.Header.Get("Content-Type"))
 	if err != nil {
 		t.Fatal(err)
@@ -103,6 +106,15 @@ func TestEdgeBatch(t *testing.T) {
 			b, _ := io.ReadAll(a.Body)
 			t.Errorf("part %d: %d %s, want %d", i+1, a.StatusCode, b, want[i])
 		}
+	}
+	var ev struct {
+		Seq uint64 `json:"seq"`
+	}
+	if ct := answers[0].Header.Get("Content-Type"); ct != "application/json" {
+		t.Errorf("part 1 Content-Type %q, want application/json", ct)
+	}
+	if err := json.NewDecoder(answers[0].Body).Decode(&ev); err != nil || ev.Seq != 1 {
+		t.Errorf("part 1 body: %+v %v, want the event with seq 1", ev, err)
 	}
 	if n := eventCount(t, e, own); n != 1 {
 		t.Errorf("%s has %d events, want 1", own, n)

@@ -32,18 +32,16 @@ type Process struct {
 // eventBody checks an event body (any JSON value) and returns it compacted
 // with its "type" member.
 func eventBody(body []byte) (json.RawMessage, string, error) {
-	if !json.Valid(body) {
-		return nil, "", badRequest("the event body must be a JSON document")
-	}
 	var buf bytes.Buffer
-	if err := json.Compact(&buf, body); err != nil {
-		return nil, "", badRequest("the event body must be a JSON document: %v", err)
+	buf.Grow(len(body))
+	if err := json.Compact(&buf, body); err != nil { // Compact validates as it goes
+		return nil, "", badRequest("the event body must be a JSON document")
 	}
 	var head struct {
 		Type any `json:"type"`
 	}
 	typ := ""
-	if json.Unmarshal(body, &head) == nil {
+	if json.Unmarshal(buf.Bytes(), &head) == nil {
 		if t, ok := head.Type.(string); ok {
 			if len(t) > 200 || !utf8.ValidString(t) {
 				return nil, "", badRequest("type: at most 200 bytes of UTF-8")
