@@ -544,7 +544,10 @@ func TestWebhookRetries(t *testing.T) {
 // the sixth is not sent (breaker_open, the gauge says 1); after the
 // cooldown one probe goes through and closes it.
 func TestWebhookBreaker(t *testing.T) {
-	const cooldown = 2 * time.Second
+	// Long enough that a loaded machine (the whole suite in parallel) sees
+	// the sixth delivery refused before the breaker half-opens; the test
+	// waits it out once.
+	const cooldown = 5 * time.Second
 	e := newEnv(t, quick, func(o *api.Options) {
 		o.Webhooks.MaxAttempts = 1
 		o.Webhooks.BreakerCooldown = cooldown
