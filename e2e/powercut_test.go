@@ -85,13 +85,7 @@ func runPowerCuts(t *testing.T, bins binaries, fsync bool) figures {
 		queued = append(queued, strconv.Itoa(pc.queued())) // a moment before the cut
 		pc.fs.Freeze()
 		at = append(at, strconv.Itoa(l.ackedCount()))
-		pc.edge.signal(t, syscall.SIGKILL)
-		if err := pc.fs.Cut(); err != nil {
-			t.Fatal(err)
-		}
-		pc.edge.wait(t, 10*time.Second)
-		pc.mount()
-		pc.start()
+		pc.cutAndRestart()
 	}
 	// The last edge serves on for a while, then the clients stop and it
 	// drains.
@@ -192,14 +186,7 @@ func runFrozenDisk(t *testing.T, bins binaries) {
 		}
 	}
 
-	pc.fs.Freeze() // already frozen: the cut keeps what was durable before
-	pc.edge.signal(t, syscall.SIGKILL)
-	if err := pc.fs.Cut(); err != nil {
-		t.Fatal(err)
-	}
-	pc.edge.wait(t, 10*time.Second)
-	pc.mount()
-	pc.start()
+	pc.cutAndRestart()
 	for _, ev := range during {
 		if code, _, body := send(ev); code != http.StatusAccepted {
 			t.Fatalf("retried after the restart: %d %s, want 202", code, body)
@@ -213,6 +200,21 @@ func runFrozenDisk(t *testing.T, bins binaries) {
 			t.Errorf("request %s took effect %d times, want once", ev.rid, n)
 		}
 	}
+}
+
+// cutAndRestart cuts the power: it freezes the disk (if the caller has
+// not), SIGKILLs the edge, keeps only what was synced, then mounts what
+// survived and starts a new edge on it.
+func (pc *powerCutEdge) cutAndRestart() {
+	pc.t.Helper()
+	pc.fs.Freeze()
+	pc.edge.signal(pc.t, syscall.SIGKILL)
+	if err := pc.fs.Cut(); err != nil {
+		pc.t.Fatal(err)
+	}
+	pc.edge.wait(pc.t, 10*time.Second)
+	pc.mount()
+	pc.start()
 }
 
 // status is the code of GET path on the edge's admin address.
