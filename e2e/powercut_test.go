@@ -51,6 +51,7 @@ func TestPowerCut(t *testing.T) {
 		f.requireIntact(t)
 	})
 	t.Run("frozen-disk", func(t *testing.T) { runFrozenDisk(t, bins) })
+	t.Run("throttled-at-cut", func(t *testing.T) { runThrottledAtCut(t, bins) })
 	t.Run("fsync-off", func(t *testing.T) {
 		f := runPowerCuts(t, bins, false)
 		if f.lost == 0 {
@@ -68,7 +69,7 @@ const powerCuts = 5
 func runPowerCuts(t *testing.T, bins binaries, fsync bool) figures {
 	began := time.Now()
 	rec := newDeliveryRecorder()
-	pc := startPowerCutEdge(t, bins, rec, fsync)
+	pc := startPowerCutEdge(t, bins, rec, fsync, "accept")
 
 	// Backend 1 is down during the cuts, so that at each cut a backlog of
 	// acknowledged requests is queued (the others flow, with attempts in
@@ -123,7 +124,7 @@ func runPowerCuts(t *testing.T, bins binaries, fsync bool) figures {
 // restart, reached the backends a second time.
 func runFrozenDisk(t *testing.T, bins binaries) {
 	rec := newDeliveryRecorder()
-	pc := startPowerCutEdge(t, bins, rec, true)
+	pc := startPowerCutEdge(t, bins, rec, true, "accept")
 	type event struct{ pid, rid string }
 	events := make([]event, 20)
 	for i := range events {
@@ -131,20 +132,7 @@ func runFrozenDisk(t *testing.T, bins binaries) {
 	}
 	send := func(ev event) (int, http.Header, string) {
 		t.Helper()
-		body := fmt.Sprintf(`{"type":"e2e","pid":%q,"seq":1,"rid":%q}`, ev.pid, ev.rid)
-		req, err := http.NewRequest(http.MethodPost, "http://"+pc.public+"/api/v1/processes/"+ev.pid+"/events", strings.NewReader(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header = http.Header{"Content-Type": {"application/json"}, "X-Process-Id": {ev.pid},
-			"Idempotency-Key": {ev.rid}}
-		resp, err := pc.client.Do(req)
-		if err != nil {
-			t.Fatalf("POST %s: %v", req.URL, err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, resp.Header, string(b)
+		return pc.postEvent(ev.pid, ev.rid, ev.rid)
 	}
 	effects := func(evs []event) int {
 		rec.mu.Lock()
@@ -202,6 +190,66 @@ func runFrozenDisk(t *testing.T, bins binaries) {
 	}
 }
 
+// postEvent sends an event of the recorder's shape (with idemKey as its
+// Idempotency-Key, none if empty) and returns the answer.
+func (pc *powerCutEdge) postEvent(pid, rid, idemKey string) (int, http.Header, string) {
+	pc.t.Helper()
+	body := fmt.Sprintf(`{"type":"e2e","pid":%q,"seq":1,"rid":%q}`, pid, rid)
+	req, err := http.NewRequest(http.MethodPost, "http://"+pc.public+"/api/v1/processes/"+pid+"/events", strings.NewReader(body))
+	if err != nil {
+		pc.t.Fatal(err)
+	}
+	req.Header = http.Header{"Content-Type": {"application/json"}, "X-Process-Id": {pid}}
+	if idemKey != "" {
+		req.Header.Set("Idempotency-Key", idemKey)
+	}
+	resp, err := pc.client.Do(req)
+	if err != nil {
+		pc.t.Fatalf("POST %s: %v", req.URL, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, string(b)
+}
+
+// runThrottledAtCut: in relay mode a backend answers 429 to a request
+// whose client waits, and the disk stops at that moment, before the edge
+// can write that it dropped the record. The client must not be told 429
+// (nothing applied): after the cut and a restart the record is delivered.
+// It must take effect exactly once.
+//
+// Regression: the edge handed the 429 to the client first and wrote the
+// drop without a sync, so a power cut brought the record back and it was
+// delivered though its client had been told 429; a retry would then have
+// applied it twice.
+func runThrottledAtCut(t *testing.T, bins binaries) {
+	rec := newDeliveryRecorder()
+	var pc *powerCutEdge
+	var throttled atomic.Bool
+	rec.before = func(rid string) int {
+		if rid == "throttled" && throttled.CompareAndSwap(false, true) {
+			pc.fs.Freeze() // the cut comes before the edge hears the 429
+			return http.StatusTooManyRequests
+		}
+		return 0
+	}
+	pc = startPowerCutEdge(t, bins, rec, true, "relay")
+	code, _, body := pc.postEvent("throttled-pid", "throttled", "")
+	if !throttled.Load() {
+		t.Fatalf("the backend never throttled the request (answer %d %s)", code, body)
+	}
+	if code == http.StatusTooManyRequests {
+		t.Fatalf("the client was told 429 (nothing applied) before the drop was on disk: %s", body)
+	}
+	pc.cutAndRestart()
+	waitFor(t, drainTimeout, "the edge to drain its queue (GET /edge/v1/partitions: queued = in_flight = 0)", pc.settled)
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if n := len(rec.effects["throttled"]); n != 1 {
+		t.Errorf("the request answered %d took effect %d times, want once", code, n)
+	}
+}
+
 // cutAndRestart cuts the power: it freezes the disk (if the caller has
 // not), SIGKILLs the edge, keeps only what was synced, then mounts what
 // survived and starts a new edge on it.
@@ -231,7 +279,7 @@ func (pc *powerCutEdge) status(path string) int {
 
 // startPowerCutEdge starts the recorder's backends and an edge whose queue
 // is on a faultfs mount.
-func startPowerCutEdge(t *testing.T, bins binaries, rec *deliveryRecorder, fsync bool) *powerCutEdge {
+func startPowerCutEdge(t *testing.T, bins binaries, rec *deliveryRecorder, fsync bool, respond string) *powerCutEdge {
 	dir := t.TempDir()
 	var urls []string
 	for n := range partitions {
@@ -240,7 +288,7 @@ func startPowerCutEdge(t *testing.T, bins binaries, rec *deliveryRecorder, fsync
 		urls = append(urls, strconv.Quote(srv.URL))
 	}
 	pc := &powerCutEdge{t: t, bins: bins, dir: dir, backing: filepath.Join(dir, "disk"), mnt: filepath.Join(dir, "mnt"),
-		fsync: fsync, urls: strings.Join(urls, ", "), client: &http.Client{Timeout: 5 * time.Second}}
+		fsync: fsync, respond: respond, urls: strings.Join(urls, ", "), client: &http.Client{Timeout: 5 * time.Second}}
 	for _, d := range []string{pc.backing, pc.mnt} {
 		if err := os.Mkdir(d, 0o755); err != nil {
 			t.Fatal(err)
@@ -262,6 +310,7 @@ type powerCutEdge struct {
 	bins                    binaries
 	dir, backing, mnt, urls string
 	fsync                   bool
+	respond                 string // [server] respond
 	fs                      *faultfs.FS
 	edge                    *proc
 	public, admin           string // fixed after the first start
@@ -299,7 +348,7 @@ func (pc *powerCutEdge) start() {
 	cfg := fmt.Sprintf(`# written by the e2e power-cut test
 [server]
 address = %q
-respond = "accept"
+respond = %q
 shutdown_timeout = "5s"
 
 [admin]
@@ -325,7 +374,7 @@ max_backoff = "500ms"
 [log]
 level = "info"
 format = "json"
-`, pc.public, pc.admin, partitions, pc.urls, filepath.Join(pc.mnt, "queue"), pc.fsync)
+`, pc.public, pc.respond, pc.admin, partitions, pc.urls, filepath.Join(pc.mnt, "queue"), pc.fsync)
 	path := filepath.Join(pc.dir, "edge.toml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		pc.t.Fatal(err)
@@ -378,6 +427,9 @@ func (pc *powerCutEdge) partitions() []partitionView {
 // effects does, and records each effect.
 type deliveryRecorder struct {
 	down [partitions]atomic.Bool // backend n answers 503 to everything, its readiness probe included
+	// before, if set before the backends start, sees each delivery's rid
+	// first: a status other than 0 is the answer, and nothing takes effect.
+	before func(rid string) int
 
 	mu       sync.Mutex
 	seen     map[string]bool   // X-Request-IDs that took effect
@@ -417,6 +469,12 @@ func (rec *deliveryRecorder) handler(n int) http.Handler {
 		if err := json.Unmarshal(body, &ev); err != nil || ev.RID == "" {
 			http.Error(w, fmt.Sprintf("not an event of the load: %v %q", err, body), http.StatusBadRequest)
 			return
+		}
+		if rec.before != nil {
+			if code := rec.before(ev.RID); code != 0 {
+				http.Error(w, "refused by the test", code)
+				return
+			}
 		}
 		id := r.Header.Get("X-Request-ID")
 		rec.mu.Lock()

@@ -182,7 +182,9 @@ type Queue interface {
 	// Ack removes rec from the queue and keeps out (Status delivered or
 	// rejected) for Options.OutcomeTTL. Ack does not wait for a sync: after
 	// a crash an acknowledged record may be delivered again (the backend
-	// dedupes by X-Request-ID), never lost.
+	// dedupes by X-Request-ID), never lost. Except a rejection for 429 (a
+	// record dropped, its client told nothing was applied): that Ack
+	// returns once synced, as no redelivery may follow it.
 	Ack(ctx context.Context, rec *Record, out Outcome) error
 
 	// DeadLetter moves rec from the queue to the dead letters with out

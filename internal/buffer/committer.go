@@ -71,6 +71,7 @@ type op struct {
 	park     bool   // dead
 	outcome  []byte // ack, dead: encoded outcome
 	forget   string // ack: idempotency scope to forget (a relayed 429: nothing was applied)
+	mustSync bool   // ack: synced before it returns (a drop its client is told of)
 	attempts int    // nack
 	next     time.Time
 	lastErr  string
@@ -958,6 +959,9 @@ func (q *queue) planAck(o *op, s *txBatch, st *stage) (func(), error) {
 			s.outcomeBytes += int64(len(o.outcome))
 			s.globalDirty = true
 		}
+		if o.mustSync {
+			s.durable = true
+		}
 	}, nil
 }
 
@@ -1308,10 +1312,14 @@ func (q *queue) Ack(ctx context.Context, rec *Record, out Outcome) error {
 	o := &op{kind: opAck, p: rec.Partition, seq: rec.Seq, id: rec.ID, loc: rec.loc, retried: rec.Attempts > 0,
 		outcome: encodeOutcome(&out, q.opts.MaxOutcomeBody)}
 	if out.Status == StatusRejected && out.ResponseStatus == http.StatusTooManyRequests {
-		// A throttled request was applied by nobody and its client was
+		// A throttled request was applied by nobody and its client is
 		// told so: a retry with the same Idempotency-Key must be a new
-		// request, not a replay of the 429 for the key's whole TTL.
+		// request, not a replay of the 429 for the key's whole TTL. The
+		// drop is synced before Ack returns: lost in a power cut, the
+		// record would come back and be delivered though its client was
+		// told it was not.
 		o.forget = rec.IdempotencyScope
+		o.mustSync = true
 	}
 	return q.run(ctx, o, "ack "+rec.ID)
 }

@@ -3,6 +3,7 @@ package buffer
 import (
 	"context"
 	"errors"
+	"net/http"
 	"sync/atomic"
 	"testing"
 )
@@ -76,5 +77,31 @@ func TestFailedSyncStopsQueue(t *testing.T) {
 	mustAppend(t, q, d)
 	if err := q.Err(); err != nil {
 		t.Fatalf("Err after reopening: %v", err)
+	}
+}
+
+// TestThrottledDropIsSynced: the ack that drops a record rejected with 429
+// returns only after a sync.
+//
+// Regression: the drop was committed without a sync, while the client was
+// told 429 (nothing applied); a power cut before some later write's sync
+// brought the record back, and it was delivered.
+func TestThrottledDropIsSynced(t *testing.T) {
+	var syncs atomic.Int64
+	q := openTuneTest(t, Options{Path: t.TempDir(), Partitions: 1}, func(tu *tuning) {
+		tu.beforeSync = func(*queue) error {
+			syncs.Add(1)
+			return nil
+		}
+	})
+	r := newRecord(0, "k", 10)
+	mustAppend(t, q, r)
+	before := syncs.Load()
+	out := Outcome{Status: StatusRejected, ResponseStatus: http.StatusTooManyRequests}
+	if err := q.Ack(context.Background(), r, out); err != nil {
+		t.Fatalf("Ack: %v", err)
+	}
+	if syncs.Load() == before {
+		t.Errorf("the ack dropping a 429 returned before any sync")
 	}
 }

@@ -365,8 +365,9 @@ type Ticket struct {
 	Duplicate bool
 
 	e      *Engine
-	ch     chan Result // buffered 1; receives the result once
-	queued bool        // registered in e.waiters
+	ch     chan Result   // buffered 1; receives the result once
+	queued bool          // registered in e.waiters
+	held   chan struct{} // under e.waitMu: taken by hold, closed when that claim is settled
 }
 
 // Submit stores rec durably (waiting for room when the queue is full and
@@ -459,6 +460,13 @@ func (t *Ticket) Release() (Result, bool) {
 	}
 	e := t.e
 	e.waitMu.Lock()
+	if held := t.held; held != nil {
+		// A result is being made durable for this ticket: it comes, or the
+		// ticket is put back, within the queue's write timeout.
+		e.waitMu.Unlock()
+		<-held
+		e.waitMu.Lock()
+	}
 	if t.queued {
 		t.queued = false
 		list := e.waiters[t.ID]
@@ -495,21 +503,48 @@ func (e *Engine) publish(r Result) {
 	e.waitMu.Unlock()
 }
 
-// claim hands r to id's waiting tickets if there are any, atomically with
-// their release: true means a client was given r.
-func (e *Engine) claim(r Result) bool {
+// hold takes id's waiting tickets for a result that must be durable before
+// their clients hear it: until settle, none of them can give up waiting
+// (Release waits for the settlement). Nil when no ticket waits.
+func (e *Engine) hold(id string) []*Ticket {
 	e.waitMu.Lock()
 	defer e.waitMu.Unlock()
-	list := e.waiters[r.ID]
+	list := e.waiters[id]
 	if len(list) == 0 {
-		return false
+		return nil
 	}
-	delete(e.waiters, r.ID)
+	delete(e.waiters, id)
 	for _, t := range list {
 		t.queued = false
-		t.ch <- r
+		t.held = make(chan struct{})
 	}
-	return true
+	return list
+}
+
+// settle ends a hold: it hands r to the held tickets, or with r nil puts
+// them back to wait for a later result.
+func (e *Engine) settle(id string, held []*Ticket, r *Result) {
+	e.waitMu.Lock()
+	defer e.waitMu.Unlock()
+	if r != nil {
+		// Tickets that came to wait meanwhile (repeats of the request) get
+		// it too.
+		for _, t := range e.waiters[id] {
+			t.queued = false
+			t.ch <- *r
+		}
+		delete(e.waiters, id)
+	}
+	for _, t := range held {
+		if r != nil {
+			t.ch <- *r // buffered, one result per ticket
+		} else {
+			t.queued = true
+			e.waiters[id] = append(e.waiters[id], t)
+		}
+		close(t.held)
+		t.held = nil
+	}
 }
 
 // finalResult returns id's result if it is final already.
