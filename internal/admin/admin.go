@@ -93,8 +93,8 @@ func (h *Handler) auth(next func(http.ResponseWriter, *http.Request)) http.Handl
 }
 
 // liveness is 200 while the process serves, 503 once a failed sync has
-// stopped the queue: only a restart, which reopens the queue on what the
-// disk holds, brings it back.
+// stopped the queue: only a restart, which reopens the queue, brings it
+// back.
 func (h *Handler) liveness(w http.ResponseWriter, _ *http.Request) {
 	if err := h.opt.Deliveries.Err(); errors.Is(err, buffer.ErrSyncFailed) {
 		httpx.WriteJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "restart needed", "error": err.Error()})

@@ -37,9 +37,8 @@ var (
 	// no longer tell what is on disk (after a failed fsync the kernel may
 	// have dropped the pages it could not write, and a later fsync would
 	// succeed without them), so it stops: every later write and Read fails
-	// with it, and only reopening the queue, which reads what the disk
-	// holds, recovers. A write answered with it may or may not have reached
-	// the disk.
+	// with it, and only reopening the queue recovers. A write answered
+	// with it may or may not have reached the disk.
 	ErrSyncFailed = errors.New("buffer: a sync failed; the queue takes nothing more until it is reopened")
 )
 
