@@ -215,8 +215,8 @@ func (pc *powerCutEdge) postEvent(pid, rid, idemKey string) (int, http.Header, s
 // runThrottledAtCut: in relay mode a backend answers 429 to a request
 // whose client waits, and the disk stops at that moment, before the edge
 // can write that it dropped the record. The client must not be told 429
-// (nothing applied): after the cut and a restart the record is delivered.
-// It must take effect exactly once.
+// (nothing applied) but 503 (it may still be delivered): after the cut and
+// a restart the record is delivered, exactly once.
 //
 // Regression: the edge handed the 429 to the client first and wrote the
 // drop without a sync, so a power cut brought the record back and it was
@@ -234,12 +234,15 @@ func runThrottledAtCut(t *testing.T, bins binaries) {
 		return 0
 	}
 	pc = startPowerCutEdge(t, bins, rec, true, "relay")
-	code, _, body := pc.postEvent("throttled-pid", "throttled", "")
+	code, hdr, body := pc.postEvent("throttled-pid", "throttled", "")
 	if !throttled.Load() {
 		t.Fatalf("the backend never throttled the request (answer %d %s)", code, body)
 	}
 	if code == http.StatusTooManyRequests {
-		t.Fatalf("the client was told 429 (nothing applied) before the drop was on disk: %s", body)
+		t.Fatalf("the client was told 429 (nothing applied) though the drop could not be stored: %s", body)
+	}
+	if code != http.StatusServiceUnavailable || hdr.Get("Retry-After") == "" {
+		t.Errorf("answer %d (Retry-After %q) %s, want 503 with Retry-After: the request may still be delivered", code, hdr.Get("Retry-After"), body)
 	}
 	pc.cutAndRestart()
 	waitFor(t, drainTimeout, "the edge to drain its queue (GET /edge/v1/partitions: queued = in_flight = 0)", pc.settled)

@@ -201,6 +201,9 @@ type Result struct {
 	Header     http.Header   // the backend's headers, hop-by-hop removed
 	Body       []byte
 	Reason     string // why it is dead
+	// Unsure, when set, replaces the backend's answer: the outcome could
+	// not be stored, so whether the record is still queued is unknown.
+	Unsure error
 }
 
 // Engine delivers the queue's records. Create it with New, run it with
@@ -460,9 +463,10 @@ func (t *Ticket) Release() (Result, bool) {
 	}
 	e := t.e
 	e.waitMu.Lock()
-	if held := t.held; held != nil {
-		// A result is being made durable for this ticket: it comes, or the
-		// ticket is put back, within the queue's write timeout.
+	for t.held != nil {
+		// A result is being stored for this ticket: it comes within
+		// bookkeepTimeout.
+		held := t.held
 		e.waitMu.Unlock()
 		<-held
 		e.waitMu.Lock()
@@ -505,7 +509,7 @@ func (e *Engine) publish(r Result) {
 
 // hold takes id's waiting tickets for a result that must be durable before
 // their clients hear it: until settle, none of them can give up waiting
-// (Release waits for the settlement). Nil when no ticket waits.
+// (Release waits for it). Nil when no ticket waits.
 func (e *Engine) hold(id string) []*Ticket {
 	e.waitMu.Lock()
 	defer e.waitMu.Unlock()
@@ -521,27 +525,18 @@ func (e *Engine) hold(id string) []*Ticket {
 	return list
 }
 
-// settle ends a hold: it hands r to the held tickets, or with r nil puts
-// them back to wait for a later result.
-func (e *Engine) settle(id string, held []*Ticket, r *Result) {
+// settle ends a hold: it hands r to the held tickets and to any that came
+// to wait meanwhile (repeats of the request).
+func (e *Engine) settle(held []*Ticket, r Result) {
 	e.waitMu.Lock()
 	defer e.waitMu.Unlock()
-	if r != nil {
-		// Tickets that came to wait meanwhile (repeats of the request) get
-		// it too.
-		for _, t := range e.waiters[id] {
-			t.queued = false
-			t.ch <- *r
-		}
-		delete(e.waiters, id)
+	for _, t := range e.waiters[r.ID] {
+		t.queued = false
+		t.ch <- r
 	}
+	delete(e.waiters, r.ID)
 	for _, t := range held {
-		if r != nil {
-			t.ch <- *r // buffered, one result per ticket
-		} else {
-			t.queued = true
-			e.waiters[id] = append(e.waiters[id], t)
-		}
+		t.ch <- r // buffered, one result per ticket
 		close(t.held)
 		t.held = nil
 	}

@@ -260,9 +260,12 @@ func (l *loop) outcome(it *item, a answer, now time.Time) buffer.Outcome {
 
 // finishIfWaited drops a throttled record as rejected if, and only if, a
 // client still waits for it and is handed the answer. The drop is on disk
-// before the client hears the 429: a record that came back after a power
-// cut would be delivered though its client was told it was not. If the
-// drop cannot be written the clients wait on and the record is retried.
+// (with fsync on) before the client hears the 429: a record that came back
+// after a power cut would be delivered though its client was told it was
+// not. If the drop cannot be written, it may still reach the disk (a write
+// timed out, or a sync failed after the commit) or not: the clients are
+// told that (Result.Unsure), and the record is left to a restart, as after
+// any failed ack.
 func (l *loop) finishIfWaited(it *item, a answer, now time.Time) (int, bool) {
 	held := l.e.hold(it.rec.ID)
 	if held == nil {
@@ -270,19 +273,18 @@ func (l *loop) finishIfWaited(it *item, a answer, now time.Time) (int, bool) {
 	}
 	out := l.outcome(it, a, now)
 	out.LastError = "backend answered 429; relayed to the client, not retried"
-	ctx, cancel := context.WithTimeout(context.Background(), bookkeepTimeout)
-	defer cancel()
-	if err := l.e.q.Ack(ctx, it.rec, out); err != nil {
-		l.gate.log.Warn("dropping a throttled record", "id", it.rec.ID, "err", err)
-		l.e.settle(it.rec.ID, held, nil)
-		return 0, false
-	}
 	l.mu.Lock()
 	it.final = &out
 	l.mu.Unlock()
 	l.count(it.rec, string(out.Status))
 	r := resultOf(&out)
-	l.e.settle(it.rec.ID, held, &r)
+	ctx, cancel := context.WithTimeout(context.Background(), bookkeepTimeout)
+	defer cancel()
+	if err := l.e.q.Ack(ctx, it.rec, out); err != nil {
+		l.gate.log.Error("dropping a throttled record", "id", it.rec.ID, "err", err)
+		r.Unsure = err
+	}
+	l.e.settle(held, r)
 	return fateFinal, true
 }
 

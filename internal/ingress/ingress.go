@@ -412,6 +412,15 @@ const (
 // dead letter.
 func (h *Handler) writeOutcome(w http.ResponseWriter, id string, res delivery.Result) {
 	w.Header().Set("X-Delivery-ID", id)
+	if res.Unsure != nil {
+		// The loop logged why. The backend refused the request, but that
+		// the edge dropped it could not be stored: it may be delivered
+		// still, so the client must not take the refusal as final.
+		w.Header().Set("Retry-After", "10")
+		httpx.WriteProblem(w, httpx.Problem{Status: http.StatusServiceUnavailable, Extra: map[string]any{"delivery_id": id},
+			Detail: fmt.Sprintf("the backend answered %d, but the edge could not store that it dropped the request: it may still be delivered; retry with the same Idempotency-Key", res.StatusCode)})
+		return
+	}
 	if res.Status == buffer.StatusDead {
 		httpx.WriteProblem(w, httpx.Problem{Status: http.StatusBadGateway, Extra: map[string]any{"delivery_id": id},
 			Title: "Not delivered", Detail: "the request went to the dead letters: " + res.Reason})
