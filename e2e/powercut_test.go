@@ -37,7 +37,8 @@ import (
 //
 // The subtest fsync-off runs the same with `[buffer] fsync = false` and
 // requires that acknowledged requests are lost: it proves the harness sees
-// a broken sync.
+// a broken sync. The subtests frozen-disk and throttled-at-cut stop the
+// disk under a running edge (see runFrozenDisk and runThrottledAtCut).
 func TestPowerCut(t *testing.T) {
 	if testing.Short() {
 		t.Skip("the power-cut test builds the edge binary and runs it on a FUSE mount for about half a minute; it runs without -short (make test)")
@@ -291,7 +292,7 @@ func startPowerCutEdge(t *testing.T, bins binaries, rec *deliveryRecorder, fsync
 		urls = append(urls, strconv.Quote(srv.URL))
 	}
 	pc := &powerCutEdge{t: t, bins: bins, dir: dir, backing: filepath.Join(dir, "disk"), mnt: filepath.Join(dir, "mnt"),
-		fsync: fsync, respond: respond, urls: strings.Join(urls, ", "), client: &http.Client{Timeout: 5 * time.Second}}
+		fsync: fsync, respond: respond, urls: strings.Join(urls, ", "), client: &http.Client{Timeout: 30 * time.Second}}
 	for _, d := range []string{pc.backing, pc.mnt} {
 		if err := os.Mkdir(d, 0o755); err != nil {
 			t.Fatal(err)
@@ -352,6 +353,7 @@ func (pc *powerCutEdge) start() {
 [server]
 address = %q
 respond = %q
+relay_timeout = "20s"
 shutdown_timeout = "5s"
 
 [admin]

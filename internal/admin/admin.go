@@ -106,11 +106,12 @@ func (h *Handler) liveness(w http.ResponseWriter, _ *http.Request) {
 // readiness is 200 while the edge accepts traffic: not draining and the
 // queue writable.
 func (h *Handler) readiness(w http.ResponseWriter, _ *http.Request) {
+	err := h.opt.Deliveries.Err() // once: a write may clear it meanwhile
 	switch {
 	case h.draining.Load():
 		httpx.WriteJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "draining"})
-	case h.opt.Deliveries.Err() != nil:
-		httpx.WriteJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "buffer error", "error": h.opt.Deliveries.Err().Error()})
+	case err != nil:
+		httpx.WriteJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "buffer error", "error": err.Error()})
 	default:
 		httpx.WriteJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 	}

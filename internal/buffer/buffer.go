@@ -182,8 +182,8 @@ type Queue interface {
 	// rejected) for Options.OutcomeTTL. Ack does not wait for a sync: after
 	// a crash an acknowledged record may be delivered again (the backend
 	// dedupes by X-Request-ID), never lost. Except a rejection for 429 (a
-	// record dropped, its client told nothing was applied): that Ack
-	// returns once synced, as no redelivery may follow it.
+	// record dropped, its client told nothing was applied): with Fsync on,
+	// that Ack returns once synced, as no redelivery may follow it.
 	Ack(ctx context.Context, rec *Record, out Outcome) error
 
 	// DeadLetter moves rec from the queue to the dead letters with out

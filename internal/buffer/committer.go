@@ -540,8 +540,8 @@ func (q *queue) syncFlights(vlog bool) error {
 
 // release ends a flight: a sync error fails every op whose writes it
 // covered (they are in Badger but maybe not on disk, so no caller may take
-// them as stored), the durable marks advance, callers are released and
-// readers notified.
+// them as stored); otherwise the durable marks advance and the tail takes
+// the records. Callers are released and readers notified.
 func (q *queue) release(f *flight, syncErr error) {
 	if syncErr != nil {
 		for _, s := range f.done {

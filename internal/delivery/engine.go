@@ -370,7 +370,7 @@ type Ticket struct {
 	e      *Engine
 	ch     chan Result   // buffered 1; receives the result once
 	queued bool          // registered in e.waiters
-	held   chan struct{} // under e.waitMu: taken by hold, closed when that claim is settled
+	held   chan struct{} // under e.waitMu: set by hold, closed by settle
 }
 
 // Submit stores rec durably (waiting for room when the queue is full and
@@ -762,5 +762,6 @@ func (e *Engine) PartitionReady(p int) (bool, string) {
 	return ready && br != BreakerOpen, br
 }
 
-// Err is the queue's last write error (health reports it).
+// Err is the queue's last write error (the health endpoints report it;
+// liveness fails on one wrapping buffer.ErrSyncFailed).
 func (e *Engine) Err() error { return e.q.Err() }

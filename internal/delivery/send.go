@@ -273,16 +273,20 @@ func (l *loop) finishIfWaited(it *item, a answer, now time.Time) (int, bool) {
 	}
 	out := l.outcome(it, a, now)
 	out.LastError = "backend answered 429; relayed to the client, not retried"
-	l.mu.Lock()
-	it.final = &out
-	l.mu.Unlock()
-	l.count(it.rec, string(out.Status))
 	r := resultOf(&out)
 	ctx, cancel := context.WithTimeout(context.Background(), bookkeepTimeout)
 	defer cancel()
 	if err := l.e.q.Ack(ctx, it.rec, out); err != nil {
 		l.gate.log.Error("dropping a throttled record", "id", it.rec.ID, "err", err)
 		r.Unsure = err
+	} else {
+		// Final only now: a repeat of the request that comes meanwhile
+		// reads the loop's outcome and must not hear the 429 before the
+		// drop is stored (it waits, and settle hands it the answer).
+		l.mu.Lock()
+		it.final = &out
+		l.mu.Unlock()
+		l.count(it.rec, string(out.Status))
 	}
 	l.e.settle(held, r)
 	return fateFinal, true

@@ -343,7 +343,8 @@ func (h *Handler) serveBuffer(w http.ResponseWriter, r *http.Request, key string
 	if h.opt.Accept {
 		// 202 at once, unless the outcome is known already and 202 would
 		// mislead: an idempotent repeat of a finished request, or a record
-		// dropped because its 429 was handed to this ticket.
+		// dropped because its 429 was handed to this ticket (Release waits
+		// while such a drop is being stored).
 		if res, ok := tk.Release(); ok && (tk.Duplicate || res.StatusCode == http.StatusTooManyRequests) {
 			h.writeOutcome(w, tk.ID, res)
 			return
@@ -418,7 +419,7 @@ func (h *Handler) writeOutcome(w http.ResponseWriter, id string, res delivery.Re
 		// still, so the client must not take the refusal as final.
 		w.Header().Set("Retry-After", "10")
 		httpx.WriteProblem(w, httpx.Problem{Status: http.StatusServiceUnavailable, Extra: map[string]any{"delivery_id": id},
-			Detail: fmt.Sprintf("the backend answered %d, but the edge could not store that it dropped the request: it may still be delivered; retry with the same Idempotency-Key", res.StatusCode)})
+			Detail: fmt.Sprintf("the backend answered %d, but the edge could not store that it dropped the request: it may still be delivered; retry only with the same Idempotency-Key", res.StatusCode)})
 		return
 	}
 	if res.Status == buffer.StatusDead {

@@ -503,7 +503,9 @@ func TestBufferLogsNameTheirComponentOnce(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	e.Shutdown(ctx)
+	if err := e.Shutdown(ctx); err != nil {
+		t.Errorf("Shutdown: %v", err)
+	}
 	found := false
 	for _, line := range strings.Split(logs.String(), "\n") {
 		if !strings.Contains(line, "empty memtable") {
