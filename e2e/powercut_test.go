@@ -133,7 +133,7 @@ func runFrozenDisk(t *testing.T, bins binaries) {
 	}
 	send := func(ev event) (int, http.Header, string) {
 		t.Helper()
-		return pc.postEvent(ev.pid, ev.rid, ev.rid)
+		return pc.postEvent(ev.pid, ev.rid, ev.rid, 0)
 	}
 	effects := func(evs []event) int {
 		rec.mu.Lock()
@@ -192,13 +192,24 @@ func runFrozenDisk(t *testing.T, bins binaries) {
 }
 
 // postEvent sends an event of the recorder's shape (with idemKey as its
-// Idempotency-Key, none if empty) and returns the answer.
-func (pc *powerCutEdge) postEvent(pid, rid, idemKey string) (int, http.Header, string) {
+// Idempotency-Key, none if empty; pad bytes of padding) and returns the
+// answer.
+func (pc *powerCutEdge) postEvent(pid, rid, idemKey string, pad int) (int, http.Header, string) {
 	pc.t.Helper()
-	body := fmt.Sprintf(`{"type":"e2e","pid":%q,"seq":1,"rid":%q}`, pid, rid)
-	req, err := http.NewRequest(http.MethodPost, "http://"+pc.public+"/api/v1/processes/"+pid+"/events", strings.NewReader(body))
+	code, hdr, body, err := pc.tryPostEvent(pid, rid, idemKey, pad)
 	if err != nil {
 		pc.t.Fatal(err)
+	}
+	return code, hdr, body
+}
+
+// tryPostEvent is postEvent returning the error instead of failing the
+// test (for goroutines other than the test's).
+func (pc *powerCutEdge) tryPostEvent(pid, rid, idemKey string, pad int) (int, http.Header, string, error) {
+	body := fmt.Sprintf(`{"type":"e2e","pid":%q,"seq":1,"rid":%q,"pad":%q}`, pid, rid, strings.Repeat("x", pad))
+	req, err := http.NewRequest(http.MethodPost, "http://"+pc.public+"/api/v1/processes/"+pid+"/events", strings.NewReader(body))
+	if err != nil {
+		return 0, nil, "", err
 	}
 	req.Header = http.Header{"Content-Type": {"application/json"}, "X-Process-Id": {pid}}
 	if idemKey != "" {
@@ -206,11 +217,11 @@ func (pc *powerCutEdge) postEvent(pid, rid, idemKey string) (int, http.Header, s
 	}
 	resp, err := pc.client.Do(req)
 	if err != nil {
-		pc.t.Fatalf("POST %s: %v", req.URL, err)
+		return 0, nil, "", fmt.Errorf("POST %s: %w", req.URL, err)
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, resp.Header, string(b)
+	return resp.StatusCode, resp.Header, string(b), nil
 }
 
 // runThrottledAtCut: in relay mode a backend answers 429 to a request
@@ -235,7 +246,7 @@ func runThrottledAtCut(t *testing.T, bins binaries) {
 		return 0
 	}
 	pc = startPowerCutEdge(t, bins, rec, true, "relay")
-	code, hdr, body := pc.postEvent("throttled-pid", "throttled", "")
+	code, hdr, body := pc.postEvent("throttled-pid", "throttled", "", 0)
 	if !throttled.Load() {
 		t.Fatalf("the backend never throttled the request (answer %d %s)", code, body)
 	}
@@ -284,6 +295,15 @@ func (pc *powerCutEdge) status(path string) int {
 // startPowerCutEdge starts the recorder's backends and an edge whose queue
 // is on a faultfs mount.
 func startPowerCutEdge(t *testing.T, bins binaries, rec *deliveryRecorder, fsync bool, respond string) *powerCutEdge {
+	pc := newPowerCutEdge(t, bins, rec, fsync, respond)
+	pc.mount()
+	pc.start()
+	return pc
+}
+
+// newPowerCutEdge starts the recorder's backends and readies an edge's
+// directories (the queue goes under mnt), mounting and starting nothing.
+func newPowerCutEdge(t *testing.T, bins binaries, rec *deliveryRecorder, fsync bool, respond string) *powerCutEdge {
 	dir := t.TempDir()
 	var urls []string
 	for n := range partitions {
@@ -303,8 +323,6 @@ func startPowerCutEdge(t *testing.T, bins binaries, rec *deliveryRecorder, fsync
 			t.Logf("edge (last lines of %s):\n%s", pc.logPath(), pc.edge.logTail())
 		}
 	})
-	pc.mount()
-	pc.start()
 	return pc
 }
 

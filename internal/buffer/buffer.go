@@ -19,6 +19,7 @@ package buffer
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"time"
@@ -29,6 +30,13 @@ var (
 	// ErrFull means the queue holds Options.MaxBytes already: nothing of the
 	// call was stored.
 	ErrFull = errors.New("buffer: full")
+	// ErrDiskLow means the queue's filesystem has less free space than
+	// DiskOverhead, which Badger may need for its memtables, flushes and
+	// compactions (it writes through memory-mapped files, and a write that
+	// finds the filesystem full kills the process with SIGBUS): nothing of
+	// the call was stored. It wraps ErrFull, so it is answered as a full
+	// queue, and it ends once space is free again.
+	ErrDiskLow = fmt.Errorf("%w: its filesystem has less than %d MiB free", ErrFull, DiskOverhead>>20)
 	// ErrClosed means the queue was closed.
 	ErrClosed = errors.New("buffer: closed")
 	// ErrNotFound means no record, outcome or dead letter has that id.

@@ -378,6 +378,7 @@ func (q *queue) commit(batch []*op) {
 // commitWork writes a batch of ops (no reclaims).
 func (q *queue) commitWork(batch []*op) {
 	f := &flight{ops: batch}
+	q.checkFree()
 	if err := q.failed(); err != nil {
 		for _, o := range batch {
 			o.err = err
@@ -760,6 +761,9 @@ func (q *queue) planAppend(o *op, s *txBatch, st *stage) (func(), error) {
 	}
 	if add > 0 && s.total+add > q.opts.MaxBytes {
 		return nil, ErrFull
+	}
+	if add > 0 && q.lowDisk {
+		return nil, ErrDiskLow
 	}
 	next := map[int]uint64{}
 	for i, it := range o.items {
@@ -1272,9 +1276,6 @@ func (q *queue) Append(ctx context.Context, recs []*Record) ([]AppendResult, err
 		return nil, err
 	}
 	if o.err != nil {
-		if errors.Is(o.err, ErrFull) {
-			return nil, ErrFull
-		}
 		return nil, o.err
 	}
 	for i, r := range recs {

@@ -65,3 +65,44 @@ func dirSize(dir string) int64 {
 func (q *queue) diskBudget() int64 {
 	return q.opts.MaxBytes + q.opts.OutcomeMaxBytes + q.tune.diskOverhead
 }
+
+// freeSpaceEvery is how often the committer reads the filesystem's free
+// space at most.
+const freeSpaceEvery = 250 * time.Millisecond
+
+// freeSpace caches the free space of a filesystem (statfs): the committer
+// checks it before each batch.
+type freeSpace struct {
+	at    time.Time
+	bytes int64 // -1: unknown
+}
+
+// of returns the bytes free to an unprivileged writer on dir's filesystem,
+// -1 if statfs fails.
+func (f *freeSpace) of(dir string) int64 {
+	if !f.at.IsZero() && time.Since(f.at) < freeSpaceEvery {
+		return f.bytes
+	}
+	var st syscall.Statfs_t
+	f.bytes, f.at = -1, time.Now()
+	if err := syscall.Statfs(dir, &st); err == nil {
+		f.bytes = int64(st.Bavail) * int64(st.Bsize)
+	}
+	return f.bytes
+}
+
+// checkFree updates q.lowDisk from the filesystem's free space, logging
+// when appends stop and start again. Run by the committer.
+func (q *queue) checkFree() {
+	free := q.free.of(q.opts.Path)
+	low := free >= 0 && free < q.tune.minFree
+	if low != q.lowDisk {
+		if low {
+			q.log.Error("buffer: the filesystem is nearly full; appends are refused until space is free",
+				"free_bytes", free, "reserve_bytes", q.tune.minFree)
+		} else {
+			q.log.Info("buffer: the filesystem has room again; appends are taken", "free_bytes", free)
+		}
+	}
+	q.lowDisk = low
+}

@@ -92,6 +92,7 @@ type tuning struct {
 	compactInterval time.Duration // least time between two flattens (gc.go)
 	budgetInterval  time.Duration // outcome age trim and disk budget check
 	diskOverhead    int64         // DiskOverhead (tests lower it)
+	minFree         int64         // free space on the filesystem below which appends are refused (ErrDiskLow)
 
 	sync syncMode // how a flight is made durable
 
@@ -164,6 +165,7 @@ func defaultTuning() tuning {
 		compactInterval: 30 * time.Second,
 		budgetInterval:  5 * time.Second,
 		diskOverhead:    DiskOverhead,
+		minFree:         DiskOverhead,
 	}
 }
 
@@ -224,6 +226,8 @@ type queue struct {
 	segsBytes int
 
 	disk    diskGauge // the directory's real size, measured at most once a second
+	free    freeSpace // the filesystem's free space; the committer's only
+	lowDisk bool      // the committer's only: the last check found less than DiskOverhead free
 	lastErr error
 
 	notify []chan struct{}

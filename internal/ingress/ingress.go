@@ -377,6 +377,8 @@ func (h *Handler) submitFailed(w http.ResponseWriter, err error) {
 	// restart): only a full queue is sure to hold nothing of it.
 	detail := "the edge could not store the request; retry later with the same Idempotency-Key"
 	switch {
+	case errors.Is(err, buffer.ErrDiskLow):
+		detail = "the edge's disk is nearly full; nothing was accepted, retry later"
 	case errors.Is(err, buffer.ErrFull):
 		detail = "the edge's queue is full; nothing was accepted, retry later"
 	case errors.Is(err, buffer.ErrSyncFailed):
