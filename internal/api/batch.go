@@ -131,8 +131,8 @@ func (a *batchAnswer) Write(b []byte) (int, error) {
 }
 
 // writeTo appends the response as HTTP/1.1 bytes: the status line, the
-// header sorted by name (values with line breaks flattened, as
-// http.Header.Write does), its own Content-Length, the body.
+// header sorted by name (values with line breaks flattened and trimmed,
+// as http.Header.Write does), its own Content-Length, the body.
 func (a *batchAnswer) writeTo(b *bytes.Buffer) {
 	if a.status == 0 {
 		a.status = http.StatusOK
@@ -153,8 +153,9 @@ func (a *batchAnswer) writeTo(b *bytes.Buffer) {
 	for _, k := range keys {
 		for _, v := range a.header[k] {
 			if strings.ContainsAny(v, "\r\n") {
-				v = textproto.TrimString(headerBreaks.Replace(v))
+				v = headerBreaks.Replace(v)
 			}
+			v = textproto.TrimString(v)
 			b.WriteString(k)
 			b.WriteString(": ")
 			b.WriteString(v)

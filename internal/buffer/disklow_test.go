@@ -16,7 +16,13 @@ import (
 // filesystem was full.
 func TestAppendsRefusedWhenDiskLow(t *testing.T) {
 	dir := t.TempDir()
-	q := openTuneTest(t, Options{Path: dir, Partitions: 1}, func(tu *tuning) {
+	queued := newRecord(0, "k", 10)
+	q := openTest(t, dir, 1)
+	mustAppend(t, q, queued)
+	if err := q.Close(); err != nil {
+		t.Fatal(err)
+	}
+	q = openTuneTest(t, Options{Path: dir, Partitions: 1}, func(tu *tuning) {
 		tu.minFree = 1 << 62 // more than any filesystem has free
 	})
 	r := newRecord(0, "k", 10)
@@ -24,8 +30,12 @@ func TestAppendsRefusedWhenDiskLow(t *testing.T) {
 	if !errors.Is(err, ErrDiskLow) || !errors.Is(err, ErrFull) {
 		t.Fatalf("Append with the disk low: %v, want %v (an %v)", err, ErrDiskLow, ErrFull)
 	}
-	if got := mustRead(t, q, 0, 0, 10); len(got) != 0 {
-		t.Fatalf("a refused append was stored: %v", ids(got))
+	got := mustRead(t, q, 0, 0, 10)
+	if len(got) != 1 || got[0].ID != queued.ID {
+		t.Fatalf("read %v with the disk low, want only %s (the refused append not stored)", ids(got), queued.ID)
+	}
+	if err := q.Ack(context.Background(), got[0], Outcome{Status: StatusDelivered, ResponseStatus: 200}); err != nil {
+		t.Fatalf("Ack with the disk low: %v", err)
 	}
 	if err := q.Close(); err != nil {
 		t.Fatal(err)
